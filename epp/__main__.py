@@ -1,0 +1,5 @@
+"""`python -m epp` runs the command-line interface."""
+
+from epp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The fleet picture: datastore, endpoint sources and model-server metrics scraping."""

@@ -1,0 +1,196 @@
+"""Plugin contracts: one small protocol per extension point.
+
+A plugin implements one or more of these and declares which ones in its registry entry
+(`epp.registry.PluginType.kinds`); the config builder slots it by those declared kinds. All methods are
+synchronous and must not do I/O: they run on the request path. Anything that needs I/O runs in a
+`BackgroundTask` and publishes immutable state the synchronous methods read.
+
+Contracts the engine relies on:
+- `Filter.filter` returns a subset of its input (possibly empty); it never invents endpoints.
+- `Scorer.score` returns a score per endpoint key, nominally in [0, 1]; the engine clamps, then weights.
+  An endpoint missing from the map scores 0.
+- `Picker.pick` returns targets drawn from the scored endpoints, primary first, without duplicates.
+- `ProfileHandler.pick_profiles` is called in a loop until it returns no profile names;
+  `process_results` chooses the primary profile or raises `SchedulingError`.
+- Request hooks receive the same `CycleState` from scheduling to response completion, so a plugin can
+  carry per-request data from `prepare_data` to `response_complete`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from epp.framework.cycle import CycleState
+from epp.framework.types import (
+    Endpoint,
+    InferenceRequest,
+    ProfileRunResult,
+    ResponseInfo,
+    SchedulingResult,
+    ScoredEndpoint,
+    TypedName,
+)
+
+__all__ = [
+    "Admitter",
+    "BackgroundTask",
+    "DataProducer",
+    "EndpointObserver",
+    "Filter",
+    "Picker",
+    "Plugin",
+    "PluginKind",
+    "PreRequest",
+    "ProfileHandler",
+    "RequestParser",
+    "ResponseComplete",
+    "ResponseReceived",
+    "SaturationDetector",
+    "Scorer",
+    "ScorerCategory",
+]
+
+
+class PluginKind(StrEnum):
+    """The extension points a plugin type can fill."""
+
+    FILTER = "filter"
+    SCORER = "scorer"
+    PICKER = "picker"
+    PROFILE_HANDLER = "profile-handler"
+    PARSER = "parser"
+    DATA_PRODUCER = "data-producer"
+    PRE_REQUEST = "pre-request"
+    RESPONSE_RECEIVED = "response-received"
+    RESPONSE_COMPLETE = "response-complete"
+    ADMITTER = "admitter"
+    SATURATION_DETECTOR = "saturation-detector"
+    DATA_SOURCE = "data-source"
+    METRICS_EXTRACTOR = "metrics-extractor"
+    FAIRNESS_POLICY = "fairness-policy"
+    ORDERING_POLICY = "ordering-policy"
+    USAGE_LIMIT_POLICY = "usage-limit-policy"
+
+
+class ScorerCategory(StrEnum):
+    """What a scorer is for; documents intent (upstream's Affinity / Distribution / Balance)."""
+
+    AFFINITY = "affinity"
+    DISTRIBUTION = "distribution"
+    BALANCE = "balance"
+
+
+class Plugin(Protocol):
+    """Every plugin has a typed name (its registered type and its configured name)."""
+
+    @property
+    def typed_name(self) -> TypedName: ...
+
+
+class Filter(Plugin, Protocol):
+    def filter(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]: ...
+
+
+class Scorer(Plugin, Protocol):
+    @property
+    def category(self) -> ScorerCategory: ...
+
+    def score(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]: ...
+
+
+class Picker(Plugin, Protocol):
+    def pick(
+        self, cycle: CycleState, request: InferenceRequest, scored: Sequence[ScoredEndpoint]
+    ) -> ProfileRunResult: ...
+
+
+class ProfileHandler(Plugin, Protocol):
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        request: InferenceRequest,
+        profiles: Sequence[str],
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> Sequence[str]: ...
+
+    def process_results(
+        self,
+        cycle: CycleState,
+        request: InferenceRequest,
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> SchedulingResult: ...
+
+
+class RequestParser(Plugin, Protocol):
+    """Turns a request body into an `InferenceRequest`; raises `RequestError(BAD_REQUEST)` on bad input."""
+
+    def parse(
+        self, request_id: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> InferenceRequest: ...
+
+
+class DataProducer(Plugin, Protocol):
+    """Runs before scheduling and writes per-request data into the cycle state for scorers to read."""
+
+    def prepare_data(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None: ...
+
+
+class Admitter(Plugin, Protocol):
+    """Returns None to admit, or a reason string to deny (the request gets a 429)."""
+
+    def admit(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> str | None: ...
+
+
+class PreRequest(Plugin, Protocol):
+    """Runs once a target is chosen, before the request is forwarded."""
+
+    def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None: ...
+
+
+class ResponseReceived(Plugin, Protocol):
+    """Runs when the response headers arrive."""
+
+    def response_received(
+        self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
+    ) -> None: ...
+
+
+class ResponseComplete(Plugin, Protocol):
+    """Runs exactly once per scheduled request: on end of response, error, or client disconnect."""
+
+    def response_complete(
+        self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
+    ) -> None: ...
+
+
+class SaturationDetector(Plugin, Protocol):
+    """0.0 = idle, >= 1.0 = saturated, for the given endpoints at monotonic time `now`."""
+
+    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float: ...
+
+
+@runtime_checkable
+class EndpointObserver(Protocol):
+    """Optional: told the current endpoint keys whenever pool membership changes (to purge state)."""
+
+    def endpoints_changed(self, keys: frozenset[str]) -> None: ...
+
+
+@runtime_checkable
+class BackgroundTask(Protocol):
+    """Optional: a plugin that needs a background loop (e.g. a KV-event subscriber).
+
+    `run` is started when the pipeline holding the plugin goes live and cancelled when it is retired.
+    """
+
+    async def run(self) -> None: ...

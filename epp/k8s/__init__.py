@@ -1,0 +1,1 @@
+"""Kubernetes endpoint sources (InferencePool, standalone selector) and leader election."""

@@ -1,0 +1,1 @@
+"""The scheduling engine: profiles, the scheduler cycle, the pipeline and its holder."""

@@ -1,0 +1,1 @@
+"""A simulated vLLM-compatible model server (`epp sim`)."""
