@@ -172,7 +172,8 @@ class ResponseInfo:
     """What the response path learned so far; filled in as headers and body chunks arrive.
 
     `served_endpoint` is the address the proxy reported in `x-gateway-destination-endpoint-served`
-    (empty when the proxy does not report it).
+    (empty when the proxy does not report it). Response hooks may add to `set_headers` (response headers
+    the EPP adds) and `dynamic_metadata` (sent with the last response message).
     """
 
     status: int = 0
@@ -186,3 +187,4 @@ class ResponseInfo:
     first_byte_at: float = 0.0
     complete: bool = False
     dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    set_headers: dict[str, str] = field(default_factory=dict)
