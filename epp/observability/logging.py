@@ -1,0 +1,109 @@
+"""Logging setup: upstream verbosity levels, console or JSON lines, request-scoped fields.
+
+Verbosity follows upstream's logr levels: `-v 2` DEFAULT (INFO), 3 VERBOSE, 4 DEBUG, 5 TRACE. TRACE is a
+custom level (5) below DEBUG. Request-scoped code sets `request_id` / `model` context variables once;
+every line logged inside that request carries them, whichever module logs it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = [
+    "TRACE",
+    "VERBOSE",
+    "bind_request",
+    "configure_logging",
+    "level_for_verbosity",
+    "request_id",
+    "request_model",
+]
+
+TRACE = 5
+VERBOSE = 15
+logging.addLevelName(TRACE, "TRACE")
+logging.addLevelName(VERBOSE, "VERBOSE")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("epp_request_id", default="")
+request_model: contextvars.ContextVar[str] = contextvars.ContextVar("epp_request_model", default="")
+
+
+def bind_request(rid: str, model: str = "") -> None:
+    """Attach a request id (and model) to every log line of the current task from now on."""
+    request_id.set(rid)
+    if model:
+        request_model.set(model)
+
+
+def level_for_verbosity(v: int) -> int:
+    if v >= 5:
+        return TRACE
+    if v == 4:
+        return logging.DEBUG
+    if v == 3:
+        return VERBOSE
+    return logging.INFO
+
+
+class _RequestContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        record.model = request_model.get()
+        return True
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ms = int(record.msecs)
+        extra = ""
+        rid = getattr(record, "request_id", "")
+        if rid:
+            extra = f" request_id={rid}"
+            model = getattr(record, "model", "")
+            if model:
+                extra += f" model={model}"
+        line = f"{ts}.{ms:03d}Z {record.levelname:<7} {record.name}: {record.getMessage()}{extra}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", "")
+        if rid:
+            out["request_id"] = rid
+            model = getattr(record, "model", "")
+            if model:
+                out["model"] = model
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(verbosity: int = 2, fmt: str = "console", stream: TextIO | None = None) -> None:
+    """Configure the root logger once for the process (idempotent: replaces earlier handlers)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(_RequestContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level_for_verbosity(verbosity))
+    # third-party libraries stay at WARNING unless we trace
+    noisy_level = logging.DEBUG if verbosity >= 5 else logging.WARNING
+    for name in ("aiohttp", "asyncio", "kubernetes", "urllib3", "grpc", "watchfiles"):
+        logging.getLogger(name).setLevel(noisy_level)
