@@ -1,0 +1,35 @@
+{{/*
+Checks the schema cannot express, with messages that say what to set. Included once from deployment.yaml.
+*/}}
+{{- define "epp.validate" -}}
+{{- $pool := .Values.inferencePool | default dict -}}
+{{- $servers := $pool.modelServers | default dict -}}
+{{- if not $servers.matchLabels -}}
+{{- fail "inferencePool.modelServers.matchLabels is required and must not be empty: set the labels of your model-server pods, e.g. --set inferencePool.modelServers.matchLabels.app=vllm-llama3-8b-instruct" -}}
+{{- end -}}
+{{- $ie := .Values.inferenceExtension -}}
+{{- $files := list "default-plugins.yaml" -}}
+{{- range $name, $_ := ($ie.pluginsCustomConfig | default dict) -}}
+{{- $files = append $files $name -}}
+{{- end -}}
+{{- if not (has $ie.pluginsConfigFile $files) -}}
+{{- fail (printf "inferenceExtension.pluginsConfigFile %q is not in the config ConfigMap: use default-plugins.yaml or add it under inferenceExtension.pluginsCustomConfig (files: %s)" $ie.pluginsConfigFile (join ", " $files)) -}}
+{{- end -}}
+{{- if and $ie.sidecar $ie.sidecar.enabled -}}
+{{- fail "inferenceExtension.sidecar.enabled: this chart does not run a sidecar proxy; set it to false" -}}
+{{- end -}}
+{{- if and $ie.latencyPredictor $ie.latencyPredictor.enabled -}}
+{{- fail "inferenceExtension.latencyPredictor.enabled: the latency predictor is not supported by this EPP; set it to false" -}}
+{{- end -}}
+{{- if not (has (include "epp.provider" .) (list "none" "gke" "istio")) -}}
+{{- fail (printf "provider.name %q: use none, gke or istio" .Values.provider.name) -}}
+{{- end -}}
+{{- $ports := list -}}
+{{- range (include "epp.targetPorts" . | fromYamlArray) -}}
+{{- if has (int .number) $ports -}}
+{{- fail (printf "inferencePool.targetPorts: port %d is listed twice" (int .number)) -}}
+{{- end -}}
+{{- $ports = append $ports (int .number) -}}
+{{- end -}}
+{{- $_ := include "epp.args" . -}}
+{{- end -}}
