@@ -1,1 +1,86 @@
-"""In-tree plugins; `register_builtins` is the one explicit list of built-in plugin types."""
+"""In-tree plugins; `register_builtins` is the one explicit list of built-in plugin types.
+
+Importing this package registers nothing: a registry is filled only by calling `register_builtins`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from epp.plugins.conformance.served_verifier import DESTINATION_ENDPOINT_SERVED_VERIFIER
+from epp.plugins.datakeys import INFLIGHT_LOAD, PREFIX_CACHE_MATCH_INFO
+from epp.plugins.filters.decision_tree import DECISION_TREE_FILTER
+from epp.plugins.filters.header_based_testing import HEADER_BASED_TESTING_FILTER
+from epp.plugins.filters.least_kv_cache import LEAST_KV_CACHE_FILTER
+from epp.plugins.filters.least_queue import LEAST_QUEUE_FILTER
+from epp.plugins.filters.lora_affinity import LORA_AFFINITY_FILTER
+from epp.plugins.filters.low_queue import LOW_QUEUE_FILTER
+from epp.plugins.filters.prefix_cache_affinity import PREFIX_CACHE_AFFINITY_FILTER
+from epp.plugins.flowcontrol import PLUGIN_TYPES as FLOW_CONTROL_POLICIES
+from epp.plugins.parsers.openai import OPENAI_PARSER
+from epp.plugins.parsers.passthrough import PASSTHROUGH_PARSER
+from epp.plugins.pickers.max_score import MAX_SCORE_PICKER
+from epp.plugins.pickers.random_picker import RANDOM_PICKER
+from epp.plugins.pickers.weighted_random import WEIGHTED_RANDOM_PICKER
+from epp.plugins.producers.approx_prefix import APPROX_PREFIX_CACHE_PRODUCER
+from epp.plugins.producers.inflight_load import INFLIGHT_LOAD_PRODUCER
+from epp.plugins.profile.single_profile import SINGLE_PROFILE_HANDLER
+from epp.plugins.saturation import PLUGIN_TYPES as SATURATION_DETECTORS
+from epp.plugins.scorers.kv_cache_utilization import KV_CACHE_UTILIZATION_SCORER
+from epp.plugins.scorers.lora_affinity import LORA_AFFINITY_SCORER
+from epp.plugins.scorers.prefix_cache import PREFIX_CACHE_SCORER
+from epp.plugins.scorers.queue import QUEUE_SCORER
+from epp.plugins.scorers.running_requests import RUNNING_REQUESTS_SIZE_SCORER
+from epp.plugins.scorers.token_load import TOKEN_LOAD_SCORER
+from epp.registry import PluginRegistry, PluginType
+
+__all__ = ["BUILTINS", "DEFAULT_PRODUCERS", "register_builtins"]
+
+#: Every built-in plugin type, in the order they are registered.
+BUILTINS: tuple[PluginType[Any], ...] = (
+    # scorers
+    QUEUE_SCORER,
+    KV_CACHE_UTILIZATION_SCORER,
+    RUNNING_REQUESTS_SIZE_SCORER,
+    LORA_AFFINITY_SCORER,
+    TOKEN_LOAD_SCORER,
+    PREFIX_CACHE_SCORER,
+    # data producers
+    APPROX_PREFIX_CACHE_PRODUCER,
+    INFLIGHT_LOAD_PRODUCER,
+    # pickers
+    MAX_SCORE_PICKER,
+    RANDOM_PICKER,
+    WEIGHTED_RANDOM_PICKER,
+    # profile handlers
+    SINGLE_PROFILE_HANDLER,
+    # filters
+    HEADER_BASED_TESTING_FILTER,
+    PREFIX_CACHE_AFFINITY_FILTER,
+    LOW_QUEUE_FILTER,
+    LEAST_QUEUE_FILTER,
+    LEAST_KV_CACHE_FILTER,
+    LORA_AFFINITY_FILTER,
+    DECISION_TREE_FILTER,
+    # request parsers
+    OPENAI_PARSER,
+    PASSTHROUGH_PARSER,
+    # response hooks
+    DESTINATION_ENDPOINT_SERVED_VERIFIER,
+    # saturation detectors and flow-control policies
+    *SATURATION_DETECTORS,
+    *FLOW_CONTROL_POLICIES,
+)
+
+#: data key -> the type created when a consumer needs it and no producer is configured.
+DEFAULT_PRODUCERS: dict[str, PluginType[Any]] = {
+    PREFIX_CACHE_MATCH_INFO: APPROX_PREFIX_CACHE_PRODUCER,
+    INFLIGHT_LOAD: INFLIGHT_LOAD_PRODUCER,
+}
+
+
+def register_builtins(registry: PluginRegistry) -> None:
+    """Add every built-in plugin type to `registry` (a duplicate name is an error)."""
+    for entry in BUILTINS:
+        defaults = [key for key, producer in DEFAULT_PRODUCERS.items() if producer is entry]
+        registry.register(entry, default_producer_for=defaults)

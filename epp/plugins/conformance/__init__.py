@@ -1,0 +1,1 @@
+"""Plugins used by the Gateway API Inference Extension conformance suite."""

@@ -1,0 +1,1 @@
+"""Built-in filters: each returns the subset of candidates it lets through (possibly empty)."""

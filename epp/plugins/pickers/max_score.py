@@ -1,0 +1,76 @@
+"""`max-score-picker`: the highest weighted total wins; ties are broken at random.
+
+Equivalent to upstream's shuffle-then-stable-sort; for one endpoint it takes a single pass and draws one
+random number only when several endpoints share the best score.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from epp.framework.cycle import CycleState
+from epp.framework.handle import Handle
+from epp.framework.plugins import PluginKind
+from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, ScoredEndpoint, TypedName
+from epp.plugins.common import derive_rng
+from epp.plugins.pickers.params import PickerParams
+from epp.registry import PluginType
+
+__all__ = ["MAX_SCORE_PICKER", "MaxScorePicker"]
+
+TYPE_NAME = "max-score-picker"
+
+
+class MaxScorePicker:
+    __slots__ = ("_rng", "count", "typed_name")
+
+    def __init__(self, typed_name: TypedName, count: int = 1, rng: random.Random | None = None) -> None:
+        self.typed_name = typed_name
+        self.count = max(1, count)
+        self._rng = rng or random.Random()
+
+    def pick(
+        self, cycle: CycleState, request: InferenceRequest, scored: Sequence[ScoredEndpoint]
+    ) -> ProfileRunResult:
+        if not scored:
+            return ProfileRunResult(())
+        if self.count == 1:
+            return ProfileRunResult((self._best(scored),))
+        shuffled = list(scored)
+        self._rng.shuffle(shuffled)
+        shuffled.sort(key=_neg_score)  # stable: equal scores keep their random order
+        return ProfileRunResult(tuple(s.endpoint for s in shuffled[: self.count]))
+
+    def _best(self, scored: Sequence[ScoredEndpoint]) -> Endpoint:
+        best = scored[0]
+        top = best.score
+        ties: list[ScoredEndpoint] | None = None
+        for s in scored[1:]:
+            score = s.score
+            if score > top:
+                best, top, ties = s, score, None
+            elif score == top:
+                if ties is None:
+                    ties = [best]
+                ties.append(s)
+        if ties is not None:
+            best = ties[self._rng.randrange(len(ties))]
+        return best.endpoint
+
+
+def _neg_score(s: ScoredEndpoint) -> float:
+    return -s.score
+
+
+def _factory(name: str, params: PickerParams, handle: Handle) -> MaxScorePicker:
+    return MaxScorePicker(TypedName(TYPE_NAME, name), params.count, derive_rng(handle))
+
+
+MAX_SCORE_PICKER = PluginType(
+    type_name=TYPE_NAME,
+    params_model=PickerParams,
+    factory=_factory,
+    kinds=frozenset({PluginKind.PICKER}),
+    description="Picks the highest weighted totals, breaking ties at random.",
+)
