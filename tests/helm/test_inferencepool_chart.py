@@ -545,6 +545,24 @@ def test_pod_spec_defaults(helm: Helm) -> None:
     assert container["resources"] == {"requests": {"cpu": 4, "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
     assert container["image"] == "ghcr.io/epp-project/epp:0.1.0"
     assert "affinity" not in pod and "tolerations" not in pod
+    # Hardened by default; the read-only root still has a writable /tmp.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert next(v for v in pod["volumes"] if v["name"] == tmp["name"])["emptyDir"] == {}
+
+
+def test_docs_describe_every_value() -> None:
+    """docs/operations.md's values table names every key the schema knows."""
+    docs = (CHART.parents[1] / "docs" / "operations.md").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = []
+    for section in ("inferenceExtension", "inferencePool", "experimentalHttpRoute"):
+        for key in schema["properties"][section]["properties"]:
+            if f"{section}.{key}" not in docs and f"`{key}`" not in docs and f"/ `{key}`" not in docs:
+                missing.append(f"{section}.{key}")
+    assert not missing, f"undocumented values: {missing}"
 
 
 def test_affinity_tolerations_and_image_override(helm: Helm) -> None:
