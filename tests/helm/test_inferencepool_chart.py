@@ -264,6 +264,23 @@ def test_lease_role_grants_what_leader_election_needs(helm: Helm) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
 
 
+def test_ha_replicas_prefer_different_nodes(helm: Helm) -> None:
+    objs = helm.template(values("ha.yaml"))
+    pod = one(objs, "Deployment", EPP)["spec"]["template"]
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
+    assert (
+        "affinity" not in one(helm.template(values("single.yaml")), "Deployment")["spec"]["template"]["spec"]
+    )
+    # A user's affinity replaces the default entirely.
+    objs = helm.template(values("upstream-latest.yaml"), sets=("inferenceExtension.replicas=3",))
+    affinity = one(objs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert affinity == load_values("upstream-latest.yaml")["inferenceExtension"]["affinity"]
+
+
 def test_single_replica_rolls_without_downtime(helm: Helm) -> None:
     dep = one(helm.template(values("single.yaml")), "Deployment", EPP)
     assert dep["spec"]["strategy"] == {
