@@ -1,0 +1,100 @@
+"""The simulator's settings (one frozen value built from flags or by tests) and their defaults.
+
+The step-time defaults model Llama-3.1-8B (bf16) on one H100 SXM served by vLLM; docs/simulator.md
+gives the source figures and the arithmetic. The KV capacity is deliberately small so that cache
+pressure (eviction, admission waits) shows with modest workloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["EngineKind", "SimConfig"]
+
+
+class EngineKind(StrEnum):
+    """Which engine's metric names and native probe endpoints the server imitates."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything one simulated model server needs to know. `validate()` names the first bad field."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    name: str = ""
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    lora_adapters: tuple[str, ...] = ()
+    max_loras: int = 1
+    engine: EngineKind = EngineKind.VLLM
+    # KV cache: a deliberately small pool (2048 blocks x 16 tokens = 32768 tokens).
+    kv_blocks: int = 2048
+    block_size: int = 16
+    max_model_len: int = 0  # 0: min(8192, kv_blocks * block_size)
+    # Scheduler limits (vLLM names and semantics).
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    # Step time = base + prefill_tokens * per_token + scheduled_seqs * per_seq (milliseconds).
+    step_base_ms: float = 7.0
+    prefill_ms_per_token: float = 0.04
+    decode_ms_per_seq: float = 0.1
+    lora_load_ms: float = 25.0
+    time_scale: float = 1.0
+    seed: int = 0
+    default_max_tokens: int = 16
+    vocab_size: int = 128256
+    tokenizer: str | None = None
+    kv_events_endpoint: str | None = None
+    kv_events_topic: str = "kv@{host}:{port}@{model}"
+
+    def __post_init__(self) -> None:
+        # Accept plain strings and lists from in-process callers.
+        object.__setattr__(self, "engine", EngineKind(self.engine))
+        object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
+
+    @property
+    def effective_max_model_len(self) -> int:
+        capacity = self.kv_blocks * self.block_size
+        return min(self.max_model_len or 8192, capacity)
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        return (self.model, *self.lora_adapters)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag when a setting is out of range."""
+        checks: list[tuple[bool, str]] = [
+            (0 <= self.port <= 65535, "--port must be 0..65535"),
+            (bool(self.model.strip()), "--model must not be empty"),
+            (self.kv_blocks >= 1, "--kv-blocks must be >= 1"),
+            (self.block_size >= 1, "--block-size must be >= 1"),
+            (self.max_model_len >= 0, "--max-model-len must be >= 0"),
+            (self.max_num_seqs >= 1, "--max-num-seqs must be >= 1"),
+            (self.max_num_batched_tokens >= 1, "--max-num-batched-tokens must be >= 1"),
+            (self.max_loras >= 1, "--max-loras must be >= 1"),
+            (self.step_base_ms >= 0, "--step-base-ms must be >= 0"),
+            (self.prefill_ms_per_token >= 0, "--prefill-ms-per-token must be >= 0"),
+            (self.decode_ms_per_seq >= 0, "--decode-ms-per-seq must be >= 0"),
+            (self.lora_load_ms >= 0, "--lora-load-ms must be >= 0"),
+            (self.time_scale > 0, "--time-scale must be > 0"),
+            (self.default_max_tokens >= 1, "--default-max-tokens must be >= 1"),
+            (self.vocab_size >= 256, "--vocab-size must be >= 256"),
+            (
+                self.step_base_ms + self.prefill_ms_per_token + self.decode_ms_per_seq > 0,
+                "the step-time coefficients must not all be zero",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        names = list(self.lora_adapters)
+        if any(not a.strip() or "," in a for a in names):
+            raise ValueError("--lora-adapters must be a comma-separated list of non-empty names")
+        if len(set(names)) != len(names):
+            raise ValueError("--lora-adapters has a duplicate name")
+        if self.model in names:
+            raise ValueError("--lora-adapters must not repeat the base --model name")
