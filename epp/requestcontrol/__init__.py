@@ -1,0 +1,1 @@
+"""Everything between the wire and the scheduler: parse, rewrite, admit, pick candidates, schedule, hooks."""

@@ -1,0 +1,64 @@
+"""Per-request state shared by the wire layer and the director, and the options they run with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from epp.framework.cycle import CycleState
+from epp.framework.types import InferenceRequest, ResponseInfo, SchedulingResult
+from epp.scheduling.pipeline import Pipeline
+from epp.scheduling.trace import DecisionTrace
+
+__all__ = ["DEFAULT_MAX_REQUEST_BODY_BYTES", "RequestContext", "RequestOptions"]
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """Request-handling settings (from flags).
+
+    Attributes:
+        metrics_staleness: endpoints scraped longer ago than this are not candidates (unless none is fresh).
+        disable_endpoint_subset_filter: ignore the proxy's `envoy.lb.subset_hint`.
+        decision_header: honour the `x-epp-decision` request header (return the decision trace).
+        max_request_body_bytes: larger request bodies get a 413 (bounded memory per stream).
+    """
+
+    metrics_staleness: float = 2.0
+    disable_endpoint_subset_filter: bool = False
+    decision_header: bool = False
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """One request's journey from request headers to the end of the response.
+
+    `pipeline` is taken once when the stream starts and used to the end (a reload never changes the rules
+    under an in-flight request). `result` is set once the request is scheduled; only scheduled requests
+    run response hooks, exactly once each.
+    """
+
+    pipeline: Pipeline
+    request_id: str
+    headers: dict[str, str]
+    received_at: float
+    path: str = ""
+    request_id_generated: bool = False
+    #: the subset hint list, or None when the proxy sent none
+    subset_hint: list[object] | None = None
+    request: InferenceRequest | None = None
+    model: str = ""
+    target_model: str = ""
+    cycle: CycleState = field(default_factory=CycleState)
+    result: SchedulingResult | None = None
+    destination: str = ""
+    trace: DecisionTrace | None = None
+    response: ResponseInfo = field(default_factory=ResponseInfo)
+    completed_at: float = 0.0
+    received_hooks_done: bool = False
+    complete_hooks_done: bool = False
+    running: bool = False
+    error_code: str = ""
+    finished: bool = False

@@ -1,0 +1,297 @@
+"""The director: everything between the wire and the scheduler, and the response hooks.
+
+Request path (`handle_request`, upstream `director.go` order with two fixes):
+parse (pipeline parser; 400 on a bad body) → model rewrite (header, then InferenceModelRewrite rules, the
+body re-serialised only when the model changed) → objective priority → candidates (datastore fit
+endpoints narrowed by the subset hint; 503 when none) → admission (may wait; candidates re-read if the
+fleet changed meanwhile) → data producers → admitter plugins → `Scheduler.schedule` → pre-request hooks.
+
+Response path: `response_received` and `response_complete` run each hook list exactly once per scheduled
+request; `finish` (always called when the stream ends, also on disconnect) forces `response_complete` if the
+response never completed and records the per-request metrics once.
+
+Plugin hooks run synchronously, are timed into the plugin-duration metric and never break the request: an
+exception is logged and the next hook runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from epp.datalayer.datastore import Datastore
+from epp.errors import ErrorCode, RequestError, SchedulingError
+from epp.extproc.keys import (
+    DECISION_HEADER,
+    FAIRNESS_ID_HEADER,
+    FORWARDED_PATH_HEADER,
+    MODEL_REWRITE_HEADER,
+    OBJECTIVE_HEADER,
+    ORIGINAL_PATH_HEADER,
+    PATH_HEADER,
+)
+from epp.framework.types import Endpoint, InferenceRequest
+from epp.observability.logging import TRACE, bind_request
+from epp.observability.metrics import EppMetrics
+from epp.requestcontrol.admission import Admission, LegacyAdmission
+from epp.requestcontrol.candidates import subset_filter
+from epp.requestcontrol.context import RequestContext, RequestOptions
+from epp.requestcontrol.rewrite import RewriteIndex
+from epp.scheduling.trace import DecisionTrace
+
+__all__ = ["DEFAULT_PATH", "Director", "reserialize"]
+
+log = logging.getLogger(__name__)
+
+_perf = time.perf_counter
+
+DEFAULT_PATH = "/v1/completions"
+DEFAULT_FAIRNESS_ID = "default-flow"
+NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
+
+
+def reserialize(body: Mapping[str, Any], model: str) -> bytes:
+    """The JSON body with `model` replaced (compact separators; non-ASCII kept as UTF-8 when possible)."""
+    out = dict(body)
+    out["model"] = model
+    try:
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from \\ud800-style escapes: keep them escaped
+        return json.dumps(out, separators=(",", ":")).encode("ascii")
+
+
+def request_path(headers: Mapping[str, str]) -> str:
+    """The API path: `:path`, else `x-original-path`, else `x-forwarded-path`, without a query string."""
+    path = headers.get(PATH_HEADER) or headers.get(ORIGINAL_PATH_HEADER) or headers.get(FORWARDED_PATH_HEADER)
+    if not path:
+        return DEFAULT_PATH
+    q = path.find("?")
+    return path[:q] if q >= 0 else path
+
+
+class Director:
+    def __init__(
+        self,
+        datastore: Datastore,
+        metrics: EppMetrics,
+        options: RequestOptions | None = None,
+        admission: Admission | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.datastore = datastore
+        self.metrics = metrics
+        self.options = options or RequestOptions()
+        self.admission: Admission = admission or LegacyAdmission(clock)
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self._rewrites = RewriteIndex()
+        # an admission that tracks in-flight work (flow control) is told when a scheduled request ends
+        finished = getattr(self.admission, "request_finished", None)
+        self._admission_finished: Callable[[], None] | None = finished if callable(finished) else None
+
+    # ---- candidates ---------------------------------------------------------------------------------
+
+    def candidates(self, ctx: RequestContext) -> tuple[Endpoint, ...]:
+        """Fit endpoints narrowed by the subset hint; raises 503 when none is left."""
+        found = self.datastore.candidates(self.options.metrics_staleness)
+        hint = ctx.subset_hint
+        if hint is not None and not self.options.disable_endpoint_subset_filter:
+            found = subset_filter(found, hint)
+        if not found:
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, NO_CANDIDATES)
+        return found
+
+    def pick_any(self, ctx: RequestContext) -> str:
+        """A bodyless request (e.g. GET /v1/models): any candidate endpoint, chosen at random."""
+        found = self.candidates(ctx)
+        ctx.destination = (
+            found[self.rng.randrange(len(found))].address if len(found) > 1 else found[0].address
+        )
+        return ctx.destination
+
+    # ---- request ------------------------------------------------------------------------------------
+
+    async def handle_request(self, ctx: RequestContext, body: bytes) -> bytes:
+        """Schedule the request; returns the body to forward (the same object when unchanged)."""
+        pipeline = ctx.pipeline
+        headers = ctx.headers
+        ctx.path = path = request_path(headers)
+        req = pipeline.parser.parse(ctx.request_id, path, headers, body)
+        model = req.model
+        parsed = req.body
+        if not model and parsed:
+            # JSON payloads must name a model (a non-JSON parser may legitimately have none)
+            raise RequestError(ErrorCode.BAD_REQUEST, "model not found in request body")
+        ctx.model = model
+        bind_request(ctx.request_id, model)
+
+        datastore = self.datastore
+        target = self._target_model(model, headers.get(MODEL_REWRITE_HEADER))
+        out = reserialize(parsed, target) if target != model and parsed else body
+        ctx.target_model = target
+
+        objective = headers.get(OBJECTIVE_HEADER, "")
+        priority = datastore.objectives.get(objective, 0) if objective else 0
+        req = replace(
+            req,
+            request_id=ctx.request_id,
+            target_model=target,
+            objective=objective,
+            priority=priority,
+            fairness_id=headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
+            size_bytes=len(body),
+            received_at=ctx.received_at,
+        )
+        ctx.request = req
+
+        candidates = self.candidates(ctx)
+        version = datastore.version
+        await self.admission.admit(req, candidates, pipeline)
+        if datastore.version != version:
+            candidates = self.candidates(ctx)
+
+        cycle = ctx.cycle
+        metrics = self.metrics
+        self._prepare(ctx, req, candidates)
+
+        want_header = self.options.decision_header and DECISION_HEADER in headers
+        trace = DecisionTrace() if want_header or log.isEnabledFor(logging.DEBUG) else None
+        try:
+            result = pipeline.scheduler.schedule(req, candidates, cycle, trace)
+        except SchedulingError:
+            metrics.record_scheduler_attempt(False, target, None)
+            if trace is not None:
+                log.debug("scheduling failed: %s", trace.compact())
+            raise
+        targets = result.targets
+        metrics.record_scheduler_attempt(True, target, targets[0])
+        ctx.result = result
+        ctx.destination = targets[0].address if len(targets) == 1 else ",".join(e.address for e in targets)
+        if trace is not None:
+            ctx.trace = trace
+            compact = trace.compact()
+            if want_header:
+                ctx.response.set_headers[DECISION_HEADER] = compact
+            log.debug("scheduled to %s: %s", ctx.destination, compact)
+            if log.isEnabledFor(TRACE):
+                log.log(TRACE, "decision trace: %s", json.dumps(trace.as_dict()))
+
+        for hook in pipeline.pre_request:
+            t0 = _perf()
+            try:
+                hook.pre_request(cycle, req, result)
+            except Exception:
+                log.exception("pre-request hook %s failed", hook.typed_name)
+            finally:
+                metrics.plugin_duration("PreRequest", hook.typed_name, _perf() - t0)
+
+        metrics.record_request(model, target, priority, len(body))
+        metrics.running_inc(model)
+        ctx.running = True
+        return out
+
+    def _target_model(self, model: str, header_target: str | None) -> str:
+        """The header override, then an InferenceModelRewrite rule (counted when it applies)."""
+        target = header_target or model
+        rules = self.datastore.rewrite_rules
+        if rules:
+            decision = self._rewrites.decide(model, target, rules, self.rng)
+            target = decision.target
+            if decision.rule:
+                self.metrics.record_model_rewrite(decision.rule, model, target)
+        return target
+
+    def _prepare(self, ctx: RequestContext, req: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        """Data producers, then admitter plugins (a denial is a 429)."""
+        cycle = ctx.cycle
+        metrics = self.metrics
+        for producer in ctx.pipeline.producers:
+            t0 = _perf()
+            try:
+                producer.prepare_data(cycle, req, candidates)
+            except Exception:
+                log.exception("data producer %s failed", producer.typed_name)
+            finally:
+                metrics.plugin_duration("PrepareData", producer.typed_name, _perf() - t0)
+        for admitter in ctx.pipeline.admitters:
+            t0 = _perf()
+            try:
+                reason = admitter.admit(cycle, req, candidates)
+            except Exception as exc:
+                log.exception("admitter %s failed", admitter.typed_name)
+                reason = f"admitter '{admitter.typed_name.name}' failed: {exc!r}"
+            finally:
+                metrics.plugin_duration("AdmitRequest", admitter.typed_name, _perf() - t0)
+            if reason is not None:
+                raise RequestError(ErrorCode.RESOURCE_EXHAUSTED, f"request cannot be admitted: {reason}")
+
+    # ---- response -----------------------------------------------------------------------------------
+
+    def response_received(self, ctx: RequestContext) -> None:
+        """Run the ResponseReceived hooks once (scheduled requests only)."""
+        result = ctx.result
+        if result is None or ctx.received_hooks_done or ctx.request is None:
+            return
+        ctx.received_hooks_done = True
+        self._run_response_hooks(ctx, "ResponseReceived", ctx.pipeline.response_received, True)
+
+    def response_complete(self, ctx: RequestContext) -> None:
+        """Run the ResponseComplete hooks once (scheduled requests only)."""
+        if ctx.result is None or ctx.complete_hooks_done or ctx.request is None:
+            return
+        ctx.complete_hooks_done = True
+        self._run_response_hooks(ctx, "ResponseComplete", ctx.pipeline.response_complete, False)
+
+    def _run_response_hooks(
+        self, ctx: RequestContext, point: str, hooks: Sequence[Any], received: bool
+    ) -> None:
+        req = ctx.request
+        result = ctx.result
+        assert req is not None and result is not None
+        cycle = ctx.cycle
+        info = ctx.response
+        metrics = self.metrics
+        for hook in hooks:
+            t0 = _perf()
+            try:
+                if received:
+                    hook.response_received(cycle, req, info, result)
+                else:
+                    hook.response_complete(cycle, req, info, result)
+            except Exception:
+                log.exception("%s hook %s failed", point, hook.typed_name)
+            finally:
+                metrics.plugin_duration(point, hook.typed_name, _perf() - t0)
+
+    def finish(self, ctx: RequestContext) -> None:
+        """The stream ended (normally, by error or by disconnect): hooks and metrics, exactly once."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        try:
+            self.response_complete(ctx)
+        finally:
+            metrics = self.metrics
+            if ctx.running:
+                metrics.running_dec(ctx.model)
+                if self._admission_finished is not None:
+                    self._admission_finished()
+            if ctx.error_code:
+                metrics.record_error(ctx.model, ctx.target_model, ctx.error_code)
+            info = ctx.response
+            if info.complete and ctx.result is not None:
+                metrics.record_response(
+                    ctx.model,
+                    ctx.target_model,
+                    duration=max(0.0, ctx.completed_at - ctx.received_at),
+                    response_bytes=info.body_bytes,
+                    prompt_tokens=info.prompt_tokens,
+                    completion_tokens=info.completion_tokens,
+                    cached_tokens=info.cached_tokens,
+                )
