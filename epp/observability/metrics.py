@@ -242,6 +242,13 @@ class EppMetrics:
             buckets=QUEUE_DURATION_BUCKETS,
             registry=r,
         )
+        self.fc_enqueue_duration = Histogram(
+            "inference_extension_flow_control_request_enqueue_duration_seconds",
+            "Time taken to enqueue a request into flow control (admission bookkeeping only).",
+            ["fairness_id", "priority", "outcome"],
+            buckets=SCHEDULER_BUCKETS,
+            registry=r,
+        )
         self.fc_queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
             "Requests currently queued in flow control.",

@@ -1,0 +1,111 @@
+"""Admission with flow control: the director's `Admission` that queues when the `flowControl` gate is on.
+
+Per request it looks at the request's pipeline: with the gate on (and the `flowControl` section present in
+`pipeline.extras`) the request goes through the one long-lived `FlowController` — it may wait, and gets
+429 / 503 / 500 if it is not dispatched; negative priorities are queued in their own bands, not shed.
+With the gate off it defers to the legacy admission (shed sheddable requests at saturation).
+
+The controller outlives config reloads: when a request arrives on a new pipeline the controller adopts
+that pipeline's settings and saturation detector, and queued requests stay queued.
+
+Wiring (app): `Director(..., admission=FlowControlAdmission(datastore, options.metrics_staleness,
+observer=PrometheusFlowObserver(metrics)))`, and call `request_finished()` when a scheduled request
+completes so a saturated dispatcher re-checks at once instead of at its next tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from epp.datalayer.datastore import Datastore
+from epp.flowcontrol.build import settings_from_config
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.observe import FlowObserver
+from epp.flowcontrol.settings import DEFAULT_DISPATCH_TICK
+from epp.framework.plugins import SaturationDetector
+from epp.framework.types import Endpoint, InferenceRequest
+from epp.requestcontrol.admission import Admission, LegacyAdmission
+from epp.scheduling.pipeline import Pipeline
+
+__all__ = ["FLOW_CONTROL_GATE", "FLOW_CONTROL_SECTION", "FlowControlAdmission"]
+
+FLOW_CONTROL_GATE = "flowControl"
+#: The key of the validated `flowControl` section in `Pipeline.extras`.
+FLOW_CONTROL_SECTION = "flowControl"
+
+
+class FlowControlAdmission:
+    def __init__(
+        self,
+        datastore: Datastore,
+        metrics_staleness: float,
+        *,
+        observer: FlowObserver | None = None,
+        legacy: Admission | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        dispatch_tick: float = DEFAULT_DISPATCH_TICK,
+    ) -> None:
+        self.datastore = datastore
+        self.metrics_staleness = metrics_staleness
+        self.observer = observer
+        self.legacy: Admission = legacy or LegacyAdmission(clock)
+        self.clock = clock
+        self.dispatch_tick = dispatch_tick
+        self.controller: FlowController | None = None
+        self._pipeline: Pipeline | None = None
+
+    @staticmethod
+    def enabled(pipeline: Pipeline) -> bool:
+        return FLOW_CONTROL_GATE in pipeline.feature_gates and FLOW_CONTROL_SECTION in pipeline.extras
+
+    async def admit(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
+    ) -> None:
+        if not self.enabled(pipeline):
+            await self.legacy.admit(request, candidates, pipeline)
+            return
+        await self._controller_for(pipeline).admit(request)
+
+    def request_finished(self) -> None:
+        """A scheduled request completed: pool capacity may be free, so let a blocked dispatcher re-check."""
+        if self.controller is not None:
+            self.controller.wake()
+
+    async def close(self) -> None:
+        if self.controller is not None:
+            await self.controller.close()
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _candidates(self) -> Sequence[Endpoint]:
+        return self.datastore.candidates(self.metrics_staleness)
+
+    def _detector(self) -> SaturationDetector | None:
+        return self._pipeline.saturation_detector if self._pipeline is not None else None
+
+    def _controller_for(self, pipeline: Pipeline) -> FlowController:
+        controller = self.controller
+        if controller is not None and pipeline is self._pipeline:
+            return controller
+        if (
+            controller is not None
+            and self._pipeline is not None
+            and pipeline.generation < self._pipeline.generation
+        ):
+            return controller  # a straggler on an older generation: keep the newest settings
+        settings = settings_from_config(
+            pipeline.extras[FLOW_CONTROL_SECTION], pipeline.plugins, dispatch_tick=self.dispatch_tick
+        )
+        self._pipeline = pipeline
+        if controller is None:
+            controller = self.controller = FlowController(
+                settings,
+                candidates=self._candidates,
+                detector=self._detector,
+                observer=self.observer,
+                clock=self.clock,
+            )
+        else:
+            controller.reconfigure(settings)
+        return controller
