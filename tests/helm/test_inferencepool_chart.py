@@ -739,6 +739,7 @@ def test_chart_without_values_asks_for_match_labels(helm: Helm) -> None:
         (None, ("inferenceExtension.sidecar.enabled=true",), "does not run a sidecar"),
         (None, ("inferenceExtension.latencyPredictor.enabled=true",), "latency predictor is not supported"),
         (None, ("provider.name=aws",), 'provider.name "aws": use none, gke or istio'),
+        (None, ("inferencePool.modelServerProtocol=grpc",), "this EPP has no gRPC request parser"),
     ],
 )
 def test_template_checks_fail_with_a_message(
@@ -771,3 +772,14 @@ def test_template_checks_back_up_the_schema(
     with pytest.raises(RenderError) as err:
         helm.template(*files, sets=sets, extra=("--skip-schema-validation",))
     assert message in str(err.value)
+
+
+def test_grpc_model_servers_with_an_explicit_parser(helm: Helm) -> None:
+    objs = helm.template(
+        values("single.yaml"),
+        sets=("inferencePool.modelServerProtocol=grpc", "inferencePool.parser=passthrough-parser"),
+    )
+    assert one(objs, "InferencePool")["spec"]["appProtocol"] == "kubernetes.io/h2c"
+    config = yaml.safe_load(config_map_data(objs)["default-plugins.yaml"])
+    assert {"type": "passthrough-parser"} in config["plugins"]
+    assert one(helm.template(values("single.yaml")), "InferencePool")["spec"]["appProtocol"] == "http"

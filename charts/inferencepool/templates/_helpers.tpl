@@ -176,9 +176,6 @@ The built-in EndpointPickerConfig (file default-plugins.yaml): upstream v1.5's d
 {{- $mds := .Values.inferenceExtension.metricsDataSource | default dict -}}
 {{- $type := include "epp.modelServerType" . -}}
 {{- $parser := .Values.inferencePool.parser | default "" -}}
-{{- if and (not $parser) (eq $type "vllm") (eq (.Values.inferencePool.modelServerProtocol | default "http") "grpc") -}}
-{{- $parser = "vllmgrpc-parser" -}}
-{{- end -}}
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:

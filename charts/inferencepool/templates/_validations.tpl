@@ -7,6 +7,9 @@ Checks the schema cannot express, with messages that say what to set. Included o
 {{- if not $servers.matchLabels -}}
 {{- fail "inferencePool.modelServers.matchLabels is required and must not be empty: set the labels of your model-server pods, e.g. --set inferencePool.modelServers.matchLabels.app=vllm-llama3-8b-instruct" -}}
 {{- end -}}
+{{- if and (eq ($pool.modelServerProtocol | default "http") "grpc") (not $pool.parser) -}}
+{{- fail "inferencePool.modelServerProtocol grpc: this EPP has no gRPC request parser (upstream's vllmgrpc-parser); set inferencePool.parser to a parser plugin that reads your requests, or use modelServerProtocol http" -}}
+{{- end -}}
 {{- $ie := .Values.inferenceExtension -}}
 {{- $files := list "default-plugins.yaml" -}}
 {{- range $name, $_ := ($ie.pluginsCustomConfig | default dict) -}}
