@@ -104,6 +104,7 @@ class SimServer:
         self._faults.released.set()
         self._baseline = EngineStats()
         self._baseline_lora_loads = 0
+        self._baseline_evictions = 0
         self._pending: set[_Pending] = set()
         self._last_token: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
@@ -208,6 +209,7 @@ class SimServer:
     def reset_stats(self) -> None:
         self._baseline = dataclasses.replace(self.engine.stats)
         self._baseline_lora_loads = self.engine.lora.loads
+        self._baseline_evictions = self.engine.pool.evictions
         self.counters = _Counters()
 
     def stats(self) -> dict[str, Any]:
@@ -240,7 +242,7 @@ class SimServer:
             "prefix_cache_hits": hits,
             "prefix_cache_hit_ratio": hits / queries if queries else 0.0,
             "prefill_tokens_computed": delta["prefill_tokens_computed"],
-            "evicted_blocks": self.engine.pool.evictions,
+            "evicted_blocks": self.engine.pool.evictions - self._baseline_evictions,
             "preemptions": delta["preemptions"],
             "lora_loads": self.engine.lora.loads - self._baseline_lora_loads,
             "lora_resident": self.engine.lora.resident,
