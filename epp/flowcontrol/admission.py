@@ -1,9 +1,10 @@
 """Admission with flow control: the director's `Admission` that queues when the `flowControl` gate is on.
 
-Per request it looks at the request's pipeline: with the gate on (and the `flowControl` section present in
-`pipeline.extras`) the request goes through the one long-lived `FlowController` — it may wait, and gets
-429 / 503 / 500 if it is not dispatched; negative priorities are queued in their own bands, not shed.
-With the gate off it defers to the legacy admission (shed sheddable requests at saturation).
+Per request it looks at the request's pipeline. With the gate on, the request goes through the one
+long-lived `FlowController` (settings from the validated `flowControl` section in `pipeline.extras`,
+defaults when absent): it may wait, and gets 429 / 503 / 500 if it is not dispatched; negative
+priorities are queued in their own bands, not shed. With the gate off it defers to the legacy admission
+(shed sheddable requests at saturation).
 
 The controller outlives config reloads: when a request arrives on a new pipeline the controller adopts
 that pipeline's settings and saturation detector, and queued requests stay queued.
@@ -57,7 +58,7 @@ class FlowControlAdmission:
 
     @staticmethod
     def enabled(pipeline: Pipeline) -> bool:
-        return FLOW_CONTROL_GATE in pipeline.feature_gates and FLOW_CONTROL_SECTION in pipeline.extras
+        return FLOW_CONTROL_GATE in pipeline.feature_gates
 
     async def admit(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
@@ -95,7 +96,7 @@ class FlowControlAdmission:
         ):
             return controller  # a straggler on an older generation: keep the newest settings
         settings = settings_from_config(
-            pipeline.extras[FLOW_CONTROL_SECTION], pipeline.plugins, dispatch_tick=self.dispatch_tick
+            pipeline.extras.get(FLOW_CONTROL_SECTION), pipeline.plugins, dispatch_tick=self.dispatch_tick
         )
         self._pipeline = pipeline
         if controller is None:
