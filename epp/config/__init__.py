@@ -14,9 +14,16 @@ import logging
 
 from epp.config.build import build_pipeline
 from epp.config.effective import EffectiveConfig, PluginDecl, ProfileDecl, ProfileEntry
-from epp.config.loader import DEFAULT_SOURCE, TEXT_SOURCE, load_config, load_config_file, load_default_config
+from epp.config.loader import (
+    DEFAULT_SOURCE,
+    TEXT_SOURCE,
+    load_config,
+    load_config_file,
+    load_config_source,
+    load_default_config,
+)
 from epp.config.schema import config_schema, schema_text
-from epp.registry import PluginRegistry
+from epp.registry import PluginRegistry, PluginType
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -31,11 +38,18 @@ __all__ = [
     "default_registry",
     "load_config",
     "load_config_file",
+    "load_config_source",
     "load_default_config",
     "schema_text",
 ]
 
 log = logging.getLogger(__name__)
+
+
+#: Modules outside `epp.plugins` whose `PLUGIN_TYPES`-style constants are built-in types too.
+_EXTRA_BUILTINS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("epp.datalayer.plugin_types", ("METRICS_DATA_SOURCE", "CORE_METRICS_EXTRACTOR")),
+)
 
 
 def builtin_registry() -> PluginRegistry:
@@ -47,6 +61,17 @@ def builtin_registry() -> PluginRegistry:
         log.debug("epp.plugins has no register_builtins yet: no built-in plugin types")
     else:
         register(registry)
+    for module_name, names in _EXTRA_BUILTINS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for attr in names:
+            entry = getattr(module, attr, None)
+            if isinstance(entry, PluginType) and entry.type_name not in registry:
+                registry.register(entry)
     return registry
 
 

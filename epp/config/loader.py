@@ -37,7 +37,14 @@ from epp.config.yamlpos import LineMap, YamlPath, parse_yaml
 from epp.errors import ConfigError, ConfigProblem
 from epp.registry import PluginRegistry
 
-__all__ = ["DEFAULT_SOURCE", "TEXT_SOURCE", "load_config", "load_config_file", "load_default_config"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "TEXT_SOURCE",
+    "load_config",
+    "load_config_file",
+    "load_config_source",
+    "load_default_config",
+]
 
 #: `source` of the built-in default config and of `--config-text`.
 DEFAULT_SOURCE = "<default>"
@@ -64,6 +71,21 @@ def load_config_file(
             [ConfigProblem(name, 1, "", f"cannot read the config file: {exc.strerror or exc}")]
         ) from None
     return load_config(data, registry=registry, source=name, environ=environ)
+
+
+def load_config_source(
+    config_file: str | os.PathLike[str] | None,
+    config_text: str | None,
+    *,
+    registry: PluginRegistry,
+    environ: Mapping[str, str] | None = None,
+) -> EffectiveConfig:
+    """What the daemon loads: `--config-file`, else `--config-text`, else the built-in default."""
+    if config_file:
+        return load_config_file(config_file, registry=registry, environ=environ)
+    if config_text:
+        return load_config(config_text, registry=registry, source=TEXT_SOURCE, environ=environ)
+    return load_default_config(registry, environ)
 
 
 def load_default_config(

@@ -30,6 +30,10 @@ TYPE_NAME = "prefix-cache-scorer"
 class PrefixCacheScorerParams(PrefixIndexParamOverrides):
     """Optional prefix-index parameters; when any is given it configures the auto-created producer."""
 
+    def producer_parameters(self) -> dict[str, Any] | None:
+        """The loader forwards these to the producer it creates for this scorer (None: nothing given)."""
+        return self.given() or None
+
 
 @dataclass(frozen=True, slots=True)
 class PrefixCacheScorer:
