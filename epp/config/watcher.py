@@ -32,7 +32,7 @@ class ConfigWatcher:
     def __init__(
         self,
         path: str | Path,
-        on_change: Callable[[bytes], Awaitable[None]],
+        on_change: Callable[[bytes], Awaitable[object]],
         *,
         initial_hash: str = "",
         debounce: float = 0.2,

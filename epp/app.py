@@ -1,0 +1,348 @@
+"""The daemon's composition root: build every part from the settings, run them, stop them cleanly.
+
+Start-up order matters for what users see: the config is loaded first (a bad config exits 2 before
+anything listens), then the servers start listening (the ext_proc port answers within a second or two),
+then the endpoint source and the scrape loops fill the datastore; readiness turns SERVING once the source
+has synced and every endpoint has been scraped once (unreachable ones are retried, never fatal) and, with
+leader election, only on the leader. Followers keep syncing and scraping (warm standby).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from epp import __version__
+from epp.config import build_pipeline, default_registry, load_config, load_config_file, load_default_config
+from epp.config.reloader import ConfigReloader
+from epp.config.watcher import ConfigWatcher
+from epp.datalayer.data_source import MetricsDataSource
+from epp.datalayer.datastore import Datastore
+from epp.datalayer.extractor import CoreMetricsExtractor
+from epp.datalayer.scraper import Scraper
+from epp.datalayer.sources import EndpointSource, configured_source_kind, start_endpoint_source
+from epp.errors import ConfigError, SettingsError
+from epp.extproc.health import HealthServer, ReadinessState
+from epp.extproc.server import ExtProcServer
+from epp.extproc.tls import TlsOptions
+from epp.flowcontrol.admission import FlowControlAdmission
+from epp.flowcontrol.observe import PrometheusFlowObserver
+from epp.framework.plugins import BackgroundTask, EndpointObserver
+from epp.observability.http import MetricsHttpServer
+from epp.observability.logging import configure_logging
+from epp.observability.metrics import EppMetrics
+from epp.registry import PluginRegistry
+from epp.requestcontrol.context import RequestOptions
+from epp.scheduling.pipeline import Pipeline, PipelineHolder
+from epp.settings import EppSettings
+
+__all__ = ["App", "run"]
+
+log = logging.getLogger("epp")
+
+
+def _first_plugin(pipeline: Pipeline, cls: type[Any]) -> Any:
+    for plugin in pipeline.plugins.values():
+        if isinstance(plugin, cls):
+            return plugin
+    return None
+
+
+def _describe(settings: EppSettings) -> str:
+    """The effective settings for the start-up log line (config text shortened)."""
+    values = settings.model_dump(mode="json")
+    text = values.get("config_text")
+    if isinstance(text, str) and len(text) > 80:
+        values["config_text"] = f"<{len(text)} characters>"
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items()) if v not in (None, "", [], {}))
+
+
+def _kubeconfig_client(path: str) -> Any:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
+
+
+class App:
+    """All long-running parts of one daemon process."""
+
+    def __init__(
+        self,
+        settings: EppSettings,
+        *,
+        registry: PluginRegistry | None = None,
+        bind_host: str = "",
+        k8s_api_client: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or default_registry()
+        self.bind_host = bind_host or str(getattr(settings, "bind_address", "") or "")
+        self.k8s_api_client = k8s_api_client
+        self.metrics = EppMetrics(CollectorRegistry(), pool_name=settings.pool_name or "static")
+        self.metrics.set_info(commit="", build_ref=__version__)
+        self.datastore = Datastore()
+        self.readiness = ReadinessState(leader_election=settings.ha_enable_leader_election)
+        self.holder = PipelineHolder(self._initial_pipeline())
+        self.stopping = asyncio.Event()
+        self.grpc_port = 0
+        self.health_port = 0
+        self.metrics_port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._plugin_tasks: dict[int, asyncio.Task[None]] = {}
+        self._source: EndpointSource | None = None
+        self._scraper: Scraper | None = None
+        self._watcher: ConfigWatcher | None = None
+        self._elector: Any = None
+        self.extproc: ExtProcServer | None = None
+        self.health: HealthServer | None = None
+        self.metrics_http: MetricsHttpServer | None = None
+        self.admission: FlowControlAdmission | None = None
+
+    # ---- config ------------------------------------------------------------------------------------
+
+    def _initial_pipeline(self) -> Pipeline:
+        s = self.settings
+        if s.config_file:
+            config = load_config_file(s.config_file, registry=self.registry)
+        elif s.config_text:
+            config = load_config(s.config_text, registry=self.registry)
+        else:
+            config = load_default_config(self.registry)
+        pipeline = build_pipeline(
+            config, self.registry, generation=1, observer=self.metrics, metrics=self.metrics
+        )
+        self.metrics.record_config_loaded(pipeline.generation, pipeline.config_hash, pipeline.source)
+        log.info(
+            "config loaded from %s (sha256 %s): %s",
+            pipeline.source,
+            pipeline.config_hash[:12],
+            pipeline.effective_config,
+        )
+        return pipeline
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info("epp %s starting with settings %s", __version__, _describe(s))
+        options = RequestOptions(
+            metrics_staleness=s.metrics_staleness_threshold,
+            disable_endpoint_subset_filter=s.disable_endpoint_subset_filter,
+            decision_header=s.enable_decision_header,
+            max_request_body_bytes=s.max_request_body_bytes,
+        )
+        if configured_source_kind(s) == "static":
+            self.datastore.set_objectives(s.static_objectives)
+        self.admission = FlowControlAdmission(
+            self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
+        )
+        self.extproc = ExtProcServer(
+            self.holder, self.datastore, self.metrics, options, admission=self.admission
+        )
+        tls = TlsOptions(cert_path=s.cert_path) if s.secure_serving else None
+        host = self.bind_host or "[::]"
+        self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
+        self.health = HealthServer(self.readiness)
+        self.health_port = await self.health.start(s.grpc_health_port, host=host)
+        self.metrics_http = MetricsHttpServer(
+            self.metrics.registry,
+            host=self.bind_host or "0.0.0.0",
+            port=s.metrics_port,
+            token_file=s.metrics_bearer_token_file,
+        )
+        self.metrics_port = await self.metrics_http.start()
+
+        self.holder.subscribe(self._on_swap)
+        self.datastore.subscribe_membership(self._on_membership)
+        self._start_plugin_tasks(self.holder.current)
+
+        kwargs: dict[str, Any] = {}
+        if self.k8s_api_client is not None:
+            kwargs["api_client"] = self.k8s_api_client
+        elif s.kubeconfig and configured_source_kind(s) != "static":
+            kwargs["api_client"] = _kubeconfig_client(s.kubeconfig)
+        self._source = await start_endpoint_source(s, self.datastore, **kwargs)
+        self._spawn(self._source.run(), "endpoint-source")
+        self._scraper = Scraper(
+            self.datastore,
+            data_source=lambda: _first_plugin(self.holder.current, MetricsDataSource),
+            extractor=lambda: _first_plugin(self.holder.current, CoreMetricsExtractor),
+            interval=s.refresh_metrics_interval,
+            on_error=lambda key: self.metrics.scrape_errors.labels(key).inc(),
+        )
+        await self._scraper.start()
+        self._spawn(self._watch_readiness(), "readiness")
+        self._spawn(self._pool_gauges_loop(), "pool-gauges")
+
+        if s.ha_enable_leader_election:
+            from epp.k8s.leader import start_leader_election
+
+            self._elector = await start_leader_election(
+                s, self.readiness, api_client=kwargs.get("api_client")
+            )
+        else:
+            self.readiness.set_leader(True)
+
+        if s.config_file and s.watch_config_file:
+            reloader = ConfigReloader(
+                self.holder,
+                self.registry,
+                source=s.config_file,
+                metrics=self.metrics,
+                observer=self.metrics,
+            )
+            self._watcher = ConfigWatcher(
+                s.config_file,
+                reloader.reload,
+                initial_hash=self.holder.current.config_hash,
+                debounce=s.config_reload_debounce,
+            )
+            self._spawn(self._watcher.run(), "config-watcher")
+        log.info(
+            "epp listening: ext_proc %d (%s), health %d, metrics %d",
+            self.grpc_port,
+            "TLS" if tls else "plaintext",
+            self.health_port,
+            self.metrics_port,
+        )
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file now."""
+        if self._watcher is not None:
+            self._watcher.trigger()
+        else:
+            log.warning("SIGHUP ignored: no --config-file is being watched")
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop being ready, drain in-flight streams, stop loops, release the lease."""
+        self.readiness.set_leader(False)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self.extproc is not None:
+            await self.extproc.stop(grace=5.0)
+        if self._elector is not None:
+            await self._elector.stop()
+        if self._scraper is not None:
+            await self._scraper.stop()
+        if self._source is not None:
+            await self._source.stop()
+        if self.admission is not None:
+            await self.admission.close()
+        for task in [*self._tasks, *self._plugin_tasks.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._plugin_tasks.values(), return_exceptions=True)
+        if self.health is not None:
+            await self.health.stop()
+        if self.metrics_http is not None:
+            await self.metrics_http.stop()
+        log.info("epp stopped")
+
+    # ---- background loops --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task %s died: %r; stopping", task.get_name(), exc, exc_info=exc)
+            self.stopping.set()
+
+    async def _watch_readiness(self) -> None:
+        synced = asyncio.Event()
+        if self.datastore.synced:
+            synced.set()
+        else:
+            self.datastore.subscribe_synced(synced.set)
+        await synced.wait()
+        self.readiness.set_synced(True)
+        assert self._scraper is not None
+        await self._scraper.first_round_done.wait()
+        self.readiness.set_scraped(True)
+        log.info("endpoints synced (%d) and scraped once: ready", len(self.datastore))
+
+    async def _pool_gauges_loop(self) -> None:
+        s = self.settings
+        while True:
+            pipeline = self.holder.current
+            self.metrics.update_pool_gauges(
+                self.datastore.snapshot(), self.datastore.clock(), s.metrics_staleness_threshold
+            )
+            size = 0
+            for plugin in pipeline.plugins.values():
+                index_size = getattr(plugin, "index_size", None)
+                if callable(index_size):
+                    size += int(index_size())
+            self.metrics.set_prefix_indexer_size(size)
+            await asyncio.sleep(min(s.refresh_prometheus_metrics_interval, 1.0))
+
+    # ---- pipeline lifecycle hooks -----------------------------------------------------------------
+
+    def _on_membership(self, keys: frozenset[str]) -> None:
+        for plugin in self.holder.current.plugins.values():
+            if isinstance(plugin, EndpointObserver):
+                plugin.endpoints_changed(keys)
+
+    def _on_swap(self, old: Pipeline, new: Pipeline) -> None:
+        keys = self.datastore.keys()
+        for plugin in new.plugins.values():
+            if isinstance(plugin, EndpointObserver):
+                plugin.endpoints_changed(keys)
+        live = {id(p) for p in new.plugins.values()}
+        for pid in [pid for pid in self._plugin_tasks if pid not in live]:
+            self._plugin_tasks.pop(pid).cancel()
+        self._start_plugin_tasks(new)
+
+    def _start_plugin_tasks(self, pipeline: Pipeline) -> None:
+        for name, plugin in pipeline.plugins.items():
+            if isinstance(plugin, BackgroundTask) and id(plugin) not in self._plugin_tasks:
+                self._plugin_tasks[id(plugin)] = asyncio.create_task(plugin.run(), name=f"plugin-{name}")
+
+
+async def serve(settings: EppSettings, *, ready: Callable[[App], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        app = App(settings)
+    except ConfigError as exc:
+        print(f"epp: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"epp: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, app.stopping.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, app.request_reload)
+    try:
+        await app.start()
+    except SettingsError as exc:
+        print(f"epp: {exc}", file=sys.stderr)
+        await app.stop()
+        return 2
+    if ready is not None:
+        ready(app)
+    await app.stopping.wait()
+    log.info("shutting down")
+    await app.stop()
+    return 0
+
+
+def run(settings: EppSettings) -> int:
+    """Entry point used by `epp` / `epp serve` after flag parsing."""
+    configure_logging(settings.v, str(settings.log_format))
+    return asyncio.run(serve(settings))

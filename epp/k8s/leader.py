@@ -1,0 +1,237 @@
+"""Active-passive HA: a coordination.k8s.io/v1 Lease elector on asyncio.
+
+The semantics are client-go's leader election (which upstream's controller-runtime uses): lease 15 s,
+renew deadline 10 s, retry 2 s; a candidate takes the lease when it is empty or when the holder has not
+renewed it for a lease duration *as observed locally* (so clocks need not agree); the leader renews every
+retry period and steps down when it could not renew within the renew deadline; on graceful shutdown the
+leader releases the lease (empty holder) so a follower takes over at its next retry instead of waiting for
+expiry. Updates carry the resourceVersion read, so two candidates racing for the lease cannot both win on
+a real API server.
+
+The blocking `kubernetes` client calls run in worker threads; the loop is never blocked. Every replica
+keeps serving gRPC; `ReadinessState.set_leader` makes only the leader ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["LeaderElector", "LeaseSettings", "lease_name", "start_leader_election"]
+
+log = logging.getLogger(__name__)
+
+LEASE_SUFFIX = "gateway-api-inference-extension.sigs.k8s.io"
+_DEPLOYMENT_FROM_POD = re.compile(r"^(.+)-[a-z0-9]+-[a-z0-9]+$")
+
+
+class LeadershipSink(Protocol):
+    def set_leader(self, value: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    name: str
+    namespace: str
+    identity: str
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+def lease_name(namespace: str, pool_name: str) -> str:
+    """Upstream's lease name: `epp-<ns>-<pool>.gateway-api-inference-extension.sigs.k8s.io`."""
+    return f"epp-{namespace}-{pool_name}.{LEASE_SUFFIX}"
+
+
+def _now_micro() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    """Runs the election loop; `is_leader` and the sink follow the lease."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        lease: LeaseSettings,
+        sink: LeadershipSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from kubernetes import client
+
+        self._api: Any = client.CoordinationV1Api(api_client)
+        self.lease = lease
+        self.sink = sink
+        self.clock = clock
+        self.is_leader = False
+        self._observed_record: tuple[str, str, int] | None = None
+        self._observed_at = 0.0
+        self._last_renew = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.transitions_seen = 0
+
+    # ---- API calls (worker threads) -------------------------------------------------------------
+
+    def _read(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self._api.read_namespaced_lease(
+                self.lease.name, self.lease.namespace, _preload_content=False, _request_timeout=5
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data: dict[str, Any] = json.loads(resp.data)
+        return data
+
+    def _create(self, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.lease.name, "namespace": self.lease.namespace},
+            "spec": spec,
+        }
+        self._api.create_namespaced_lease(self.lease.namespace, body, _request_timeout=5)
+
+    def _replace(self, current: dict[str, Any], spec: dict[str, Any]) -> None:
+        body = dict(current)
+        body["spec"] = spec
+        self._api.replace_namespaced_lease(self.lease.name, self.lease.namespace, body, _request_timeout=5)
+
+    # ---- election -------------------------------------------------------------------------------
+
+    def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
+        now = _now_micro()
+        return {
+            "holderIdentity": self.lease.identity,
+            "leaseDurationSeconds": int(self.lease.lease_duration),
+            "acquireTime": acquire_time or now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    def _try_acquire_or_renew(self) -> bool:
+        """One attempt (in a worker thread); True when we hold the lease afterwards."""
+        now = self.clock()
+        current = self._read()
+        if current is None:
+            self._create(self._spec(0, None))
+            self._observed_at = now
+            return True
+        spec = current.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, str(spec.get("renewTime") or ""), int(spec.get("leaseTransitions") or 0))
+        if record != self._observed_record:
+            self._observed_record = record
+            self._observed_at = now
+        duration = float(spec.get("leaseDurationSeconds") or self.lease.lease_duration)
+        if holder and holder != self.lease.identity and self._observed_at + duration > now:
+            return False  # someone else holds a live lease
+        transitions = record[2] if holder == self.lease.identity else record[2] + 1
+        acquire = spec.get("acquireTime") if holder == self.lease.identity else None
+        self._replace(current, self._spec(transitions, acquire))
+        self._observed_at = now
+        return True
+
+    def _release(self) -> None:
+        current = self._read()
+        if current is None:
+            return
+        spec = dict(current.get("spec") or {})
+        if spec.get("holderIdentity") != self.lease.identity:
+            return
+        spec.update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now_micro()})
+        self._replace(current, spec)
+
+    def _set_leader(self, value: bool) -> None:
+        if value != self.is_leader:
+            self.is_leader = value
+            self.transitions_seen += 1
+            log.info(
+                "%s the leader (lease %s/%s, identity %s)",
+                "became" if value else "no longer",
+                self.lease.namespace,
+                self.lease.name,
+                self.lease.identity,
+            )
+        self.sink.set_leader(value)
+
+    async def run(self) -> None:
+        self._set_leader(False)
+        while not self._stopping.is_set():
+            try:
+                held = await asyncio.to_thread(self._try_acquire_or_renew)
+                if held:
+                    self._last_renew = self.clock()
+            except Exception as exc:
+                log.warning("lease %s: acquire/renew failed: %s", self.lease.name, exc)
+                # a leader keeps leading through API hiccups until the renew deadline passes
+                held = self.is_leader and self.clock() - self._last_renew < self.lease.renew_deadline
+            self._set_leader(held)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.lease.retry_period)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="leader-election")
+
+    async def stop(self) -> None:
+        """Stop campaigning; release the lease if we hold it (graceful shutdown)."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.is_leader:
+            try:
+                await asyncio.to_thread(self._release)
+                log.info("released lease %s/%s", self.lease.namespace, self.lease.name)
+            except Exception as exc:
+                log.warning("could not release lease %s: %s", self.lease.name, exc)
+        self._set_leader(False)
+
+
+def _identity() -> str:
+    pod = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{pod}_{uuid.uuid4()}"
+
+
+def _lease_owner_name(settings: Any) -> str:
+    if getattr(settings, "pool_name", ""):
+        return str(settings.pool_name)
+    pod = os.environ.get("POD_NAME", "")
+    m = _DEPLOYMENT_FROM_POD.match(pod)
+    return m.group(1) if m else (pod or "epp")
+
+
+async def start_leader_election(
+    settings: Any, sink: LeadershipSink, *, api_client: Any = None
+) -> LeaderElector:
+    """Build the elector from the daemon settings and start campaigning."""
+    from epp.k8s.client import load_api_client, resolve_namespace
+
+    namespace = resolve_namespace(getattr(settings, "pool_namespace", None))
+    lease = LeaseSettings(
+        name=lease_name(namespace, _lease_owner_name(settings)),
+        namespace=namespace,
+        identity=_identity(),
+        lease_duration=float(settings.ha_lease_duration),
+        renew_deadline=float(settings.ha_renew_deadline),
+        retry_period=float(settings.ha_retry_period),
+    )
+    elector = LeaderElector(api_client or load_api_client(), lease, sink)
+    await elector.start()
+    return elector
