@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
 
-#: At most one log line per this many seconds about a failing detector.
-_DETECTOR_ERROR_LOG_INTERVAL = 10.0
+#: At most one log line per this many seconds about a failing detector or policy.
+_ERROR_LOG_INTERVAL = 10.0
 
 
 class CycleResult(enum.Enum):
@@ -86,7 +86,8 @@ class FlowController:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._last_detector_error = -_DETECTOR_ERROR_LOG_INTERVAL
+        self._last_detector_error = -_ERROR_LOG_INTERVAL
+        self._last_cycle_error = -_ERROR_LOG_INTERVAL
         self.last_saturation = 0.0
         self.cycles = 0
         for band_settings in settings.bands.values():
@@ -243,7 +244,15 @@ class FlowController:
         wake = self._wake
         while True:
             wake.clear()
-            result = self.dispatch_cycle()
+            try:
+                result = self.dispatch_cycle()
+            except Exception:
+                # a failing policy plugin: keep the loop alive, retry on the next tick
+                now = self.clock()
+                if now - self._last_cycle_error >= _ERROR_LOG_INTERVAL:
+                    self._last_cycle_error = now
+                    log.exception("flow-control dispatch cycle failed; retrying")
+                result = CycleResult.BLOCKED
             if result is CycleResult.DISPATCHED:
                 # let the dispatched request move on (scheduling, in-flight accounting) before the next
                 # cycle reads saturation again
@@ -288,7 +297,7 @@ class FlowController:
             except Exception:
                 # a broken detector must not stop all traffic: fail open
                 now = self.clock()
-                if now - self._last_detector_error >= _DETECTOR_ERROR_LOG_INTERVAL:
+                if now - self._last_detector_error >= _ERROR_LOG_INTERVAL:
                     self._last_detector_error = now
                     log.exception("saturation detector failed; treating the pool as not saturated")
                 value = 0.0

@@ -354,3 +354,24 @@ async def test_closed_controller_rejects():
     await c.close()
     item = await c.enqueue_and_wait(req("late"))
     assert item.outcome is Outcome.REJECTED_OTHER and c.error_for(item).status == 500
+
+
+async def test_a_failing_policy_does_not_kill_the_dispatcher(caplog):
+    class Flaky(GlobalStrictFairness):
+        failures = 2
+
+        def pick(self, flows, order, state):
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise RuntimeError("policy bug")
+            return super().pick(flows, order, state)
+
+    det = SettableDetector(1.0)
+    c = make_controller(det, fairness=Flaky(), dispatch_tick=0.005)
+    (task,) = spawn(c, req("r"))
+    await until(lambda: c.queued_requests == 1)
+    det.value = 0.0
+    item = await asyncio.wait_for(task, 2.0)
+    assert item.outcome is Outcome.DISPATCHED
+    assert "dispatch cycle failed" in caplog.text
+    await c.close()
