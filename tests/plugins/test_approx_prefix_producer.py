@@ -317,3 +317,15 @@ def test_scorer_validates_forwarded_parameters_up_front() -> None:
         build("prefix-cache-scorer", {"blockSize": 64, "hashBlockSize": 32})
     with pytest.raises(pydantic.ValidationError, match="greater than 0"):
         build("prefix-cache-scorer", {"blockSizeTokens": 0})
+
+
+def test_scorer_params_expose_producer_parameters_before_building() -> None:
+    from epp.plugins.scorers.prefix_cache import PrefixCacheScorerParams
+
+    assert PrefixCacheScorerParams().producer_parameters() is None
+    assert PrefixCacheScorerParams.model_validate(
+        {"autoTune": False, "blockSizeTokens": 8}
+    ).producer_parameters() == {
+        "autoTune": False,
+        "blockSizeTokens": 8,
+    }
