@@ -60,7 +60,8 @@ class KVEventPublisher:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.hwm = 100_000
+        self._sock.setsockopt(zmq.SNDHWM, self.hwm)
         base, _, port = endpoint.rpartition(":")
         try:
             if base and port in ("0", "*"):

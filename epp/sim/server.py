@@ -106,6 +106,7 @@ class SimServer:
         self._baseline_lora_loads = 0
         self._baseline_evictions = 0
         self._pending: set[_Pending] = set()
+        self._closing = False
         self._last_token: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -152,10 +153,12 @@ class SimServer:
             await self.stop()
             raise
         self._started = self._clock()
+        self._closing = False
         await self.driver.start()
         log.info("sim %s serving %s on %s", self.name, self.config.model, self.url)
 
     async def stop(self) -> None:
+        self._closing = True
         self._faults.released.set()
         for pending in list(self._pending):
             pending.queue.put_nowait(None)
@@ -308,7 +311,9 @@ class SimServer:
         r.add_get("/version", self._version)
         r.add_get("/metrics", self._metrics)
         r.add_get("/get_model_info", self._model_info)
+        r.add_get("/model_info", self._model_info)
         r.add_get("/get_server_info", self._server_info)
+        r.add_get("/server_info", self._server_info)
         r.add_get("/get_load", self._load)
         r.add_get("/kv_event_sources", self._kv_event_sources)
         r.add_post("/reset_prefix_cache", self._reset_cache)
@@ -370,6 +375,8 @@ class SimServer:
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         self.counters.requests_received += 1
         await self._fault_gate("requests")
+        if self._closing:
+            raise ApiError(503, "The server is shutting down.")
         parsed = parse_request(kind, await self._json_body(request), self.config, self.tokenizer)
         prefix = "cmpl" if kind == "completion" else "chatcmpl"
         rid = f"{prefix}-{request.headers.get('x-request-id') or uuid.uuid4().hex}"
@@ -546,8 +553,11 @@ class SimServer:
         return web.json_response(
             {
                 "model_path": cfg.model,
+                "model_id": cfg.model,
+                "instance_id": self.name,
                 "tokenizer_path": cfg.tokenizer or cfg.model,
                 "served_model_name": cfg.model,
+                "kv_block_size": cfg.block_size,
                 "host": cfg.host,
                 "port": self._port,
                 "tp_size": 1,
@@ -584,17 +594,20 @@ class SimServer:
         )
 
     async def _kv_event_sources(self, request: web.Request) -> web.StreamResponse:
+        # vllm-router's discovery format: an object keyed by data-parallel rank ({} when events are off).
         if self.publisher is None:
-            return web.json_response([])
+            return web.json_response({})
         return web.json_response(
-            [
-                {
-                    "data_parallel_rank": 0,
+            {
+                "0": {
+                    "publisher": "zmq",
+                    "enable_kv_cache_events": True,
                     "endpoint": self.publisher.endpoint,
                     "replay_endpoint": None,
                     "topic": self.publisher.topic,
+                    "hwm": self.publisher.hwm,
                 }
-            ]
+            }
         )
 
     # ---- admin -----------------------------------------------------------------------------------

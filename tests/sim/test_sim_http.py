@@ -202,8 +202,9 @@ async def test_health_version_and_sglang_probes(start_sim, http):
     async with http.get(sim.url + "/get_server_info") as resp:
         server_info = await resp.json()
     assert server_info["page_size"] == 8 and server_info["max_total_num_tokens"] == 800
+    assert server_info["kv_block_size"] == 8 and server_info["instance_id"] == sim.name
     async with http.get(sim.url + "/kv_event_sources") as resp:
-        assert await resp.json() == []
+        assert await resp.json() == {}
     # with one running and one waiting request, /get_load says so
     tasks = [
         asyncio.create_task(post(http, sim, "/v1/completions", {"prompt": "z" * 100, "max_tokens": 200}))
@@ -321,3 +322,18 @@ async def test_sim_responses_time_out_cleanly_for_clients(start_sim):
                 await resp.read()
         async with session.get(sim.url + "/health") as resp:
             assert resp.status == 200
+
+
+async def test_stop_releases_hung_requests_with_503(start_sim, http):
+    sim = await start_sim()
+    sim.set_faults(hang={"requests"})
+    task = asyncio.create_task(post(http, sim, "/v1/completions", {"prompt": "p", "max_tokens": 2}))
+    deadline = time.monotonic() + 5
+    while sim.counters.requests_received == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    await sim.stop()
+    assert time.monotonic() - t0 < 0.9  # ended by the server, not by the runner's shutdown timeout
+    status, body, _ = await asyncio.wait_for(task, 3)
+    assert status == 503 and "shutting down" in body["message"]

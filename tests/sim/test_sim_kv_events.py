@@ -37,15 +37,18 @@ async def test_block_stored_removed_and_cleared_events(start_sim, http):
     )
     endpoint = sim.publisher.endpoint
     assert endpoint.startswith("tcp://127.0.0.1:") and not endpoint.endswith(":0")
-    async with http.get(sim.url + "/kv_event_sources") as resp:
-        assert await resp.json() == [
-            {
-                "data_parallel_rank": 0,
-                "endpoint": endpoint,
-                "replay_endpoint": None,
-                "topic": f"kv@{sim.port}@m",
-            }
-        ]
+    async with http.get(sim.url + "/kv_event_sources") as resp:  # vllm-router's discovery format
+        sources = await resp.json()
+    assert sources == {
+        "0": {
+            "publisher": "zmq",
+            "enable_kv_cache_events": True,
+            "endpoint": endpoint,
+            "replay_endpoint": None,
+            "topic": f"kv@{sim.port}@m",
+            "hwm": 100000,
+        }
+    }
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
