@@ -44,6 +44,7 @@ class Datastore:
         self._dirty = False
         self.version = 0
         self._membership_listeners: list[Callable[[frozenset[str]], None]] = []
+        self._sync_listeners: list[Callable[[], None]] = []
         self._synced = False
         self.objectives: Mapping[str, int] = {}
         self.rewrite_rules: tuple[ModelRewriteRule, ...] = ()
@@ -89,8 +90,21 @@ class Datastore:
         """Call `listener(keys)` whenever the set of endpoint keys changes."""
         self._membership_listeners.append(listener)
 
+    def unsubscribe_membership(self, listener: Callable[[frozenset[str]], None]) -> None:
+        if listener in self._membership_listeners:
+            self._membership_listeners.remove(listener)
+
+    def subscribe_synced(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` once, when the endpoint source first marks the datastore synced."""
+        self._sync_listeners.append(listener)
+
     def mark_synced(self) -> None:
+        if self._synced:
+            return
         self._synced = True
+        listeners, self._sync_listeners = self._sync_listeners, []
+        for listener in listeners:
+            listener()
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
         """Replace the membership; endpoints whose key and address are unchanged keep their metrics."""
