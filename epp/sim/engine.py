@@ -208,7 +208,12 @@ class Engine:
         scheduled: list[tuple[EngineRequest, int]] = []
         budget = self._schedule_running(cfg.max_num_batched_tokens, scheduled, batch_adapters, result)
         if not result.preempted:
-            self._schedule_waiting(budget, scheduled, batch_adapters, now)
+            first_time = self._schedule_waiting(budget, scheduled, batch_adapters)
+            # A step cannot start before the requests it admits arrived (the driver may run a lagging
+            # clock to catch up on oversleeping; arrivals are stamped with the real clock).
+            result.start = max([now, *(r.arrival for r in first_time)])
+            for req in first_time:
+                req.first_scheduled = result.start
         if not scheduled:
             return result
 
@@ -276,24 +281,30 @@ class Engine:
         budget: int,
         scheduled: list[tuple[EngineRequest, int]],
         batch_adapters: list[str],
-        now: float,
-    ) -> None:
-        """Admit waiting requests FCFS; one whose adapter cannot get a slot is skipped, not blocking."""
+    ) -> list[EngineRequest]:
+        """Admit waiting requests FCFS; one whose adapter cannot get a slot is skipped, not blocking.
+
+        Returns the requests scheduled for the first time (preempted ones coming back are not)."""
         skipped: list[EngineRequest] = []
+        first_time: list[EngineRequest] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting[0]
             if req.lora is not None and not self.lora.can_schedule(req.lora, batch_adapters):
                 skipped.append(self.waiting.popleft())
                 continue
-            n = self._admit(req, budget, now)
+            fresh = req.first_scheduled is None
+            n = self._admit(req, budget)
             if n == 0:
                 break
+            if fresh:
+                first_time.append(req)
             self.waiting.popleft()
             self.running.append(req)
             scheduled.append((req, n))
             budget -= n
             _add_adapter(batch_adapters, req.lora)
         self.waiting.extendleft(reversed(skipped))
+        return first_time
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -307,7 +318,7 @@ class Engine:
         req.blocks.extend(self.pool.allocate(need))
         return True
 
-    def _admit(self, req: EngineRequest, budget: int, now: float) -> int:
+    def _admit(self, req: EngineRequest, budget: int) -> int:
         """Reuse the cached prefix and reserve blocks for the first chunk; 0 when blocks are short."""
         bs = self.config.block_size
         max_hit_blocks = (req.num_tokens - 1) // bs
@@ -323,7 +334,6 @@ class Engine:
         req.num_computed = hit_tokens
         req.num_hashed_blocks = len(hits)
         if req.first_scheduled is None:
-            req.first_scheduled = now
             req.cached_tokens = hit_tokens
             self.stats.prefix_cache_queries += req.num_tokens
             self.stats.prefix_cache_hits += hit_tokens

@@ -294,3 +294,14 @@ def test_reset_prefix_cache_forgets_cached_blocks():
     again = engine.add_request("b", p, 1, None, clock.now)
     clock.run()
     assert again.cached_tokens == 0
+
+
+def test_a_step_never_starts_before_the_requests_it_admits_arrived():
+    # the driver may pass a lagging start time while catching up; arrivals keep causality
+    engine = Engine(cfg())
+    engine.add_request("early", prompt(1, 64), 3, None, 0.0)
+    engine.step(0.0)
+    late = engine.add_request("late", prompt(2, 64), 3, None, 5.0)
+    result = engine.step(0.01)  # a start before "late" arrived
+    assert result.start == 5.0 and late.first_scheduled == 5.0
+    assert ttft(late) == pytest.approx(result.duration)
