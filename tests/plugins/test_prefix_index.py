@@ -175,7 +175,8 @@ def _consistent(index: PrefixIndex) -> None:
         pairs_from_lrus = {(h, k) for k, lru in index._lrus.items() for h in lru}
         pairs_from_owners = {(h, k) for h, keys in index._owners.items() for k in keys}
         assert pairs_from_lrus == pairs_from_owners
-        assert all(index._owners.values()), "empty owner sets must be dropped"
+        assert all(index._owners.values()), "empty holder entries must be dropped"
+        assert all(len(set(keys)) == len(keys) for keys in index._owners.values()), "duplicate holders"
         assert index._size == len(pairs_from_lrus)
         for k, lru in index._lrus.items():
             assert len(lru) <= index._capacity[k]

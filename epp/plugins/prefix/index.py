@@ -1,9 +1,10 @@
 """The approximate prefix-cache index: which endpoints are believed to hold which prompt blocks.
 
-Two maps kept consistent under one lock: block hash → set of endpoint keys, and per endpoint an LRU of its
-block hashes (capacity in blocks, typically the endpoint's GPU block count). Every operation is one critical
-section, so concurrent adds, removals and lookups never see a half-applied change, and lookups hand out
-copies, never the internal sets.
+Two maps kept consistent under one lock: block hash → endpoint keys holding it, and per endpoint an LRU of
+its block hashes (capacity in blocks, typically the endpoint's GPU block count). Every operation is one
+critical section, so concurrent adds, removals and lookups never see a half-applied change. Holders are
+kept as immutable tuples (replaced, never mutated; also ~200 bytes per block smaller than a set), so what a
+lookup hands out can never change under the caller.
 
 Hashes of one request are inserted deepest block first, so the first block (shared by every longer prefix)
 ends up most recently used and is the last to be evicted.
@@ -21,7 +22,7 @@ __all__ = ["PrefixIndex"]
 class PrefixIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owners: dict[int, set[str]] = {}
+        self._owners: dict[int, tuple[str, ...]] = {}
         self._lrus: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
         self._size = 0
@@ -48,10 +49,7 @@ class PrefixIndex:
                     continue
                 lru[h] = None
                 holders = owners.get(h)
-                if holders is None:
-                    owners[h] = {key}
-                else:
-                    holders.add(key)
+                owners[h] = (key,) if holders is None else (*holders, key)
                 added.append(h)
             self._size += len(added)
             if len(lru) > capacity:
@@ -133,10 +131,13 @@ class PrefixIndex:
 
     def _drop_owner(self, h: int, key: str) -> None:
         holders = self._owners.get(h)
-        if holders is not None:
-            holders.discard(key)
-            if not holders:
+        if holders is None:
+            return
+        if len(holders) == 1:
+            if holders[0] == key:
                 del self._owners[h]
+            return
+        self._owners[h] = tuple(k for k in holders if k != key)
 
     def _remove_endpoint(self, key: str) -> None:
         lru = self._lrus.pop(key, None)
