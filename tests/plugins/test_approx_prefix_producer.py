@@ -7,6 +7,8 @@ import dataclasses
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp.framework.handle import SimpleHandle
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
@@ -329,3 +331,22 @@ def test_scorer_params_expose_producer_parameters_before_building() -> None:
         "autoTune": False,
         "blockSizeTokens": 8,
     }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stored=st.text(alphabet="abc ", min_size=64, max_size=900),
+    cuts=st.lists(st.integers(0, 900), min_size=2, max_size=5),
+    tail=st.text(alphabet="xyz", min_size=1, max_size=200),
+)
+def test_matched_blocks_grow_with_the_shared_prefix(stored: str, cuts: list[int], tail: str) -> None:
+    p = producer({"autoTune": False, "blockSizeTokens": 4})  # 16-character blocks
+    eps = fleet(2)
+    serve(p, req(stored), eps, eps[0])
+    matched = []
+    for cut in sorted(cuts):
+        c = cycle()
+        p.prepare_data(c, req(stored[:cut] + tail), eps)
+        matched.append(c.read(PREFIX_CACHE_MATCH_INFO_KEY).match_blocks("e0"))
+        assert matched[-1] >= min(cut, len(stored)) // 16  # every fully shared block matches
+    assert matched == sorted(matched)

@@ -198,12 +198,14 @@ class ApproxPrefixCacheProducer:
     def _report(self, info: PrefixCacheMatchInfo, endpoint: Endpoint) -> None:
         if self._metrics is None:
             return
-        total = info.total_blocks(endpoint.key)
-        if total <= 0:
+        size = self.block_size_for(endpoint, info.default_block_size)
+        group = info.groups.get(size)
+        if group is None or not group.hashes:
             return
-        matched = info.match_blocks(endpoint.key)
-        size = info.block_size(endpoint.key)
-        self._metrics.record_prefix_match(matched / total, matched * size * AVERAGE_CHARS_PER_TOKEN)
+        matched = group.matches.get(endpoint.key, 0)
+        self._metrics.record_prefix_match(
+            matched / len(group.hashes), matched * size * AVERAGE_CHARS_PER_TOKEN
+        )
 
 
 def _find(address: str, endpoints: Sequence[Endpoint]) -> Endpoint | None:
