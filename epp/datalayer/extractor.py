@@ -77,6 +77,16 @@ class CoreMetricsExtractor:
     def typed_name(self) -> TypedName:
         return TypedName(CORE_METRICS_EXTRACTOR_TYPE, self._name)
 
+    def with_overrides(self, overrides: MetricOverrides) -> CoreMetricsExtractor:
+        """A copy whose default engine has the deprecated flag specs applied."""
+        return CoreMetricsExtractor(
+            self._name,
+            engines=self.engines,
+            default_engine=self.default_engine,
+            engine_label_key=self.engine_label_key,
+            overrides=overrides,
+        )
+
     def mapping_for(self, labels: Mapping[str, str]) -> EngineMapping:
         """The mapping of the engine named by the endpoint's engine label (default engine otherwise)."""
         engine = labels.get(self.engine_label_key)
