@@ -155,6 +155,9 @@ class EppSettings(BaseSettings):
     grpc_port: Port = Field(9002, description="Envoy ext_proc gRPC server port")
     grpc_health_port: Port = Field(9003, description="gRPC health server port (always plaintext)")
     metrics_port: Port = Field(9090, description="Prometheus /metrics HTTP port")
+    bind_address: str = Field(
+        "", description="address the gRPC, health and metrics servers listen on; empty = all interfaces"
+    )
     secure_serving: Bool = Field(
         True, description="TLS on the ext_proc port (self-signed unless --cert-path)"
     )

@@ -11,6 +11,7 @@ the v1.3/v1.4 key `data` for `dataLayer`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -36,6 +37,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_BAND_MAX_BYTES",
     "KIND",
+    "LEGACY_TYPE_NAMES",
     "DataLayerConfig",
     "DataSourceConfig",
     "DefaultPriorityBandConfig",
@@ -55,6 +57,12 @@ __all__ = [
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 KIND = "EndpointPickerConfig"
+
+#: Plugin types renamed upstream: an old config still loads, with a warning, when the new type exists.
+LEGACY_TYPE_NAMES: Mapping[str, str] = {
+    "kv-cache-scorer": "kv-cache-utilization-scorer",
+    "model-server-protocol-metrics": "core-metrics-extractor",
+}
 
 #: Upstream `defaultPriorityBandMaxBytes`: a band's byte capacity when its config leaves it unset.
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from epp.config.api import API_VERSION, KIND, DataLayerConfig, FlowControlConfig, SaturationDetectorConfig
+from epp.config.api import (
+    API_VERSION,
+    KIND,
+    LEGACY_TYPE_NAMES,
+    DataLayerConfig,
+    FlowControlConfig,
+    SaturationDetectorConfig,
+)
 from epp.config.context import LoadContext
 from epp.config.effective import ProfileDecl, ProfileEntry
 from epp.config.yamlpos import YamlPath
@@ -56,11 +63,6 @@ FEATURE_GATES: Mapping[str, str] = {
     "flowControl": "queue requests by priority and fairness (the flowControl section)",
 }
 
-#: Plugin types renamed upstream: an old config still loads, with a warning, when the new type exists.
-LEGACY_TYPE_NAMES: Mapping[str, str] = {
-    "kv-cache-scorer": "kv-cache-utilization-scorer",
-    "model-server-protocol-metrics": "core-metrics-extractor",
-}
 
 #: Flow-control policy types upstream has; a reference to one this build lacks is a warning, not an error.
 _UPSTREAM_POLICY_TYPES = frozenset(

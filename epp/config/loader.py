@@ -129,7 +129,7 @@ def load_config(
             [
                 ConfigProblem(
                     source,
-                    1,
+                    _first_content_line(decoded),
                     "",
                     "the config must be a mapping (apiVersion, kind, plugins, ...), "
                     f"not {_kind_of(parsed.data)}",
@@ -137,6 +137,14 @@ def load_config(
             ]
         )
     return _load(parsed.data, parsed.lines, source, digest, registry, env, is_default=False)
+
+
+def _first_content_line(text: str) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and stripped != "---":
+            return number
+    return 1
 
 
 def _kind_of(value: Any) -> str:
@@ -335,10 +343,16 @@ def _load(
 
 
 def _hint(issues: list[Issue], data: dict[str, Any]) -> list[Issue]:
+    """Point document-level findings at the key they are about, and explain known wrong apiVersions."""
     hint = _APIVERSION_HINTS.get(str(data.get("apiVersion")))
-    if hint is None:
-        return issues
-    return [Issue(i.path, f"{i.message}; {hint}") if i.path == ("apiVersion",) else i for i in issues]
+    out: list[Issue] = []
+    for issue in issues:
+        if issue.path == () and data.get("data") is not None and "'data'" in issue.message:
+            issue = Issue(("data",), issue.message)
+        if hint is not None and issue.path == ("apiVersion",):
+            issue = Issue(issue.path, f"{issue.message}; {hint}")
+        out.append(issue)
+    return out
 
 
 def _noun_for(path: YamlPath) -> str:

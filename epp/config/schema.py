@@ -17,7 +17,7 @@ import jsonschema  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from pydantic.errors import PydanticInvalidForJsonSchema, PydanticUserError
 
-from epp.config.api import EndpointPickerConfig
+from epp.config.api import LEGACY_TYPE_NAMES, EndpointPickerConfig
 from epp.registry import PluginRegistry, PluginType
 
 __all__ = ["config_schema", "params_def_name", "schema_text", "schema_validator"]
@@ -61,19 +61,20 @@ def _plugin_schemas(types: tuple[PluginType[Any], ...]) -> tuple[list[dict[str, 
             params["description"] = ptype.description
         defs[params_def_name(name)] = params
         defs.update(nested)
-        clauses.append(
-            {
-                "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
-                "then": {
-                    "properties": {
-                        "parameters": {
-                            "anyOf": [{"$ref": f"#/$defs/{params_def_name(name)}"}, {"type": "null"}]
-                        }
-                    }
-                },
-            }
-        )
+        clauses.append(_params_clause(name, name))
     return clauses, defs
+
+
+def _params_clause(type_name: str, params_of: str) -> dict[str, Any]:
+    """`if type == type_name then parameters follow params_of's schema` (params_of differs for old names)."""
+    return {
+        "if": {"properties": {"type": {"const": type_name}}, "required": ["type"]},
+        "then": {
+            "properties": {
+                "parameters": {"anyOf": [{"$ref": f"#/$defs/{params_def_name(params_of)}"}, {"type": "null"}]}
+            }
+        },
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,7 +83,11 @@ def _schema_for(types: tuple[PluginType[Any], ...]) -> str:
     clauses, plugin_defs = _plugin_schemas(types)
     spec = defs["PluginSpec"]
     if types:
-        spec["properties"]["type"]["enum"] = [t.type_name for t in types]
+        known = {t.type_name for t in types}
+        renamed = {old: new for old, new in LEGACY_TYPE_NAMES.items() if new in known and old not in known}
+        spec["properties"]["type"]["enum"] = sorted(known | set(renamed))
+        for old, new in sorted(renamed.items()):
+            clauses.append(_params_clause(old, new))
         spec["allOf"] = clauses
     defs.update(plugin_defs)
     root["$defs"] = defs
