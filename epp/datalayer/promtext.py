@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["Sample", "ScanResult", "scan"]
 
@@ -48,28 +49,35 @@ class ScanResult(NamedTuple):
     malformed: int
 
 
-def scan(text: str, names: Iterable[str]) -> ScanResult:
-    """Find every sample of each metric name in `names` in a text-format page (one pass)."""
-    wanted = tuple(sorted(set(names), key=lambda s: (-len(s), s)))
-    out: dict[str, list[Sample]] = {name: [] for name in wanted}
-    if not wanted:
+def scan(page: str | bytes, names: Iterable[str]) -> ScanResult:
+    """Find every sample of each metric name in `names` in a text-format page (one pass).
+
+    `page` may be the raw response body (bytes, UTF-8): only the wanted lines are decoded.
+    """
+    finder = _finder(names if isinstance(names, frozenset) else frozenset(names), isinstance(page, bytes))
+    out: dict[str, list[Sample]] = {name: [] for name in finder.names}
+    if not out:
         return ScanResult(out, 0)
-    head, body = _finders(wanted)
-    first = head.match(text)
-    matches = body.finditer(text) if first is None else chain((first,), body.finditer(text))
+    first = finder.head.match(page)
+    matches = finder.body.finditer(page)
+    if first is not None:
+        matches = chain((first,), matches)
+    newline: Any = finder.newline
+    by_token = finder.by_token
     malformed = 0
-    size = len(text)
-    find = text.find
+    size = len(page)
+    find = page.find
     for m in matches:
-        name = m.group(1)
-        pos = m.end(1)
-        end = find("\n", pos)
+        name = by_token[m.group(1)]
+        start = m.start(1)
+        end = find(newline, m.end(1))
         if end < 0:
             end = size
-        line = text[m.start(1) : end]
+        line = page[start:end]
         sample = _LINES.get(line)
         if sample is None:
-            sample = _parse_rest(name, text, pos, end)
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            sample = _parse_rest(name, text, len(name), len(text))
             if sample is None:
                 malformed += 1
                 continue
@@ -82,26 +90,47 @@ def scan(text: str, names: Iterable[str]) -> ScanResult:
 
 # Parsed lines by their text from the name on: most wanted lines repeat from one scrape to the next
 # (cache_config_info, lora info, idle gauges), and a dict lookup is ~50x cheaper than parsing labels.
-_LINES: dict[str, Sample] = {}
+_LINES: dict[str | bytes, Sample] = {}
 _LINES_MAX = 16_384
 
 
-_FINDERS: dict[tuple[str, ...], tuple[re.Pattern[str], re.Pattern[str]]] = {}
+@dataclass(frozen=True, slots=True)
+class _Finder:
+    """Compiled patterns for one set of names, for str or for bytes pages.
 
-
-def _finders(wanted: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """(first-line pattern, other-lines pattern) for a set of names, compiled once per set.
-
-    The other-lines pattern starts with a literal newline, which the regex engine scans for quickly; a
-    name must be followed by `{`, a blank or the end of the line, so `foo` never matches `foo_bar`.
+    `body` starts with a literal newline, which the regex engine scans for quickly; `head` checks the first
+    line. A name must be followed by `{`, a blank or the end of the line, so `foo` never matches `foo_bar`.
+    Longer names come first in the alternation, so a name that prefixes another cannot shadow it.
     """
-    found = _FINDERS.get(wanted)
+
+    names: tuple[str, ...]
+    head: re.Pattern[Any]
+    body: re.Pattern[Any]
+    newline: str | bytes
+    by_token: Mapping[str | bytes, str]
+
+
+_FINDERS: dict[tuple[frozenset[str], bool], _Finder] = {}
+
+
+def _finder(names: frozenset[str], for_bytes: bool) -> _Finder:
+    found = _FINDERS.get((names, for_bytes))
     if found is None:
         if len(_FINDERS) > 256:  # the names come from config; bound the cache anyway
             _FINDERS.clear()
+        wanted = tuple(sorted(names, key=lambda s: (-len(s), s)))
         line = r"[ \t]*(" + "|".join(re.escape(name) for name in wanted) + r")(?=[ \t{\r\n]|\Z)"
-        found = (re.compile(line), re.compile("\n" + line))
-        _FINDERS[wanted] = found
+        if for_bytes:
+            found = _Finder(
+                wanted,
+                re.compile(line.encode()),
+                re.compile(b"\n" + line.encode()),
+                b"\n",
+                {name.encode(): name for name in wanted},
+            )
+        else:
+            found = _Finder(wanted, re.compile(line), re.compile("\n" + line), "\n", {n: n for n in wanted})
+        _FINDERS[(names, for_bytes)] = found
     return found
 
 

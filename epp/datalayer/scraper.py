@@ -97,6 +97,7 @@ class Scraper:
         self._attempted: set[str] = set()
         self._started = False
         self._rng = random.Random()
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self.first_round_done = asyncio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -108,7 +109,11 @@ class Scraper:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=60.0)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=_HEADERS, auto_decompress=False, raise_for_status=False
+                connector=connector,
+                headers=_HEADERS,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
         self._ds.subscribe_membership(self._on_membership)
         if self._ds.synced:
@@ -222,7 +227,7 @@ class Scraper:
             self._failed(endpoint, stats, url, _describe(exc))
             return False
         mapping = extractor.mapping_for(endpoint.labels)
-        found = scan(body.decode("utf-8", "replace"), mapping.names)
+        found = scan(body, mapping.names)
         current = self._ds.get(endpoint.key)
         previous = (current or endpoint).metrics
         result = extractor.extract(mapping, found.samples, previous, self._clock())
@@ -246,11 +251,12 @@ class Scraper:
         if session is None:
             raise ScrapeError("scraper is stopped")
         ssl = source.verify_tls  # False: no certificate verification (insecureSkipVerify)
-        async with asyncio.timeout(self.timeout):
-            async with session.get(url, ssl=ssl, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise ScrapeError(f"HTTP {resp.status}")
-                return await resp.read()
+        # The session's total timeout covers connect, headers and body; a second asyncio timer per
+        # request would only cost CPU.
+        async with session.get(url, ssl=ssl, allow_redirects=False, timeout=self._client_timeout) as resp:
+            if resp.status != 200:
+                raise ScrapeError(f"HTTP {resp.status}")
+            return await resp.read()
 
     def _failed(self, endpoint: Endpoint, stats: ScrapeStats, url: str, reason: str) -> None:
         stats.failures += 1

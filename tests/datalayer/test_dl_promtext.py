@@ -52,15 +52,20 @@ def page_names(text: str) -> set[str]:
 
 
 def ours(text: str, names: set[str]) -> dict[str, list[tuple]]:
-    result = scan(text, names)
-    assert result.malformed == 0
-    return {
-        n: [
-            (dict(s.labels), s.value, None if s.timestamp_ms is None else s.timestamp_ms / 1000)
-            for s in result.samples[n]
-        ]
-        for n in names
-    }
+    from_str, from_bytes = scan(text, names), scan(text.encode(), names)
+    assert from_str.malformed == from_bytes.malformed == 0
+    flat = [
+        {
+            n: [
+                (dict(s.labels), s.value, None if s.timestamp_ms is None else s.timestamp_ms / 1000)
+                for s in result.samples[n]
+            ]
+            for n in names
+        }
+        for result in (from_str, from_bytes)
+    ]
+    assert same(flat[0], flat[1])  # the raw-body (bytes) path reads the same
+    return flat[0]
 
 
 def same(a: dict[str, list[tuple]], b: dict[str, list[tuple]]) -> bool:
