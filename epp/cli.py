@@ -74,7 +74,10 @@ def _serve(args: list[str]) -> int:
     registry = default_registry()
     try:
         build_pipeline(
-            load_config_source(settings.config_file, settings.config_text, registry=registry), registry
+            load_config_source(
+                settings.config_file, settings.config_text, registry=registry, log_warnings=False
+            ),
+            registry,
         )
     except ConfigError as exc:
         _err("invalid EndpointPickerConfig:")
@@ -168,9 +171,10 @@ def _validate_one(name: str, registry: Any, effective: bool, out: TextIO, err: T
 
     try:
         if name == "-":
-            config = load_config(sys.stdin.buffer.read(), registry=registry, source="<stdin>")
+            data = sys.stdin.buffer.read()
+            config = load_config(data, registry=registry, source="<stdin>", log_warnings=False)
         else:
-            config = load_config_file(name, registry=registry)
+            config = load_config_file(name, registry=registry, log_warnings=False)
         build_pipeline(config, registry)
     except ConfigError as exc:
         for problem in exc.problems:

@@ -11,6 +11,7 @@ never accept less than the loader (its findings are merged, one message per prob
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,8 @@ __all__ = [
     "load_default_config",
 ]
 
+log = logging.getLogger(__name__)
+
 #: `source` of the built-in default config and of `--config-text`.
 DEFAULT_SOURCE = "<default>"
 TEXT_SOURCE = "<config-text>"
@@ -60,7 +63,11 @@ _APIVERSION_HINTS = {
 
 
 def load_config_file(
-    path: str | os.PathLike[str], *, registry: PluginRegistry, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    registry: PluginRegistry,
+    environ: Mapping[str, str] | None = None,
+    log_warnings: bool = True,
 ) -> EffectiveConfig:
     """Load a config file; the path as given names it in every problem."""
     name = os.fspath(path)
@@ -70,7 +77,7 @@ def load_config_file(
         raise ConfigError(
             [ConfigProblem(name, 1, "", f"cannot read the config file: {exc.strerror or exc}")]
         ) from None
-    return load_config(data, registry=registry, source=name, environ=environ)
+    return load_config(data, registry=registry, source=name, environ=environ, log_warnings=log_warnings)
 
 
 def load_config_source(
@@ -79,20 +86,21 @@ def load_config_source(
     *,
     registry: PluginRegistry,
     environ: Mapping[str, str] | None = None,
+    log_warnings: bool = True,
 ) -> EffectiveConfig:
     """What the daemon loads: `--config-file`, else `--config-text`, else the built-in default."""
     if config_file:
-        return load_config_file(config_file, registry=registry, environ=environ)
-    if config_text:
-        return load_config(config_text, registry=registry, source=TEXT_SOURCE, environ=environ)
-    return load_default_config(registry, environ)
+        return load_config_file(config_file, registry=registry, environ=environ, log_warnings=log_warnings)
+    text = config_text or None
+    source = TEXT_SOURCE if text else DEFAULT_SOURCE
+    return load_config(text, registry=registry, source=source, environ=environ, log_warnings=log_warnings)
 
 
 def load_default_config(
-    registry: PluginRegistry, environ: Mapping[str, str] | None = None
+    registry: PluginRegistry, environ: Mapping[str, str] | None = None, *, log_warnings: bool = True
 ) -> EffectiveConfig:
     """The built-in default config (no `--config-file` or `--config-text`)."""
-    return load_config(None, registry=registry, environ=environ)
+    return load_config(None, registry=registry, environ=environ, log_warnings=log_warnings)
 
 
 def load_config(
@@ -101,9 +109,23 @@ def load_config(
     registry: PluginRegistry,
     source: str = TEXT_SOURCE,
     environ: Mapping[str, str] | None = None,
+    log_warnings: bool = True,
 ) -> EffectiveConfig:
-    """Load config text (None = the built-in default); raises ConfigError listing every problem."""
-    env = os.environ if environ is None else environ
+    """Load config text (None = the built-in default); raises ConfigError listing every problem.
+
+    Warnings (deprecated keys, ignored parameters ...) are in `EffectiveConfig.warnings` and, unless
+    `log_warnings` is False, also logged at WARNING as `FILE:LINE: path: message`.
+    """
+    config = _load_text(text, registry, source, os.environ if environ is None else environ)
+    if log_warnings:
+        for warning in config.warnings:
+            log.warning("%s", warning)
+    return config
+
+
+def _load_text(
+    text: str | bytes | None, registry: PluginRegistry, source: str, env: Mapping[str, str]
+) -> EffectiveConfig:
     if text is None:
         doc = d.default_document(registry)
         digest = hashlib.sha256(repr(sorted(doc.items())).encode()).hexdigest()

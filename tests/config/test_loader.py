@@ -511,3 +511,19 @@ def test_effective_document_reloads_to_the_same_config(registry: PluginRegistry)
     assert [p.spec for p in again.plugins] == [p.spec for p in config.plugins]
     assert entries(again, "p") == entries(config, "p")
     assert again.to_document() == doc
+
+
+def test_warnings_are_logged_unless_asked_not_to(
+    registry: PluginRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    text = HEAD + "featureGates: [dataLayer]\n"
+    with caplog.at_level(logging.WARNING, logger="epp.config.loader"):
+        load_config(text, registry=registry, source="w.yaml", environ={}, log_warnings=False)
+        assert caplog.records == []
+        load_config(text, registry=registry, source="w.yaml", environ={})
+    assert [r.getMessage() for r in caplog.records] == [
+        "w.yaml:3: featureGates[0]: feature gate 'dataLayer' is deprecated and has no effect: "
+        "the data layer is always on"
+    ]
