@@ -203,7 +203,10 @@ class _View:
             refs = item.get("plugins")
             for j, ref in enumerate(refs if isinstance(refs, list) else []):
                 model = _model(ProfilePluginRef, ref)
-                if model is not None:
+                if model is None and isinstance(ref, dict) and isinstance(ref.get("pluginRef"), str):
+                    # the entry is broken elsewhere (e.g. its weight); its reference can still be checked
+                    model = ProfilePluginRef.model_construct(plugin_ref=ref["pluginRef"], weight=None)
+                if model is not None and model.plugin_ref:
                     view.refs.append((j, model))
             out.append(view)
         return out
