@@ -423,6 +423,14 @@ def _unknown(name: str, known: Sequence[str]) -> SettingsError:
     return SettingsError(f"unknown flag --{name}{hint}")
 
 
+def _looks_like_flag(arg: str) -> bool:
+    """`--known-flag...` or `-h`/`-v`: taking it as the previous flag's value would only hide a mistake."""
+    if arg in ("-h", "-v") or arg.startswith(("-v=", "--help")):
+        return True
+    name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+    return bool(name) and (name in _flags() or name in IGNORED_FLAGS or name == "v")
+
+
 def _flag_value(name: str, inline: str | None, is_bool: bool, args: list[str], i: int) -> tuple[str, int]:
     """The value of flag `name` (inline, or the next argument) and the index after it."""
     if inline is None:
@@ -431,7 +439,7 @@ def _flag_value(name: str, inline: str | None, is_bool: bool, args: list[str], i
             if nxt is not None and (nxt in _GO_TRUE or nxt in _GO_FALSE):
                 return nxt, i + 1  # `--flag false`: safe, the daemon takes no positionals
             return "true", i
-        if nxt is None:
+        if nxt is None or _looks_like_flag(nxt):
             raise SettingsError(f"flag --{name} needs a value (--{name}=VALUE or --{name} VALUE)")
         return nxt, i + 1
     if is_bool and inline not in _GO_TRUE and inline not in _GO_FALSE:

@@ -76,6 +76,10 @@ def test_verbosity_spellings(argv: list[str]) -> None:
     assert parse(*POOL, *argv).v == 5
 
 
+def test_values_may_start_with_a_dash() -> None:
+    assert parse("--static-endpoints", "a:1", "--static-objectives", "-x=1").static_objectives == {"-x": 1}
+
+
 def test_values_with_equals_or_space() -> None:
     s = parse("--pool-name=a", "--grpc-port", "7000", "--metrics-port=7001", "--config-text", "kind: x=y")
     assert (s.pool_name, s.grpc_port, s.metrics_port, s.config_text) == ("a", 7000, 7001, "kind: x=y")
@@ -195,6 +199,8 @@ def test_unknown_environment_variable_is_warned(caplog: pytest.LogCaptureFixture
         ([*POOL, "-pool-name", "x"], {}, "long flags take two dashes (--pool-name)"),
         ([*POOL, "serve-now"], {}, "unexpected argument 'serve-now'"),
         (["--pool-name"], {}, "flag --pool-name needs a value"),
+        (["--pool-name", "--grpc-port=1"], {}, "flag --pool-name needs a value"),
+        (["--pool-name", "--help"], {}, "flag --pool-name needs a value"),
         ([*POOL, "--secure-serving=maybe"], {}, "flag --secure-serving: expected true or false, got 'maybe'"),
         ([*POOL, "--grpc-port", "70000"], {}, "--grpc-port: must be less than or equal to 65535"),
         ([*POOL, "--grpc-port", "9090"], {}, "--metrics-port and --grpc-port are both 9090"),
