@@ -125,7 +125,7 @@ def _bool(value: Any) -> Any:
 
 Seconds = Annotated[float, BeforeValidator(_duration), Field(json_schema_extra={"flag_type": "duration"})]
 Bool = Annotated[bool, BeforeValidator(_bool)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests, demos)
 
 
 def _port_list(value: Any) -> Any:
@@ -317,7 +317,7 @@ class EppSettings(BaseSettings):
         ports["--metrics-port"] = self.metrics_port
         seen: dict[int, str] = {}
         for flag, port in ports.items():
-            if port in seen:
+            if port and port in seen:
                 raise SettingsError(
                     f"{flag} and {seen[port]} are both {port}; each server needs its own port"
                 )

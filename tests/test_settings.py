@@ -76,6 +76,11 @@ def test_verbosity_spellings(argv: list[str]) -> None:
     assert parse(*POOL, *argv).v == 5
 
 
+def test_port_zero_means_any_free_port() -> None:
+    s = parse(*POOL, "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0")
+    assert (s.grpc_port, s.grpc_health_port, s.metrics_port) == (0, 0, 0)
+
+
 def test_values_may_start_with_a_dash() -> None:
     assert parse("--static-endpoints", "a:1", "--static-objectives", "-x=1").static_objectives == {"-x": 1}
 
