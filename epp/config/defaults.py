@@ -34,6 +34,7 @@ __all__ = [
     "FEATURE_GATES",
     "LEGACY_TYPE_NAMES",
     "default_document",
+    "default_profile",
     "ensure_data_layer",
     "ensure_flow_control",
     "ensure_parser",

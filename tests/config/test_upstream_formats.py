@@ -33,6 +33,18 @@ def scorers(pipeline: Pipeline, profile: str = "default") -> list[tuple[str, flo
     return [(w.scorer.typed_name.name, w.weight) for w in pipeline.scheduler.profiles[profile].scorers]
 
 
+UPSTREAM_TYPES = """queue-scorer kv-cache-utilization-scorer prefix-cache-scorer lora-affinity-scorer
+running-requests-size-scorer token-load-scorer approx-prefix-cache-producer inflight-load-producer
+max-score-picker random-picker weighted-random-picker single-profile-handler header-based-testing-filter
+prefix-cache-affinity-filter low-queue-filter least-queue-filter least-kv-cache-filter lora-affinity-filter
+decision-tree-filter openai-parser passthrough-parser metrics-data-source core-metrics-extractor""".split()
+
+
+def test_default_registry_has_the_upstream_types() -> None:
+    names = set(default_registry().names())
+    assert set(UPSTREAM_TYPES) <= names, sorted(set(UPSTREAM_TYPES) - names)
+
+
 def test_every_valid_fixture_loads_and_builds() -> None:
     files = sorted(VALID.glob("*.yaml"))
     assert len(files) >= 10
