@@ -33,11 +33,31 @@ def scorers(pipeline: Pipeline, profile: str = "default") -> list[tuple[str, flo
     return [(w.scorer.typed_name.name, w.weight) for w in pipeline.scheduler.profiles[profile].scorers]
 
 
-UPSTREAM_TYPES = """queue-scorer kv-cache-utilization-scorer prefix-cache-scorer lora-affinity-scorer
-running-requests-size-scorer token-load-scorer approx-prefix-cache-producer inflight-load-producer
-max-score-picker random-picker weighted-random-picker single-profile-handler header-based-testing-filter
-prefix-cache-affinity-filter low-queue-filter least-queue-filter least-kv-cache-filter lora-affinity-filter
-decision-tree-filter openai-parser passthrough-parser metrics-data-source core-metrics-extractor""".split()
+UPSTREAM_TYPES = [
+    "queue-scorer",
+    "kv-cache-utilization-scorer",
+    "prefix-cache-scorer",
+    "lora-affinity-scorer",
+    "running-requests-size-scorer",
+    "token-load-scorer",
+    "approx-prefix-cache-producer",
+    "inflight-load-producer",
+    "max-score-picker",
+    "random-picker",
+    "weighted-random-picker",
+    "single-profile-handler",
+    "header-based-testing-filter",
+    "prefix-cache-affinity-filter",
+    "low-queue-filter",
+    "least-queue-filter",
+    "least-kv-cache-filter",
+    "lora-affinity-filter",
+    "decision-tree-filter",
+    "openai-parser",
+    "passthrough-parser",
+    "metrics-data-source",
+    "core-metrics-extractor",
+]
 
 
 def test_default_registry_has_the_upstream_types() -> None:
