@@ -21,7 +21,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from epp.datalayer.datastore import Datastore
@@ -41,6 +40,7 @@ from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.admission import Admission, LegacyAdmission
 from epp.requestcontrol.candidates import subset_filter
 from epp.requestcontrol.context import RequestContext, RequestOptions
+from epp.requestcontrol.meter import RequestMeter
 from epp.requestcontrol.rewrite import RewriteIndex
 from epp.scheduling.trace import DecisionTrace
 
@@ -65,6 +65,20 @@ def reserialize(body: Mapping[str, Any], model: str) -> bytes:
         return json.dumps(out, separators=(",", ":")).encode("ascii")
 
 
+_set = object.__setattr__
+
+
+def _complete_request(req: InferenceRequest, **fields: Any) -> None:
+    """Fill in what the director decides on the parser's fresh, not yet shared InferenceRequest.
+
+    `dataclasses.replace` on the 17-field frozen dataclass costs several microseconds per request; writing
+    the few differing fields of an object no one else holds yet is equivalent and ~10x cheaper.
+    """
+    for name, value in fields.items():
+        if getattr(req, name) != value:
+            _set(req, name, value)
+
+
 def request_path(headers: Mapping[str, str]) -> str:
     """The API path: `:path`, else `x-original-path`, else `x-forwarded-path`, without a query string."""
     path = headers.get(PATH_HEADER) or headers.get(ORIGINAL_PATH_HEADER) or headers.get(FORWARDED_PATH_HEADER)
@@ -86,6 +100,7 @@ class Director:
     ) -> None:
         self.datastore = datastore
         self.metrics = metrics
+        self.meter = RequestMeter(metrics)
         self.options = options or RequestOptions()
         self.admission: Admission = admission or LegacyAdmission(clock)
         self.rng = rng or random.Random()
@@ -138,7 +153,7 @@ class Director:
 
         objective = headers.get(OBJECTIVE_HEADER, "")
         priority = datastore.objectives.get(objective, 0) if objective else 0
-        req = replace(
+        _complete_request(
             req,
             request_id=ctx.request_id,
             target_model=target,
@@ -165,12 +180,12 @@ class Director:
         try:
             result = pipeline.scheduler.schedule(req, candidates, cycle, trace)
         except SchedulingError:
-            metrics.record_scheduler_attempt(False, target, None)
+            self.meter.schedule_failed(target)
             if trace is not None:
                 log.debug("scheduling failed: %s", trace.compact())
             raise
         targets = result.targets
-        metrics.record_scheduler_attempt(True, target, targets[0])
+        self.meter.scheduled(target, targets[0])
         ctx.result = result
         ctx.destination = targets[0].address if len(targets) == 1 else ",".join(e.address for e in targets)
         if trace is not None:
@@ -191,8 +206,8 @@ class Director:
             finally:
                 metrics.plugin_duration("PreRequest", hook.typed_name, _perf() - t0)
 
-        metrics.record_request(model, target, priority, len(body))
-        metrics.running_inc(model)
+        self.meter.request(model, target, priority, len(body))
+        self.meter.running_inc(model)
         ctx.running = True
         return out
 
@@ -204,7 +219,7 @@ class Director:
             decision = self._rewrites.decide(model, target, rules, self.rng)
             target = decision.target
             if decision.rule:
-                self.metrics.record_model_rewrite(decision.rule, model, target)
+                self.meter.model_rewrite(decision.rule, model, target)
         return target
 
     def _prepare(self, ctx: RequestContext, req: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
@@ -277,16 +292,16 @@ class Director:
         try:
             self.response_complete(ctx)
         finally:
-            metrics = self.metrics
+            meter = self.meter
             if ctx.running:
-                metrics.running_dec(ctx.model)
+                meter.running_dec(ctx.model)
                 if self._admission_finished is not None:
                     self._admission_finished()
             if ctx.error_code:
-                metrics.record_error(ctx.model, ctx.target_model, ctx.error_code)
+                meter.error(ctx.model, ctx.target_model, ctx.error_code)
             info = ctx.response
             if info.complete and ctx.result is not None:
-                metrics.record_response(
+                meter.response(
                     ctx.model,
                     ctx.target_model,
                     duration=max(0.0, ctx.completed_at - ctx.received_at),

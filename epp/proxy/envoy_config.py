@@ -1,0 +1,240 @@
+"""Render an Envoy bootstrap for the EPP (or for plain-Envoy baselines).
+
+`routing="epp"` gives GIE's setup: an ext_proc filter talking to the EPP over HTTP/2 (TLS without
+verification, or plaintext) and an ORIGINAL_DST cluster that takes the destination from the
+`x-gateway-destination-endpoint` header or from `envoy.lb` dynamic metadata (metadata wins when both are
+set), with `metadata_options.receiving_namespaces: ["envoy.lb"]` so the EPP's metadata is accepted.
+The served endpoint reaches the EPP on the response path as the `upstream.address` response attribute
+(verified with Envoy 1.40: it names the host of the last try, so it is right after retries too).
+
+Body modes: FULL_DUPLEX_STREAMED (upstream's; request and response trailers SEND, as Envoy requires) or
+BUFFERED (request body buffered; response body STREAMED so SSE still streams). `routing="round_robin"`,
+`"least_request"` route over `static_endpoints` without any ext_proc (benchmark baselines).
+
+Listener and admin ports may be 0: `EnvoyProcess` discovers the bound ports through the admin API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from epp.extproc.keys import DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE, UPSTREAM_ADDRESS_ATTRIBUTE
+
+__all__ = ["BodyMode", "EnvoyConfig", "Routing", "render_bootstrap"]
+
+BodyMode = Literal["FULL_DUPLEX_STREAMED", "BUFFERED"]
+Routing = Literal["epp", "round_robin", "least_request"]
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyConfig:
+    """What the bootstrap contains.
+
+    Attributes:
+        listener_port / admin_port: 0 = any free port (discovered after start).
+        ext_proc_port / ext_proc_host: where the EPP listens (routing "epp").
+        ext_proc_tls: TLS to the EPP (no certificate validation, ALPN h2), as upstream's chart.
+        body_mode: FULL_DUPLEX_STREAMED (default) or BUFFERED.
+        static_endpoints: `ip:port` list for the plain-Envoy baselines.
+        route_timeout: whole-request timeout at the route (0 = none).
+        failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen).
+        buffer_limit_bytes: per-connection buffer (bounds BUFFERED request bodies).
+    """
+
+    listener_port: int = 0
+    admin_port: int = 0
+    ext_proc_port: int = 9002
+    ext_proc_host: str = "127.0.0.1"
+    ext_proc_tls: bool = True
+    body_mode: BodyMode = "FULL_DUPLEX_STREAMED"
+    routing: Routing = "epp"
+    static_endpoints: Sequence[str] = ()
+    route_timeout: float = 60.0
+    grpc_timeout: float = 10.0
+    message_timeout: float = 10.0
+    failure_mode_allow: bool = False
+    buffer_limit_bytes: int = 32 << 20
+    listen_address: str = "127.0.0.1"
+    connect_timeout: float = 1.0
+    access_log_path: str | None = None
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _processing_mode(mode: BodyMode) -> dict[str, str]:
+    if mode == "FULL_DUPLEX_STREAMED":
+        return {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SEND",
+            "request_body_mode": "FULL_DUPLEX_STREAMED",
+            "response_body_mode": "FULL_DUPLEX_STREAMED",
+            "request_trailer_mode": "SEND",
+            "response_trailer_mode": "SEND",
+        }
+    return {
+        "request_header_mode": "SEND",
+        "response_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_body_mode": "STREAMED",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+
+
+def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _EXT_PROC,
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": "ext_proc", "authority": f"localhost:{cfg.ext_proc_port}"},
+                "timeout": _seconds(cfg.grpc_timeout),
+            },
+            "failure_mode_allow": cfg.failure_mode_allow,
+            "allow_mode_override": True,
+            "message_timeout": _seconds(cfg.message_timeout),
+            "processing_mode": _processing_mode(cfg.body_mode),
+            "response_attributes": [UPSTREAM_ADDRESS_ATTRIBUTE],
+            "metadata_options": {"receiving_namespaces": {"untyped": [ENVOY_LB_NAMESPACE]}},
+        },
+    }
+
+
+def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": "ext_proc",
+        "type": "STATIC",
+        "connect_timeout": _seconds(cfg.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "ext_proc",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(cfg.ext_proc_host, cfg.ext_proc_port)}}]}
+            ],
+        },
+    }
+    if cfg.ext_proc_tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": _TLS, "common_tls_context": {"alpn_protocols": ["h2"]}},
+        }
+    return cluster
+
+
+def _original_dst_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "name": "original_destination_cluster",
+        "type": "ORIGINAL_DST",
+        "connect_timeout": _seconds(cfg.connect_timeout),
+        "lb_policy": "CLUSTER_PROVIDED",
+        "original_dst_lb_config": {
+            "use_http_header": True,
+            "http_header_name": DESTINATION_ENDPOINT,
+            "metadata_key": {"key": ENVOY_LB_NAMESPACE, "path": [{"key": DESTINATION_ENDPOINT}]},
+        },
+    }
+
+
+def _static_cluster(cfg: EnvoyConfig, policy: str) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _address(*_split(e))}} for e in cfg.static_endpoints]
+    return {
+        "name": "static_backends",
+        "type": "STATIC",
+        "connect_timeout": _seconds(cfg.connect_timeout),
+        "lb_policy": policy,
+        "load_assignment": {"cluster_name": "static_backends", "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+
+
+def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
+    """The bootstrap as a dict (see `render_bootstrap`)."""
+    if cfg.routing == "epp":
+        filters = [_ext_proc_filter(cfg)]
+        clusters = [_ext_proc_cluster(cfg), _original_dst_cluster(cfg)]
+        target = "original_destination_cluster"
+    else:
+        if not cfg.static_endpoints:
+            raise ValueError(f"routing {cfg.routing!r} needs static_endpoints")
+        filters = []
+        clusters = [_static_cluster(cfg, "ROUND_ROBIN" if cfg.routing == "round_robin" else "LEAST_REQUEST")]
+        target = "static_backends"
+    route: dict[str, Any] = {"cluster": target, "timeout": _seconds(cfg.route_timeout)}
+    hcm: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "ingress_http",
+        "route_config": {
+            "name": "local_route",
+            "virtual_hosts": [
+                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}
+            ],
+        },
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    if cfg.access_log_path:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": cfg.access_log_path,
+                    "log_format": {
+                        "text_format_source": {
+                            "inline_string": "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+                            "%RESPONSE_CODE_DETAILS% %UPSTREAM_HOST% %DURATION%ms\n"
+                        }
+                    },
+                },
+            }
+        ]
+    return {
+        "admin": {"address": _address("127.0.0.1", cfg.admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _address(cfg.listen_address, cfg.listener_port),
+                    "per_connection_buffer_limit_bytes": cfg.buffer_limit_bytes,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def render_bootstrap(cfg: EnvoyConfig) -> str:
+    """The Envoy bootstrap YAML for `cfg`."""
+    return yaml.safe_dump(bootstrap(cfg), sort_keys=False)
