@@ -11,13 +11,16 @@ Usage by the app:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2_grpc
 
 from epp.datalayer.datastore import Datastore
+from epp.extproc import wire
 from epp.extproc.health import HealthServicer, ReadinessState
+from epp.extproc.keys import EXT_PROC_SERVICE
 from epp.extproc.ports import bind_port
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import TlsOptions, server_credentials
@@ -34,6 +37,16 @@ log = logging.getLogger(__name__)
 #: Room for protobuf framing on top of the largest body a message may carry (BUFFERED mode sends the
 #: whole body in one message, both ways).
 _MESSAGE_SLACK = 1 << 20
+
+
+def _handler(servicer: ExtProcServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ExternalProcessor service with a response serialiser that passes pre-encoded bytes through."""
+    process = grpc.stream_stream_rpc_method_handler(
+        servicer.Process,
+        request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=wire.serialize,
+    )
+    return grpc.method_handlers_generic_handler(EXT_PROC_SERVICE, {"Process": process})
 
 
 class ExtProcServer:
@@ -70,7 +83,7 @@ class ExtProcServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        pbg.add_ExternalProcessorServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((_handler(self.servicer),))
         if self.health is not None:
             health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.health), server)
         creds = server_credentials(tls) if tls is not None else None

@@ -22,13 +22,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+from google.protobuf import struct_pb2
 
 from epp.errors import ErrorCode, RequestError
 from epp.extproc import messages as m
+from epp.extproc import wire as w
 from epp.extproc.keys import (
     CONTENT_LENGTH,
     CONTENT_TYPE,
@@ -58,6 +60,9 @@ FULL_DUPLEX = m.BodyMode.FULL_DUPLEX_STREAMED
 BUFFERED = m.BodyMode.BUFFERED
 BUFFERED_PARTIAL = m.BodyMode.BUFFERED_PARTIAL
 NONE_MODE = m.BodyMode.NONE
+
+#: A reply: a message, or its serialised bytes (hot-path replies are hand-encoded, see `wire`).
+Reply: TypeAlias = bytes | Any  # Any: the protobuf classes are untyped
 
 _SYSTEM_OWNED_SORTED = tuple(sorted(SYSTEM_OWNED_REQUEST_HEADERS))
 #: Non-SSE response bytes kept for the usage lookup when they are passed through (not held).
@@ -161,9 +166,9 @@ class _Stream:
         removes = [h for h in _SYSTEM_OWNED_SORTED if h in headers and h != DESTINATION_ENDPOINT]
         return sets, removes
 
-    def on_request_headers(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    def on_request_headers(self, msg: m.ProcessingRequest) -> list[Reply]:
         if self.ctx is not None:  # a second headers message: nothing to do
-            return [m.continue_headers(False)]
+            return [w.continue_headers(False)]
         if msg.HasField("protocol_config"):
             pc = msg.protocol_config
             self.request_mode = pc.request_body_mode
@@ -178,7 +183,7 @@ class _Stream:
             return []  # hold the reply until the body has arrived
         sets, removes = self._forward_mutation()
         if mode in (BUFFERED, BUFFERED_PARTIAL):
-            return [m.headers_response(False, sets, removes)]
+            return [w.headers_reply(w.REQUEST, sets, removes)]
         # NONE / STREAMED: the body would never reach us before the route is chosen
         log.debug("request body mode %s cannot be routed on: asking for BUFFERED", mode)
         reply = m.mode_override_buffered()
@@ -189,24 +194,20 @@ class _Stream:
         self.request_mode = BUFFERED
         return [reply]
 
-    def _route_bodyless(self) -> list[m.ProcessingResponse]:
+    def _route_bodyless(self) -> list[Reply]:
         ctx = self.ctx
         assert ctx is not None
         dest = self.director.pick_any(ctx)
         self.request_done = True
         sets, removes = self._forward_mutation()
         sets.insert(0, (DESTINATION_ENDPOINT, dest.encode()))
-        return [
-            m.headers_response(
-                False, sets, removes, clear_route_cache=True, metadata=m.destination_metadata(dest)
-            )
-        ]
+        return [w.routing_headers_reply(dest, sets, removes)]
 
-    async def on_request_body(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    async def on_request_body(self, msg: m.ProcessingRequest) -> list[Reply]:
         if self.ctx is None:  # request headers were skipped by the proxy config
             self._context({})
         if self.request_done:
-            return [] if self.request_mode == FULL_DUPLEX else [m.continue_body(False)]
+            return [] if self.request_mode == FULL_DUPLEX else [w.continue_body(False)]
         self._read_metadata(msg)
         body = msg.request_body
         chunk = body.body
@@ -219,10 +220,10 @@ class _Stream:
                 )
             self.chunks.append(chunk)
         if not body.end_of_stream:
-            return [m.continue_body(False)] if self.request_mode == BUFFERED_PARTIAL else []
+            return [w.continue_body(False)] if self.request_mode == BUFFERED_PARTIAL else []
         return await self._route(end_of_stream=True)
 
-    async def _route(self, end_of_stream: bool) -> list[m.ProcessingResponse]:
+    async def _route(self, end_of_stream: bool) -> list[Reply]:
         ctx = self.ctx
         assert ctx is not None
         chunks = self.chunks
@@ -234,31 +235,36 @@ class _Stream:
         dest = ctx.destination
         sets, removes = self._forward_mutation()
         sets.insert(0, (DESTINATION_ENDPOINT, dest.encode()))
-        md = m.destination_metadata(dest)
+        replies: list[Reply]
         if self.request_mode == FULL_DUPLEX:
             if out:
                 sets.append((CONTENT_LENGTH, str(len(out)).encode()))
-            replies = [m.headers_response(False, sets, removes, clear_route_cache=True, metadata=md)]
-            replies.extend(m.streamed_body(out, False, end_of_stream))
+            replies = [w.routing_headers_reply(dest, sets, removes)]
+            replies.extend(w.streamed_body(out, w.REQUEST, end_of_stream))
         else:
             if changed:
                 sets.append((CONTENT_LENGTH, str(len(out)).encode()))
             replies = [
                 m.buffered_body_response(
-                    False, out if changed else None, sets, removes, clear_route_cache=True, metadata=md
+                    False,
+                    out if changed else None,
+                    sets,
+                    removes,
+                    clear_route_cache=True,
+                    metadata=m.destination_metadata(dest),
                 )
             ]
         if ctx.target_model and ctx.target_model != ctx.model:
             self.restorer = ModelNameRestorer(ctx.target_model, ctx.model)
         return replies
 
-    async def on_request_trailers(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    async def on_request_trailers(self, msg: m.ProcessingRequest) -> list[Reply]:
         if self.ctx is not None and not self.request_done and self.request_mode == FULL_DUPLEX:
             # the body ended with trailers instead of end_of_stream: route now, trailers follow the body
             replies = await self._route(end_of_stream=False)
-            replies.append(m.continue_trailers(False))
+            replies.append(w.continue_trailers(False))
             return replies
-        return [m.continue_trailers(False)]
+        return [w.continue_trailers(False)]
 
     # ---- response side ------------------------------------------------------------------------------
 
@@ -279,10 +285,10 @@ class _Stream:
             self.remove_served_header = True
         return served
 
-    def on_response_headers(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    def on_response_headers(self, msg: m.ProcessingRequest) -> list[Reply]:
         ctx = self.ctx
         if ctx is None or self.broken:
-            return [m.continue_headers(True)]
+            return [w.continue_headers(True)]
         hdrs = msg.response_headers
         headers = _header_map(hdrs.headers)
         info = ctx.response
@@ -302,12 +308,12 @@ class _Stream:
         removes = [DESTINATION_ENDPOINT_SERVED] if self.remove_served_header else []
         if hdrs.end_of_stream or info.complete:
             self._complete()
-            return [self._with_hook_metadata(m.headers_response(True, sets, removes))]
+            return [self._with_hook_metadata(w.headers_reply(w.RESPONSE, sets, removes))]
         if not sets and not removes:
-            return [m.continue_headers(True)]
-        return [m.headers_response(True, sets, removes)]
+            return [w.continue_headers(True)]
+        return [w.headers_reply(w.RESPONSE, sets, removes)]
 
-    def on_response_body(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    def on_response_body(self, msg: m.ProcessingRequest) -> list[Reply]:
         ctx = self.ctx
         body = msg.response_body
         chunk = body.body
@@ -343,7 +349,7 @@ class _Stream:
                 self._complete()
             if not out and not eos:
                 return []
-            replies = m.streamed_body(out, True, eos)
+            replies = w.streamed_body(out, w.RESPONSE, eos)
             if eos:
                 replies[-1] = self._with_hook_metadata(replies[-1])
             return replies
@@ -357,16 +363,16 @@ class _Stream:
             self._finish_usage()
             self._complete()
         if new == chunk:
-            reply = m.continue_body(True)
+            reply = w.continue_body(True)
         else:
             # BUFFERED lets the body reply fix Content-Length; in STREAMED mode Envoy drops it itself
             sets = [(CONTENT_LENGTH, str(len(new)).encode())] if mode == BUFFERED else []
             reply = m.buffered_body_response(True, new, sets)
         return [self._with_hook_metadata(reply) if info.complete else reply]
 
-    def on_response_trailers(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    def on_response_trailers(self, msg: m.ProcessingRequest) -> list[Reply]:
         ctx = self.ctx
-        replies: list[m.ProcessingResponse] = []
+        replies: list[Reply] = []
         if ctx is not None and not self.broken and not ctx.response.complete:
             if self.held:  # the body ended with trailers: release what was held, without end_of_stream
                 restorer = self.restorer
@@ -374,21 +380,21 @@ class _Stream:
                 out = restorer.replace(data) if restorer is not None else data
                 self._usage_from(out)
                 self.held = []
-                replies.extend(m.streamed_body(out, True, False))
+                replies.extend(w.streamed_body(out, w.RESPONSE, False))
             elif self.restorer is not None and self.sse is not None:
                 rest = self.restorer.flush()
                 if rest:
-                    replies.extend(m.streamed_body(rest, True, False))
+                    replies.extend(w.streamed_body(rest, w.RESPONSE, False))
             self._finish_usage()
             self._complete()
-            replies.append(self._with_hook_metadata(m.continue_trailers(True)))
+            replies.append(self._with_hook_metadata(w.continue_trailers(True)))
             return replies
-        return [m.continue_trailers(True)]
+        return [w.continue_trailers(True)]
 
-    def _pass_body(self, chunk: bytes, eos: bool) -> list[m.ProcessingResponse]:
+    def _pass_body(self, chunk: bytes, eos: bool) -> list[Reply]:
         if self.response_mode == FULL_DUPLEX:
-            return m.streamed_body(chunk, True, eos) if (chunk or eos) else []
-        return [m.continue_body(True)]
+            return w.streamed_body(chunk, w.RESPONSE, eos) if (chunk or eos) else []
+        return [w.continue_body(True)]
 
     def _keep_copy(self, chunk: bytes) -> None:
         if chunk and self.copy_len + len(chunk) <= MAX_USAGE_COPY:
@@ -423,27 +429,31 @@ class _Stream:
         ctx.completed_at = time.monotonic()
         self.director.response_complete(ctx)
 
-    def _with_hook_metadata(self, reply: m.ProcessingResponse) -> m.ProcessingResponse:
+    def _with_hook_metadata(self, reply: Reply) -> Reply:
         """Attach the dynamic metadata response hooks set to the last reply (copying shared constants)."""
         ctx = self.ctx
         if ctx is None or not ctx.response.dynamic_metadata:
             return reply
+        md = struct_pb2.Struct()
+        for namespace, values in ctx.response.dynamic_metadata.items():
+            md.fields[namespace].struct_value.update(values)
+        if isinstance(reply, bytes):
+            return w.with_metadata(reply, md.SerializeToString())
         out = m.ProcessingResponse()
         out.CopyFrom(reply)
-        for namespace, values in ctx.response.dynamic_metadata.items():
-            out.dynamic_metadata.fields[namespace].struct_value.update(values)
+        out.dynamic_metadata.MergeFrom(md)
         return out
 
     # ---- failure handling -----------------------------------------------------------------------------
 
-    def fail_response_path(self, msg: m.ProcessingRequest) -> list[m.ProcessingResponse]:
+    def fail_response_path(self, msg: m.ProcessingRequest) -> list[Reply]:
         """An unexpected error on the response path: pass this and every later message through."""
         self.broken = True
         kind = msg.WhichOneof("request")
         if kind == "response_headers":
-            return [m.continue_headers(True)]
+            return [w.continue_headers(True)]
         if kind == "response_trailers":
-            return [m.continue_trailers(True)]
+            return [w.continue_trailers(True)]
         if kind == "response_body":
             held = b"".join(self.held)
             self.held = []
@@ -468,7 +478,7 @@ class ExtProcServicer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
         self,
         request_iterator: AsyncIterator[m.ProcessingRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[m.ProcessingResponse]:
+    ) -> AsyncIterator[Reply]:
         stream = _Stream(self.director, self.holder)
         try:
             async for msg in request_iterator:

@@ -257,11 +257,23 @@ class Director:
         self._run_response_hooks(ctx, "ResponseReceived", ctx.pipeline.response_received, True)
 
     def response_complete(self, ctx: RequestContext) -> None:
-        """Run the ResponseComplete hooks once (scheduled requests only)."""
+        """Run the ResponseComplete hooks once (scheduled requests only); a response that really completed
+        (not a disconnect) is also metered here, before its last reply reaches the proxy."""
         if ctx.result is None or ctx.complete_hooks_done or ctx.request is None:
             return
         ctx.complete_hooks_done = True
         self._run_response_hooks(ctx, "ResponseComplete", ctx.pipeline.response_complete, False)
+        info = ctx.response
+        if info.complete:
+            self.meter.response(
+                ctx.model,
+                ctx.target_model,
+                duration=max(0.0, ctx.completed_at - ctx.received_at),
+                response_bytes=info.body_bytes,
+                prompt_tokens=info.prompt_tokens,
+                completion_tokens=info.completion_tokens,
+                cached_tokens=info.cached_tokens,
+            )
 
     def _run_response_hooks(
         self, ctx: RequestContext, point: str, hooks: Sequence[Any], received: bool
@@ -299,14 +311,3 @@ class Director:
                     self._admission_finished()
             if ctx.error_code:
                 meter.error(ctx.model, ctx.target_model, ctx.error_code)
-            info = ctx.response
-            if info.complete and ctx.result is not None:
-                meter.response(
-                    ctx.model,
-                    ctx.target_model,
-                    duration=max(0.0, ctx.completed_at - ctx.received_at),
-                    response_bytes=info.body_bytes,
-                    prompt_tokens=info.prompt_tokens,
-                    completion_tokens=info.completion_tokens,
-                    cached_tokens=info.cached_tokens,
-                )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 
 from epp.extproc import messages as m
+from epp.extproc import wire as w
 from epp.extproc.keys import BODY_CHUNK_LIMIT
 
 from .helpers import metadata_destination, removed_headers, set_headers, streamed
@@ -96,3 +98,57 @@ def test_constants_are_distinct_per_phase_and_mode_override() -> None:
     override = m.mode_override_buffered()
     assert override.WhichOneof("response") == "request_headers"
     assert override.mode_override.request_body_mode == m.BodyMode.BUFFERED
+
+
+# ---- hand-encoded replies (wire) must equal what protobuf builds ---------------------------------
+
+
+def _parse(data: bytes) -> m.ProcessingResponse:
+    return m.ProcessingResponse.FromString(data)
+
+
+@pytest.mark.parametrize("dest", ["10.0.0.1:8000", "[fd00::1]:8000,10.0.0.2:8000", "x" * 300])
+def test_wire_routing_reply_equals_protobuf(dest: str) -> None:
+    sets = [
+        ("x-gateway-destination-endpoint", dest.encode()),
+        ("content-length", b"12345"),
+        ("k" * 200, b"v" * 300),
+    ]
+    removes = ["x-gateway-model-name-rewrite", "x-gateway-destination-endpoint-served"]
+    expected = m.headers_response(
+        False, sets, removes, clear_route_cache=True, metadata=m.destination_metadata(dest)
+    )
+    assert _parse(w.routing_headers_reply(dest, sets, removes)) == expected
+
+
+@pytest.mark.parametrize("response", [False, True])
+def test_wire_headers_reply_and_constants_equal_protobuf(response: bool) -> None:
+    phase = w.RESPONSE if response else w.REQUEST
+    assert _parse(w.headers_reply(phase, [("x-a", b"1")], ["x-b"])) == m.headers_response(
+        response, [("x-a", b"1")], ["x-b"]
+    )
+    assert _parse(w.headers_reply(phase)) == m.headers_response(response)
+    assert _parse(w.continue_headers(response)) == m.continue_headers(response)
+    assert _parse(w.continue_body(response)) == m.continue_body(response)
+    assert _parse(w.continue_trailers(response)) == m.continue_trailers(response)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16384, BODY_CHUNK_LIMIT, BODY_CHUNK_LIMIT + 1, 200_000])
+@pytest.mark.parametrize("eos", [True, False])
+def test_wire_streamed_body_equals_protobuf(size: int, eos: bool) -> None:
+    body = bytes(i % 251 for i in range(size))
+    for response, phase in ((False, w.REQUEST), (True, w.RESPONSE)):
+        got = [_parse(b) for b in w.streamed_body(body, phase, eos)]
+        assert got == m.streamed_body(body, response, eos)
+
+
+def test_wire_metadata_suffix_and_serializer() -> None:
+    from google.protobuf import struct_pb2
+
+    md = struct_pb2.Struct()
+    md.update({"ns": {"k": "v", "n": 1.5}})
+    reply = _parse(w.with_metadata(w.continue_trailers(True), md.SerializeToString()))
+    assert reply.WhichOneof("response") == "response_trailers"
+    assert reply.dynamic_metadata == md
+    assert w.serialize(b"abc") == b"abc"
+    assert w.serialize(m.continue_body(True)) == m.continue_body(True).SerializeToString()

@@ -1,0 +1,161 @@
+"""Hand-encoded `ProcessingResponse` bytes for the replies sent on every request (the hot path).
+
+Building nested protobuf messages and serialising them costs several microseconds per reply; these
+replies have a fixed shape, so they are written directly in protobuf wire format. The server's response
+serialiser passes `bytes` through unchanged and serialises messages as usual, so the servicer may yield
+either. Every encoder here is checked against the protobuf classes in the unit tests.
+
+Field numbers (envoy/service/ext_proc/v3/external_processor.proto, config/core/v3/base.proto,
+google/protobuf/struct.proto):
+
+    ProcessingResponse: request_headers=1 response_headers=2 request_body=3 response_body=4
+                        request_trailers=5 response_trailers=6 dynamic_metadata=8
+    HeadersResponse / BodyResponse: response=1 (CommonResponse)
+    CommonResponse: header_mutation=2 body_mutation=3 clear_route_cache=5
+    HeaderMutation: set_headers=1 (HeaderValueOption) remove_headers=2
+    HeaderValueOption: header=1 (HeaderValue) append_action=3 (OVERWRITE_IF_EXISTS_OR_ADD = 2)
+    HeaderValue: key=1 raw_value=3
+    BodyMutation: streamed_response=3 (StreamedBodyResponse: body=1 end_of_stream=2)
+    Struct: fields=1 (map entry: key=1 value=2); Value: string_value=3 struct_value=5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from epp.extproc.keys import BODY_CHUNK_LIMIT, DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE
+
+__all__ = [
+    "REQUEST",
+    "RESPONSE",
+    "continue_body",
+    "continue_headers",
+    "continue_trailers",
+    "destination_struct",
+    "headers_reply",
+    "routing_headers_reply",
+    "serialize",
+    "streamed_body",
+    "with_metadata",
+]
+
+# ProcessingResponse oneof field numbers per phase
+REQUEST = (1, 3)  # (headers, body)
+RESPONSE = (2, 4)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+_OVERWRITE = b"\x18\x02"  # HeaderValueOption.append_action = OVERWRITE_IF_EXISTS_OR_ADD
+_CLEAR_ROUTE_CACHE = b"\x28\x01"  # CommonResponse.clear_route_cache = true
+_EOS = b"\x10\x01"  # StreamedBodyResponse.end_of_stream = true
+_METADATA_HEAD = _ld(1, ENVOY_LB_NAMESPACE.encode())  # Struct map entry key "envoy.lb"
+_DEST_KEY = _ld(1, DESTINATION_ENDPOINT.encode())
+
+
+def _header_option(key: str, value: bytes) -> bytes:
+    return _ld(1, _ld(1, _ld(1, key.encode()) + _ld(3, value)) + _OVERWRITE)
+
+
+def _mutation(set_headers: Sequence[tuple[str, bytes]], remove_headers: Iterable[str]) -> bytes:
+    parts = [_header_option(k, v) for k, v in set_headers]
+    parts.extend(_ld(2, name.encode()) for name in remove_headers)
+    return b"".join(parts)
+
+
+def destination_struct(destination: str) -> bytes:
+    """Struct `{"envoy.lb": {"x-gateway-destination-endpoint": destination}}`."""
+    inner = _ld(1, _DEST_KEY + _ld(2, _ld(3, destination.encode())))  # Struct{fields: {key: Value(string)}}
+    return _ld(1, _METADATA_HEAD + _ld(2, _ld(5, inner)))
+
+
+def headers_reply(
+    phase: tuple[int, int],
+    set_headers: Sequence[tuple[str, bytes]] = (),
+    remove_headers: Iterable[str] = (),
+    *,
+    clear_route_cache: bool = False,
+    destination: str | None = None,
+) -> bytes:
+    """A headers reply (request or response phase) with a header mutation and optional routing metadata."""
+    common = b""
+    mutation = _mutation(set_headers, remove_headers)
+    if mutation:
+        common += _ld(2, mutation)
+    if clear_route_cache:
+        common += _CLEAR_ROUTE_CACHE
+    out = _ld(phase[0], _ld(1, common))
+    if destination is not None:
+        out += _ld(8, destination_struct(destination))
+    return out
+
+
+def routing_headers_reply(
+    destination: str, set_headers: Sequence[tuple[str, bytes]], remove_headers: Iterable[str]
+) -> bytes:
+    """The request-headers reply that routes: mutation, clear_route_cache and `envoy.lb` metadata."""
+    return headers_reply(
+        REQUEST, set_headers, remove_headers, clear_route_cache=True, destination=destination
+    )
+
+
+def streamed_body(
+    body: bytes, phase: tuple[int, int], end_of_stream: bool = True, limit: int = BODY_CHUNK_LIMIT
+) -> list[bytes]:
+    """FULL_DUPLEX_STREAMED body chunks of at most `limit` bytes; end_of_stream on the last (if asked)."""
+    field = phase[1]
+    n = len(body)
+    out: list[bytes] = []
+    start = 0
+    while True:
+        end = min(start + limit, n)
+        chunk = body if (start == 0 and end == n) else body[start:end]
+        sr = (_ld(1, chunk) if chunk else b"") + (_EOS if end_of_stream and end == n else b"")
+        # BodyResponse{response: CommonResponse{body_mutation: BodyMutation{streamed_response: sr}}}
+        out.append(_ld(field, _ld(1, _ld(3, _ld(3, sr)))))
+        if end >= n:
+            return out
+        start = end
+
+
+def serialize(reply: object) -> bytes:
+    """The server's response serialiser: bytes pass through, messages are serialised."""
+    if reply.__class__ is bytes:
+        return reply
+    return reply.SerializeToString()  # type: ignore[attr-defined,no-any-return]
+
+
+_CONTINUE_HEADERS = (_ld(1, b""), _ld(2, b""))  # (request, response): HeadersResponse{} with no mutation
+_CONTINUE_BODY = (_ld(3, b""), _ld(4, b""))
+_CONTINUE_TRAILERS = (_ld(5, b""), _ld(6, b""))
+
+
+def continue_headers(response: bool) -> bytes:
+    return _CONTINUE_HEADERS[response]
+
+
+def continue_body(response: bool) -> bytes:
+    return _CONTINUE_BODY[response]
+
+
+def continue_trailers(response: bool) -> bytes:
+    return _CONTINUE_TRAILERS[response]
+
+
+def with_metadata(reply: bytes, struct_bytes: bytes) -> bytes:
+    """`reply` plus `dynamic_metadata` (a serialised google.protobuf.Struct); the reply must not have any."""
+    return reply + _ld(8, struct_bytes)
