@@ -91,7 +91,7 @@ def scan(page: str | bytes, names: Iterable[str]) -> ScanResult:
 # Parsed lines by their text from the name on: most wanted lines repeat from one scrape to the next
 # (cache_config_info, lora info, idle gauges), and a dict lookup is ~50x cheaper than parsing labels.
 _LINES: dict[str | bytes, Sample] = {}
-_LINES_MAX = 16_384
+_LINES_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,7 +245,7 @@ def pages(draw) -> str:
     return "\n".join(lines) + draw(st.sampled_from(["\n", ""]))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pages(), st.sets(st.sampled_from(NAME_POOL), max_size=4))
 def test_equivalent_to_prometheus_client_on_generated_pages(text, extra):
     names = set(TARGETS) | extra

@@ -113,11 +113,15 @@ async def test_selector_change_swaps_the_pods(kube, pool_source, kube_server):
     await eventually(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
     await kube.patch_pool("pool", {"selector": {"matchLabels": {"app": "sglang"}}})
     await eventually(lambda: endpoints(ds) == {"s1-rank-0": "10.0.0.2:8000"})
+
     # The pod watch asked the server to filter (real servers do) as well as filtering itself.
-    selectors = [
-        r.params.get("labelSelector") for r in kube_server.k8s[kmock.action.WATCH, kmock.resource("v1/pods")]
-    ]
-    assert "app=vllm" in selectors and "app=sglang" in selectors
+    def selectors() -> list[str]:
+        return [
+            r.params.get("labelSelector")
+            for r in kube_server.k8s[kmock.action.WATCH, kmock.resource("v1/pods")]
+        ]
+
+    await eventually(lambda: "app=vllm" in selectors() and "app=sglang" in selectors())
     # A pod relabelled out of the selector leaves; one relabelled in joins.
     await kube.patch_pod("v1", {"metadata": {"labels": {"app": "sglang"}}})
     await eventually(lambda: set(endpoints(ds)) == {"s1-rank-0", "v1-rank-0"})
@@ -234,12 +238,13 @@ async def test_watch_expiry_relists(kube, pool_source, kube_server, style):
     source = pool_source(ds)
     await source.start()
     await eventually(lambda: len(ds) == 1)
+    # The first listing, then one relisting per expired watch.
+    await eventually(lambda: source._pods is not None and source._pods.informer.list_watch.relists >= 3)
+    assert len(list(kube_server.k8s[kmock.action.LIST, kmock.resource("v1/pods")])) >= 3
+    # The watch after the relisting delivers new changes.
     await kube.create_pod("b", "10.0.0.2")
     await eventually(lambda: len(ds) == 2)
-    pod_watch = source._pods.informer.list_watch
-    assert pod_watch.relists >= 3  # the first listing and one per expired watch
-    lists = list(kube_server.k8s[kmock.action.LIST, kmock.resource("v1/pods")])
-    assert len(lists) >= 3
+    assert source._pods.informer.list_watch.relists == 3
 
 
 async def test_api_errors_are_retried_with_backoff(kube, pool_source, kube_server):
