@@ -75,9 +75,11 @@ async def start_endpoint_source(
     kind = configured_source_kind(settings)
     source: EndpointSource
     if kind == "static":
-        engine = _get(settings, "model_server_type")
+        engine = _get(settings, "model_server_type")  # a str or a StrEnum of engine names
         source = StaticEndpointSource(
-            datastore, parse_static_endpoints(_get(settings, "static_endpoints")), engine=engine or None
+            datastore,
+            parse_static_endpoints(_get(settings, "static_endpoints")),
+            engine=str(engine) if engine else None,
         )
     else:
         from epp.k8s.sources import build_kubernetes_source

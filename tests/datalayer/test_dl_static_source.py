@@ -133,3 +133,17 @@ async def test_start_endpoint_source_static_with_model_server_type():
         await source.stop()
     finally:
         await server.stop()
+
+
+async def test_engine_setting_may_be_a_str_enum():
+    from enum import StrEnum
+
+    class Engine(StrEnum):
+        TRTLLM = "trtllm-serve"
+
+    ds = Datastore()
+    settings = SimpleNamespace(static_endpoints=("127.0.0.1:1",), model_server_type=Engine.TRTLLM)
+    source = await start_endpoint_source(settings, ds)
+    label = ds.snapshot()[0].labels[ENGINE_LABEL_KEY]
+    assert label == "trtllm-serve" and type(label) is str
+    await source.stop()
