@@ -23,11 +23,11 @@ from epp import __version__
 from epp.config import build_pipeline, default_registry, load_config, load_config_file, load_default_config
 from epp.config.reloader import ConfigReloader
 from epp.config.watcher import ConfigWatcher
-from epp.datalayer.data_source import MetricsDataSource
 from epp.datalayer.datastore import Datastore
-from epp.datalayer.extractor import CoreMetricsExtractor
+from epp.datalayer.metric_spec import MetricOverrides
 from epp.datalayer.scraper import Scraper
 from epp.datalayer.sources import EndpointSource, configured_source_kind, start_endpoint_source
+from epp.datalayer.wiring import DataLayerSelector
 from epp.errors import ConfigError, SettingsError
 from epp.extproc.health import HealthServer, ReadinessState
 from epp.extproc.server import ExtProcServer
@@ -46,13 +46,6 @@ from epp.settings import EppSettings
 __all__ = ["App", "run"]
 
 log = logging.getLogger("epp")
-
-
-def _first_plugin(pipeline: Pipeline, cls: type[Any]) -> Any:
-    for plugin in pipeline.plugins.values():
-        if isinstance(plugin, cls):
-            return plugin
-    return None
 
 
 def _describe(settings: EppSettings) -> str:
@@ -172,10 +165,20 @@ class App:
             kwargs["api_client"] = _kubeconfig_client(s.kubeconfig)
         self._source = await start_endpoint_source(s, self.datastore, **kwargs)
         self._spawn(self._source.run(), "endpoint-source")
+        data_layer = DataLayerSelector(
+            self.holder,
+            MetricOverrides(
+                queued=s.total_queued_requests_metric,
+                running=s.total_running_requests_metric,
+                kv_usage=s.kv_cache_usage_percentage_metric,
+                lora=s.lora_info_metric,
+                cache_info=s.cache_info_metric,
+            ),
+        )
         self._scraper = Scraper(
             self.datastore,
-            data_source=lambda: _first_plugin(self.holder.current, MetricsDataSource),
-            extractor=lambda: _first_plugin(self.holder.current, CoreMetricsExtractor),
+            data_source=data_layer.data_source,
+            extractor=data_layer.extractor,
             interval=s.refresh_metrics_interval,
             on_error=lambda key: self.metrics.scrape_errors.labels(key).inc(),
         )
