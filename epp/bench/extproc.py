@@ -6,8 +6,8 @@ cheap) drives
 
 - `epp`: the real ExtProcServer with the default config (queue-scorer x2, kv-cache-utilization-scorer x2,
   prefix-cache-scorer x3) over N static endpoints whose metrics are refreshed every 50 ms, and
-- `noop`: a bare grpc.aio ext_proc server that answers with prebuilt replies (no parsing, no scheduling),
-  the ceiling of the gRPC plumbing itself,
+- `noop`: a bare grpc.aio ext_proc server that answers with prebuilt replies (no parsing, no scheduling;
+  the same replies at the same moments as the EPP), the ceiling of the gRPC plumbing itself,
 
 each in its own process pinned to one CPU (`taskset -c 0`), the client pinned to another. Closed loop
 (max decisions/s at a fixed concurrency) and open loop (latency at a fixed rate). Latency = time from the
@@ -54,10 +54,11 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (grpc-stubs lacks it)
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One request's messages, serialised: (request headers, request body), (response headers, body)."""
+    """One request's messages, serialised, in the order Envoy sends them for an HTTP/1.1 request:
+    (request headers, request body, empty end-of-stream chunk), (response headers, body, end-of-stream)."""
 
-    request: tuple[bytes, bytes]
-    response: tuple[bytes, bytes]
+    request: tuple[bytes, bytes, bytes]
+    response: tuple[bytes, bytes, bytes]
 
 
 def make_exchanges(count: int, prompt_chars: int, groups: int, seed: int) -> list[Exchange]:
@@ -88,7 +89,8 @@ def make_exchanges(count: int, prompt_chars: int, groups: int, seed: int) -> lis
         h.protocol_config.response_body_mode = pm.ProcessingMode.FULL_DUPLEX_STREAMED
         b = pb.ProcessingRequest()
         b.request_body.body = body
-        b.request_body.end_of_stream = True
+        b_eos = pb.ProcessingRequest()
+        b_eos.request_body.end_of_stream = True
         rh = pb.ProcessingRequest()
         for k, v in ((":status", "200"), ("content-type", "application/json"), ("content-length", "180")):
             rh.response_headers.headers.headers.add(key=k, raw_value=v.encode())
@@ -102,11 +104,12 @@ def make_exchanges(count: int, prompt_chars: int, groups: int, seed: int) -> lis
                 "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": 16},
             }
         ).encode()
-        rb.response_body.end_of_stream = True
+        rb_eos = pb.ProcessingRequest()
+        rb_eos.response_body.end_of_stream = True
         out.append(
             Exchange(
-                (h.SerializeToString(), b.SerializeToString()),
-                (rh.SerializeToString(), rb.SerializeToString()),
+                (h.SerializeToString(), b.SerializeToString(), b_eos.SerializeToString()),
+                (rh.SerializeToString(), rb.SerializeToString(), rb_eos.SerializeToString()),
             )
         )
     return out
@@ -154,6 +157,7 @@ async def _one_stream(call_factory: Callable[[], Any], ex: Exchange) -> float:
     t0 = time.perf_counter()
     await call.write(ex.request[0])
     await call.write(ex.request[1])
+    await call.write(ex.request[2])
     head = await call.read()
     routed = time.perf_counter() - t0
     body = await call.read()
@@ -162,6 +166,7 @@ async def _one_stream(call_factory: Callable[[], Any], ex: Exchange) -> float:
     await call.write(ex.response[0])
     await call.read()
     await call.write(ex.response[1])
+    await call.write(ex.response[2])
     await call.read()
     await call.done_writing()
     if await call.read() is not _EOF:
@@ -278,24 +283,29 @@ async def _serve_noop(port_file: Path) -> None:
 
     class Noop(pbg.ExternalProcessorServicer):  # type: ignore[misc]
         async def Process(self, request_iterator: Any, context: Any) -> Any:
+            body = b""
             async for msg in request_iterator:
                 kind = msg.WhichOneof("request")
                 if kind == "request_body":
+                    body += msg.request_body.body
                     if msg.request_body.end_of_stream:
                         yield head
                         r = pb.ProcessingResponse()
                         sr = r.request_body.response.body_mutation.streamed_response
-                        sr.body = msg.request_body.body
+                        sr.body = body
                         sr.end_of_stream = True
+                        body = b""
                         yield r
                 elif kind == "response_headers":
                     yield cont
                 elif kind == "response_body":
-                    r = pb.ProcessingResponse()
-                    sr = r.response_body.response.body_mutation.streamed_response
-                    sr.body = msg.response_body.body
-                    sr.end_of_stream = msg.response_body.end_of_stream
-                    yield r
+                    body += msg.response_body.body
+                    if msg.response_body.end_of_stream:
+                        r = pb.ProcessingResponse()
+                        sr = r.response_body.response.body_mutation.streamed_response
+                        sr.body = body
+                        sr.end_of_stream = True
+                        yield r
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pbg.add_ExternalProcessorServicer_to_server(Noop(), server)

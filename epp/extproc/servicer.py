@@ -65,8 +65,10 @@ NONE_MODE = m.BodyMode.NONE
 Reply: TypeAlias = bytes | Any  # Any: the protobuf classes are untyped
 
 _SYSTEM_OWNED_SORTED = tuple(sorted(SYSTEM_OWNED_REQUEST_HEADERS))
-#: Non-SSE response bytes kept for the usage lookup when they are passed through (not held).
+#: Non-SSE response bytes kept for the usage lookup when they are passed through (non-duplex modes).
 MAX_USAGE_COPY = 16 << 20
+#: A held (non-SSE) response body is released early past this size, to bound memory per stream.
+MAX_HELD_RESPONSE = 8 << 20
 
 
 def _header_map(headers: Any) -> dict[str, str]:
@@ -89,6 +91,7 @@ class _Stream:
         "ctx",
         "director",
         "held",
+        "held_len",
         "holder",
         "max_body",
         "orphan_error",
@@ -113,7 +116,8 @@ class _Stream:
         self.broken = False  # the response path failed once: pass everything through from now on
         self.restorer: ModelNameRestorer | None = None
         self.sse: SseUsageScanner | None = None
-        self.held: list[bytes] = []  # response bytes held for the model-name rewrite-back
+        self.held: list[bytes] = []  # a non-SSE response body, held until its end
+        self.held_len = 0
         self.copy: list[bytes] = []  # response bytes passed through but kept for the usage lookup
         self.copy_len = 0
         self.remove_served_header = False
@@ -334,16 +338,21 @@ class _Stream:
                 out = restorer.feed(chunk) if restorer is not None else chunk
                 if eos and restorer is not None:
                     out += restorer.flush()
-            elif restorer is not None:  # hold the whole body: the pattern may span chunks
-                self.held.append(chunk)
-                if not eos:
-                    return []
-                out = restorer.replace(b"".join(self.held))
-                self._usage_from(out)
-                self.held = []
             else:
-                self._keep_copy(chunk)
-                out = chunk
+                # a JSON body is held to its end, as upstream does: the model-name rewrite and the usage
+                # lookup see it whole, and Envoy's trailing empty end-of-stream chunk costs no extra reply
+                held = self.held
+                held.append(chunk)
+                self.held_len += len(chunk)
+                if not eos and self.held_len <= MAX_HELD_RESPONSE:
+                    return []
+                out = held[0] if len(held) == 1 else b"".join(held)
+                self.held = []
+                self.held_len = 0
+                if restorer is not None:
+                    out = restorer.replace(out)
+                if eos:
+                    self._usage_from(out)  # (of the last segment only if a huge body was released early)
             if eos:
                 self._finish_usage()
                 self._complete()
@@ -380,6 +389,7 @@ class _Stream:
                 out = restorer.replace(data) if restorer is not None else data
                 self._usage_from(out)
                 self.held = []
+                self.held_len = 0
                 replies.extend(w.streamed_body(out, w.RESPONSE, False))
             elif self.restorer is not None and self.sse is not None:
                 rest = self.restorer.flush()
@@ -457,6 +467,7 @@ class _Stream:
         if kind == "response_body":
             held = b"".join(self.held)
             self.held = []
+            self.held_len = 0
             return self._pass_body(held + msg.response_body.body, msg.response_body.end_of_stream)
         return []
 

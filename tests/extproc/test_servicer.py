@@ -481,16 +481,34 @@ async def test_model_server_error_is_counted_once_and_response_trailers_answered
         s, _ = await route(h)
         await s.send(response_headers(status=503))
         await s.recv()
-        await s.send(response_body(b'{"error": "overloaded"}'))
-        assert streamed((await s.recv())[0]) == (b'{"error": "overloaded"}', False)
+        await s.send(response_body(b'{"error": "overloaded"}'))  # held: a JSON body goes back whole
         await s.send(response_trailers())
-        (t,) = await s.recv()
+        body, t = await s.recv(2)
+        assert streamed(body) == (b'{"error": "overloaded"}', False)  # the trailers end the stream
         assert t.WhichOneof("response") == "response_trailers"
         await s.close()
         assert await s.drain() == []
         assert rec.completed[0].complete
         labels = {"model_name": "m1", "target_model_name": "m1", "error_code": "ModelServerError"}
         assert h.sample("inference_objective_request_error_total", labels) == 1
+
+
+async def test_json_response_is_held_to_its_end_and_released_whole() -> None:
+    rec = Recorder()
+    async with harness(recorder=rec) as h:
+        s, _ = await route(h)
+        await s.send(response_headers())
+        await s.recv()
+        resp = b'{"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}'
+        await s.send(response_body(resp[:20]))
+        await s.send(response_body(resp[20:]))
+        await s.send(response_body(b"", eos=True))  # Envoy's trailing empty end-of-stream chunk
+        (out,) = await s.recv()  # one reply for the whole body
+        assert streamed(out) == (resp, True)
+        await s.close()
+        assert await s.drain() == []
+        assert (rec.completed[0].prompt_tokens, rec.completed[0].completion_tokens) == (4, 2)
+        assert rec.completed[0].body_bytes == len(resp)
 
 
 async def test_response_without_body_completes_on_headers() -> None:
@@ -615,3 +633,24 @@ async def test_rewrite_of_a_body_with_lone_surrogate_escapes_stays_valid_json() 
         assert json.loads(new) == {"model": "m2", "prompt": "bad \ud800 text"}
         assert set_headers(head)["content-length"] == str(len(new))
         s.cancel()
+
+
+async def test_request_id_and_model_are_bound_for_logging_in_hooks() -> None:
+    from epp.observability import logging as eplog
+
+    seen: list[tuple[str, str]] = []
+
+    class Probe:
+        typed_name = TypedName("probe", "probe")
+
+        def pre_request(self, cycle, request, result):
+            seen.append((eplog.request_id.get(), eplog.request_model.get()))
+
+    pipeline = pipeline_from(DEFAULT_CONFIG, extra_plugins=[Probe()])
+    async with Harness(pipeline, EPS) as h:
+        s, _ = await route(h, headers={"x-request-id": "rid-42"})
+        s.cancel()
+        s, (head, _) = await route(h)
+        s.cancel()
+    assert seen[0] == ("rid-42", "m1")
+    assert seen[1] == (set_headers(head)["x-request-id"], "m1")  # the generated id is the forwarded one
