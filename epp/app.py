@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -94,6 +95,7 @@ class App:
         self._source: EndpointSource | None = None
         self._scraper: Scraper | None = None
         self._watcher: ConfigWatcher | None = None
+        self._reloader: ConfigReloader | None = None
         self._elector: Any = None
         self.extproc: ExtProcServer | None = None
         self.health: HealthServer | None = None
@@ -195,21 +197,22 @@ class App:
         else:
             self.readiness.set_leader(True)
 
-        if s.config_file and s.watch_config_file:
-            reloader = ConfigReloader(
+        if s.config_file:
+            self._reloader = ConfigReloader(
                 self.holder,
                 self.registry,
                 source=s.config_file,
                 metrics=self.metrics,
                 observer=self.metrics,
             )
-            self._watcher = ConfigWatcher(
-                s.config_file,
-                reloader.reload,
-                initial_hash=self.holder.current.config_hash,
-                debounce=s.config_reload_debounce,
-            )
-            self._spawn(self._watcher.run(), "config-watcher")
+            if s.watch_config_file:
+                self._watcher = ConfigWatcher(
+                    s.config_file,
+                    self._reloader.reload,
+                    initial_hash=self.holder.current.config_hash,
+                    debounce=s.config_reload_debounce,
+                )
+                self._spawn(self._watcher.run(), "config-watcher")
         log.info(
             "epp listening: ext_proc %d (%s), health %d, metrics %d",
             self.grpc_port,
@@ -219,11 +222,23 @@ class App:
         )
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read the config file now."""
+        """SIGHUP: re-read the config file now (also when it is not being watched)."""
         if self._watcher is not None:
             self._watcher.trigger()
+        elif self._reloader is not None:
+            self._spawn(self._reload_from_file(self._reloader), "sighup-reload")
         else:
-            log.warning("SIGHUP ignored: no --config-file is being watched")
+            log.warning("SIGHUP ignored: the config does not come from --config-file")
+
+    async def _reload_from_file(self, reloader: ConfigReloader) -> None:
+        try:
+            data = await asyncio.to_thread(Path(self.settings.config_file or "").read_bytes)
+        except OSError as exc:
+            log.error(
+                "SIGHUP: cannot read %s: %s (keeping the running config)", self.settings.config_file, exc
+            )
+            return
+        await reloader.reload(data)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop being ready, drain in-flight streams, stop loops, release the lease."""

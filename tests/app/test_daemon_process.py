@@ -1,0 +1,120 @@
+"""The daemon as users run it: `epp [FLAGS]` in its own process, checked over its real ports.
+
+Start-up with one dead static endpoint must still reach readiness (the dead one is retried, never fatal),
+SIGHUP re-reads the config file, SIGTERM stops cleanly with exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from epp.sim.config import SimConfig
+from epp.sim.server import SimServer
+
+EPP = str(Path(sys.executable).with_name("epp"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _health(port: int, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        except grpc.aio.AioRpcError:
+            return -1
+        return int(resp.status)
+
+
+async def _until(pred, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await pred():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def _metric(port: int, name: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    sim = SimServer(SimConfig(model="m", name="live", time_scale=0.01))
+    await sim.start()
+    dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    config = tmp_path / "epp.yaml"
+    config.write_text(Path("profiles/default.yaml").read_text())
+    grpc_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
+    log = (tmp_path / "epp.log").open("w")
+    proc = subprocess.Popen(
+        [
+            EPP,
+            f"--static-endpoints={sim.address},{dead}",
+            f"--config-file={config}",
+            "--watch-config-file=false",
+            "--bind-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            f"--grpc-health-port={health_port}",
+            f"--metrics-port={metrics_port}",
+            "-v=3",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "EPP_LOG_FORMAT": "json"},
+    )
+    try:
+        await _until(lambda: _is(health_port, "readiness", health_pb2.HealthCheckResponse.SERVING), 15)
+        assert await _health(health_port, "liveness") == health_pb2.HealthCheckResponse.SERVING
+        assert await _health(health_port, "") == health_pb2.HealthCheckResponse.SERVING
+        # the ext_proc port answers TLS (secure serving is on by default)
+        with socket.create_connection(("127.0.0.1", grpc_port), timeout=2):
+            pass
+        assert "generation 1.0" in (await _metric(metrics_port, "epp_config_generation")).replace(
+            "epp_config_generation ", "generation "
+        )
+
+        config.write_text(Path("profiles/least-loaded.yaml").read_text())
+        proc.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            return "epp_config_generation 2.0" in await _metric(metrics_port, "epp_config_generation")
+
+        await _until(reloaded, 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            await sim.stop()
+    text = (tmp_path / "epp.log").read_text()
+    assert code == 0, text
+    assert '"msg": "epp stopped"' in text
+    assert dead in text  # the unreachable endpoint was logged, not fatal
+
+
+async def _is(port: int, service: str, status: int) -> bool:
+    return await _health(port, service) == status
