@@ -204,7 +204,6 @@ class _Stream:
         dest = self.director.pick_any(ctx)
         self.request_done = True
         sets, removes = self._forward_mutation()
-        sets.insert(0, (DESTINATION_ENDPOINT, dest.encode()))
         return [w.routing_headers_reply(dest, sets, removes)]
 
     async def on_request_body(self, msg: m.ProcessingRequest) -> list[Reply]:
@@ -238,7 +237,6 @@ class _Stream:
         changed = out is not body
         dest = ctx.destination
         sets, removes = self._forward_mutation()
-        sets.insert(0, (DESTINATION_ENDPOINT, dest.encode()))
         replies: list[Reply]
         if self.request_mode == FULL_DUPLEX:
             if out:
@@ -246,6 +244,7 @@ class _Stream:
             replies = [w.routing_headers_reply(dest, sets, removes)]
             replies.extend(w.streamed_body(out, w.REQUEST, end_of_stream))
         else:
+            sets.insert(0, (DESTINATION_ENDPOINT, dest.encode()))
             if changed:
                 sets.append((CONTENT_LENGTH, str(len(out)).encode()))
             replies = [
@@ -527,7 +526,10 @@ class ExtProcServicer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
                 for reply in replies:
                     yield reply
         finally:
-            stream.finish()
+            try:
+                stream.finish()
+            except Exception:  # never let cleanup turn into a stream error
+                log.exception("stream cleanup failed")
 
     @staticmethod
     def _reject(stream: _Stream, err: RequestError) -> m.ProcessingResponse:

@@ -44,9 +44,14 @@ REQUEST = (1, 3)  # (headers, body)
 RESPONSE = (2, 4)
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _SMALL[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -104,29 +109,62 @@ def headers_reply(
     return out
 
 
+_DEST_CACHE: dict[str, tuple[bytes, bytes]] = {}
+_DEST_CACHE_MAX = 4096
+
+
+def _destination_parts(destination: str) -> tuple[bytes, bytes]:
+    """(the destination header option, the dynamic_metadata field) for a destination, cached."""
+    parts = _DEST_CACHE.get(destination)
+    if parts is None:
+        if len(_DEST_CACHE) >= _DEST_CACHE_MAX:
+            _DEST_CACHE.clear()
+        parts = _DEST_CACHE[destination] = (
+            _header_option(DESTINATION_ENDPOINT, destination.encode()),
+            _ld(8, destination_struct(destination)),
+        )
+    return parts
+
+
 def routing_headers_reply(
     destination: str, set_headers: Sequence[tuple[str, bytes]], remove_headers: Iterable[str]
 ) -> bytes:
-    """The request-headers reply that routes: mutation, clear_route_cache and `envoy.lb` metadata."""
-    return headers_reply(
-        REQUEST, set_headers, remove_headers, clear_route_cache=True, destination=destination
-    )
+    """The request-headers reply that routes: mutation (the destination header first, then `set_headers`),
+    clear_route_cache and the `envoy.lb` metadata. The destination's parts are cached."""
+    dest_option, metadata = _destination_parts(destination)
+    mutation = dest_option + _mutation(set_headers, remove_headers)
+    common = _ld(2, mutation) + _CLEAR_ROUTE_CACHE
+    return _ld(1, _ld(1, common)) + metadata
 
 
 def streamed_body(
     body: bytes, phase: tuple[int, int], end_of_stream: bool = True, limit: int = BODY_CHUNK_LIMIT
 ) -> list[bytes]:
-    """FULL_DUPLEX_STREAMED body chunks of at most `limit` bytes; end_of_stream on the last (if asked)."""
-    field = phase[1]
+    """FULL_DUPLEX_STREAMED body chunks of at most `limit` bytes; end_of_stream on the last (if asked).
+
+    Each chunk is copied once: the nested length prefixes are computed, not built by wrapping.
+    """
+    tag = _varint(phase[1] << 3 | 2)
     n = len(body)
     out: list[bytes] = []
     start = 0
     while True:
         end = min(start + limit, n)
-        chunk = body if (start == 0 and end == n) else body[start:end]
-        sr = (_ld(1, chunk) if chunk else b"") + (_EOS if end_of_stream and end == n else b"")
-        # BodyResponse{response: CommonResponse{body_mutation: BodyMutation{streamed_response: sr}}}
-        out.append(_ld(field, _ld(1, _ld(3, _ld(3, sr)))))
+        chunk = body if (start == 0 and end == n) else memoryview(body)[start:end]  # joined: one copy
+        size = end - start
+        eos = end_of_stream and end == n
+        # StreamedBodyResponse{body, end_of_stream} inside BodyMutation(3) inside CommonResponse(3) inside
+        # BodyResponse(1) inside ProcessingResponse(request_body=3 | response_body=4)
+        body_field = b"\x0a" + _varint(size) if size else b""
+        sr_len = len(body_field) + size + (2 if eos else 0)
+        bm = _varint(sr_len)
+        bm_len = 1 + len(bm) + sr_len
+        cr = _varint(bm_len)
+        cr_len = 1 + len(cr) + bm_len
+        br = _varint(cr_len)
+        br_len = 1 + len(br) + cr_len
+        head = b"".join((tag, _varint(br_len), b"\x0a", br, b"\x1a", cr, b"\x1a", bm, body_field))
+        out.append(b"".join((head, chunk, _EOS) if eos else (head, chunk)))
         if end >= n:
             return out
         start = end

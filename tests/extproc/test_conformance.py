@@ -111,3 +111,18 @@ async def test_gateway_destination_endpoint_served(source: str) -> None:
             await s.recv()
             await s.close()
             assert await s.drain() == []
+
+
+async def test_fallback_order_is_primary_first_then_by_score() -> None:
+    """The comma list is ordered: the primary, then fallbacks in the picker's order (best score first)."""
+    config = CONFORMANCE_CONFIG.replace(
+        "- type: max-score-picker", "- type: queue-scorer\n- type: max-score-picker"
+    ).replace(
+        "  - pluginRef: max-score-picker", "  - pluginRef: queue-scorer\n  - pluginRef: max-score-picker"
+    )
+    pods = [endpoint("10.0.0.10", 3000, queue=10), endpoint("10.0.0.11", 3000, queue=0),
+            endpoint("10.0.0.12", 3000, queue=5)]  # fmt: skip
+    async with Harness(pipeline_from(config), pods) as h:
+        for _ in range(5):
+            dest = await destination(h, "10.0.0.10,10.0.0.11,10.0.0.12")
+            assert dest == ["10.0.0.11:3000", "10.0.0.12:3000", "10.0.0.10:3000"]
