@@ -127,7 +127,14 @@ class LoadResult:
     errors: int
     rate: float = 0.0
     concurrency: int = 0
+    server_cpu_s: float = 0.0  # CPU the server process used during the measured window
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return (
+            1e6 * self.server_cpu_s / self.completed if self.completed and self.server_cpu_s else float("nan")
+        )
 
     @property
     def throughput(self) -> float:
@@ -147,6 +154,7 @@ class LoadResult:
             p90_ms=round(self.percentile(0.90), 3),
             p99_ms=round(self.percentile(0.99), 3),
             mean_ms=round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else None,
+            cpu_us_per_request=round(self.cpu_us_per_request, 1),
         )
         return d
 
@@ -174,6 +182,15 @@ async def _one_stream(call_factory: Callable[[], Any], ex: Exchange) -> float:
     return routed
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0.0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _raw_process(channel: grpc.aio.Channel) -> Callable[[], Any]:
     """The Process method without (de)serialisers: pre-serialised bytes in, raw bytes out."""
     method: Any = channel.stream_stream(METHOD, None, None)
@@ -188,7 +205,13 @@ def _channel(port: int) -> grpc.aio.Channel:
 
 
 async def run_closed_loop(
-    port: int, exchanges: Sequence[Exchange], concurrency: int, duration: float, warmup: float, server: str
+    port: int,
+    exchanges: Sequence[Exchange],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    server: str,
+    server_pid: int = 0,
 ) -> LoadResult:
     """`concurrency` streams back to back for `duration` seconds (after `warmup`): max decisions/s."""
     async with _channel(port) as channel:
@@ -215,15 +238,24 @@ async def run_closed_loop(
         stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         measuring = True
+        cpu0 = process_cpu_seconds(server_pid) if server_pid else 0.0
         start = time.perf_counter()
         stop_at = start + duration
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         result.seconds = time.perf_counter() - start
+        if server_pid:
+            result.server_cpu_s = process_cpu_seconds(server_pid) - cpu0
         return result
 
 
 async def run_open_loop(
-    port: int, exchanges: Sequence[Exchange], rate: float, duration: float, warmup: float, server: str
+    port: int,
+    exchanges: Sequence[Exchange],
+    rate: float,
+    duration: float,
+    warmup: float,
+    server: str,
+    server_pid: int = 0,
 ) -> LoadResult:
     """Streams started at a fixed `rate` (evenly spaced) for `duration` seconds: latency under load."""
     async with _channel(port) as channel:
@@ -245,15 +277,21 @@ async def run_open_loop(
         interval = 1.0 / rate
         start = time.perf_counter()
         total = int((warmup + duration) * rate)
+        first_measured = int(warmup * rate)
+        cpu0 = 0.0
         for n in range(total):
             due = start + n * interval
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(exchanges[n % len(exchanges)], n >= warmup * rate))
+            if n == first_measured and server_pid:
+                cpu0 = process_cpu_seconds(server_pid)
+            task = asyncio.create_task(one(exchanges[n % len(exchanges)], n >= first_measured))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
+        if server_pid:
+            result.server_cpu_s = process_cpu_seconds(server_pid) - cpu0
         return result
 
 
@@ -619,11 +657,16 @@ async def run_direct(args: argparse.Namespace, server_cpu: int | None) -> list[L
         server = ServerProcess(kind, server_cpu, extra)
         try:
             (port,) = await server.ports()
+            pid = server.proc.pid
             results.append(
-                await run_closed_loop(port, exchanges, args.concurrency, args.duration, args.warmup, kind)
+                await run_closed_loop(
+                    port, exchanges, args.concurrency, args.duration, args.warmup, kind, pid
+                )
             )
             for rate in args.rates:
-                results.append(await run_open_loop(port, exchanges, rate, args.duration, args.warmup, kind))
+                results.append(
+                    await run_open_loop(port, exchanges, rate, args.duration, args.warmup, kind, pid)
+                )
         finally:
             server.stop()
     return results
@@ -631,14 +674,15 @@ async def run_direct(args: argparse.Namespace, server_cpu: int | None) -> list[L
 
 def _table(results: Sequence[LoadResult]) -> str:
     lines = [
-        "| server | load | completed | errors | throughput/s | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | load | completed | errors | throughput/s | p50 ms | p90 ms | p99 ms | server CPU/req |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         load = f"closed c={r.concurrency}" if r.mode == "closed" else f"open {r.rate:g}/s"
         lines.append(
             f"| {r.server} | {load} | {r.completed} | {r.errors} | {r.throughput:.0f} | "
-            f"{r.percentile(0.5):.2f} | {r.percentile(0.9):.2f} | {r.percentile(0.99):.2f} |"
+            f"{r.percentile(0.5):.2f} | {r.percentile(0.9):.2f} | {r.percentile(0.99):.2f} | "
+            + (f"{r.cpu_us_per_request:.0f} us |" if r.server_cpu_s else "- |")
         )
     return "\n".join(lines)
 
@@ -693,8 +737,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_table(results))
     direct = {(r.server, r.mode): r for r in results if r.server in ("epp", "noop")}
     if ("epp", "closed") in direct and ("noop", "closed") in direct:
-        ratio = direct["epp", "closed"].throughput / max(1e-9, direct["noop", "closed"].throughput)
-        print(f"epp / noop throughput: {ratio:.2f}")
+        epp, noop = direct["epp", "closed"], direct["noop", "closed"]
+        print(f"epp / noop throughput: {epp.throughput / max(1e-9, noop.throughput):.2f}")
+        if epp.server_cpu_s and noop.server_cpu_s:
+            # CPU per request is less sensitive to other load on the machine than wall-clock throughput
+            ratio = noop.cpu_us_per_request / epp.cpu_us_per_request
+            print(
+                f"epp / noop by server CPU per request: {ratio:.2f} "
+                f"(noop {noop.cpu_us_per_request:.0f} us, epp {epp.cpu_us_per_request:.0f} us, "
+                f"difference {epp.cpu_us_per_request - noop.cpu_us_per_request:.0f} us)"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps([r.summary() for r in results], indent=2))
     return 0
