@@ -13,10 +13,13 @@ each in its own process pinned to one CPU (`taskset -c 0`), the client pinned to
 (max decisions/s at a fixed concurrency) and open loop (latency at a fixed rate). Latency = time from the
 first request message to the routing reply (what Envoy waits for before forwarding).
 
-Part 2 (`--envoy`), through a real Envoy: HTTP latency of Envoy + EPP vs Envoy round-robin over the same
-instant-answer backends, at fixed rates, in the same run.
+Part 2 (`--envoy`), through a real Envoy: HTTP latency of Envoy + EPP (FULL_DUPLEX_STREAMED, plaintext)
+routing over 4 instant-answer backends vs the same Envoy routing straight to one of them, at fixed rates,
+in the same run; the difference is what the EPP adds.
 
-`--profile FILE` runs the EPP server under cProfile and writes the stats there.
+`--profile FILE` runs the EPP server under cProfile and writes the stats there. `--py-spy FILE` samples the
+running EPP server with py-spy (not a dependency: install it in a throwaway venv and pass its path in
+`$PY_SPY` or have it on `$PATH`) during the closed-loop run, and prints where the server's time went.
 """
 
 from __future__ import annotations
@@ -550,6 +553,55 @@ class ServerProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# ---- where the time goes (py-spy) ---------------------------------------------------------------------
+
+#: (category, path fragments) checked from the innermost frame outwards; the first match wins.
+PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "metrics (prometheus_client)",
+        ("prometheus_client/", "epp/observability/metrics", "epp/requestcontrol/meter"),
+    ),
+    ("request parsing (openai-parser)", ("epp/plugins/parsers/",)),
+    ("prefix-cache producer (hash, match, record)", ("epp/plugins/producers/", "epp/plugins/prefix/")),
+    ("scorers, picker, profile handler", ("epp/plugins/",)),
+    ("scheduler engine", ("epp/scheduling/",)),
+    ("datastore", ("epp/datalayer/",)),
+    ("ext_proc wire + director (ours)", ("epp/extproc/", "epp/requestcontrol/")),
+    ("metrics churn (benchmark only)", ("_churn_metrics",)),
+)
+
+
+def profile_summary(raw_path: str) -> list[tuple[str, float]]:
+    """Shares of py-spy samples (raw/collapsed format) per category; the rest is gRPC + asyncio."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in Path(raw_path).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        total += int(n)
+        category = "gRPC + asyncio plumbing (incl. idle polling)"
+        for frame in reversed(stack.split(";")):
+            if frame.startswith("ExtProcServicer.Process "):
+                break  # the stream loop itself: its samples are gRPC reads and writes
+            hit = next((c for c, frags in PROFILE_CATEGORIES if any(f in frame for f in frags)), None)
+            if hit is not None:
+                category = hit
+                break
+        counts[category] = counts.get(category, 0) + int(n)
+    return sorted(((c, n / total) for c, n in counts.items()), key=lambda kv: -kv[1]) if total else []
+
+
+def _start_py_spy(pid: int, out: str, duration: float) -> subprocess.Popen[bytes] | None:
+    exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if not exe:
+        print("py-spy not found (set $PY_SPY): no profile", file=sys.stderr)
+        return None
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "250"]
+    cmd += ["--format", "raw", "--nonblocking", "-o", out]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 # ---- through Envoy -----------------------------------------------------------------------------------
 
 
@@ -605,7 +657,8 @@ async def run_envoy(args: argparse.Namespace, epp_cpu: int | None) -> list[LoadR
         try:
             (epp_port,) = await epp.ports()
             body = json.dumps({"model": "bench-model", "prompt": "p" * args.prompt_chars}).encode()
-            baseline = EnvoyProcess(EnvoyConfig(routing="round_robin", static_endpoints=addresses))
+            # the baseline: the same Envoy routing to a fixed endpoint (no ext_proc at all)
+            baseline = EnvoyProcess(EnvoyConfig(routing="round_robin", static_endpoints=addresses[:1]))
             routed = EnvoyProcess(EnvoyConfig(ext_proc_port=epp_port, ext_proc_tls=False))
             async with baseline, routed:
                 for rate in args.envoy_rates:
@@ -714,6 +767,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-direct", action="store_true", help="skip the EPP-alone part")
     p.add_argument("--profile", default="", help="write a cProfile of the EPP server to this file")
     p.add_argument("--target-port", type=int, default=0, help="only drive an already running server")
+    p.add_argument("--py-spy", default="", help="sample the EPP server with py-spy into this raw file")
     p.add_argument("--json", default="", help="write the results as JSON to this file")
     return p.parse_args(argv)
 
@@ -747,6 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(noop {noop.cpu_us_per_request:.0f} us, epp {epp.cpu_us_per_request:.0f} us, "
                 f"difference {epp.cpu_us_per_request - noop.cpu_us_per_request:.0f} us)"
             )
+    if args.py_spy and Path(args.py_spy).exists():
+        print("where the EPP server's time went (py-spy samples, closed loop):")
+        for category, share in profile_summary(args.py_spy):
+            print(f"  {100 * share:5.1f} %  {category}")
     if args.json:
         Path(args.json).write_text(json.dumps([r.summary() for r in results], indent=2))
     return 0
