@@ -711,11 +711,16 @@ async def run_direct(args: argparse.Namespace, server_cpu: int | None) -> list[L
         try:
             (port,) = await server.ports()
             pid = server.proc.pid
+            spy = None
+            if kind == "epp" and args.py_spy:
+                spy = _start_py_spy(pid, args.py_spy, args.warmup + args.duration)
             results.append(
                 await run_closed_loop(
                     port, exchanges, args.concurrency, args.duration, args.warmup, kind, pid
                 )
             )
+            if spy is not None:
+                await asyncio.to_thread(spy.wait, 30)
             for rate in args.rates:
                 results.append(
                     await run_open_loop(port, exchanges, rate, args.duration, args.warmup, kind, pid)
