@@ -606,7 +606,7 @@ def _start_py_spy(pid: int, out: str, duration: float) -> subprocess.Popen[bytes
 
 
 async def _http_load(
-    url: str, body: bytes, rate: float, duration: float, warmup: float, name: str
+    url: str, body: bytes, rate: float, duration: float, warmup: float, name: str, server_pid: int = 0
 ) -> LoadResult:
     import aiohttp
 
@@ -632,14 +632,20 @@ async def _http_load(
                 result.errors += 1
 
         start = time.perf_counter()
+        first_measured = int(warmup * rate)
+        cpu0 = 0.0
         for n in range(int((warmup + duration) * rate)):
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(n >= warmup * rate))
+            if n == first_measured and server_pid:
+                cpu0 = process_cpu_seconds(server_pid)
+            task = asyncio.create_task(one(n >= first_measured))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
+        if server_pid:
+            result.server_cpu_s = process_cpu_seconds(server_pid) - cpu0
     return result
 
 
@@ -669,7 +675,7 @@ async def run_envoy(args: argparse.Namespace, epp_cpu: int | None) -> list[LoadR
                             rate,
                             args.duration,
                             args.warmup,
-                            "envoy-rr",
+                            "envoy-fixed",
                         )
                     )
                     results.append(
@@ -680,6 +686,7 @@ async def run_envoy(args: argparse.Namespace, epp_cpu: int | None) -> list[LoadR
                             args.duration,
                             args.warmup,
                             "envoy+epp",
+                            epp.proc.pid,
                         )
                     )
         finally:
