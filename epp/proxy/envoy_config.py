@@ -5,7 +5,8 @@ verification, or plaintext) and an ORIGINAL_DST cluster that takes the destinati
 `x-gateway-destination-endpoint` header or from `envoy.lb` dynamic metadata (metadata wins when both are
 set), with `metadata_options.receiving_namespaces: ["envoy.lb"]` so the EPP's metadata is accepted.
 The served endpoint reaches the EPP on the response path as the `upstream.address` response attribute
-(verified with Envoy 1.40: it names the host of the last try, so it is right after retries too).
+(verified with Envoy 1.40: it names the host of the last try, so it is right after retries too), or, with
+`served_endpoint="header"`, as a route-added response header the EPP strips.
 
 Body modes: FULL_DUPLEX_STREAMED (upstream's; request and response trailers SEND, as Envoy requires) or
 BUFFERED (request body buffered; response body STREAMED so SSE still streams). `routing="round_robin"`,
@@ -22,12 +23,21 @@ from typing import Any, Literal
 
 import yaml
 
-from epp.extproc.keys import DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE, UPSTREAM_ADDRESS_ATTRIBUTE
+from epp.extproc.keys import (
+    DESTINATION_ENDPOINT,
+    DESTINATION_ENDPOINT_SERVED,
+    ENVOY_LB_NAMESPACE,
+    UPSTREAM_ADDRESS_ATTRIBUTE,
+)
 
-__all__ = ["BodyMode", "EnvoyConfig", "Routing", "render_bootstrap"]
+__all__ = ["BodyMode", "EnvoyConfig", "Routing", "ServedEndpoint", "render_bootstrap"]
 
 BodyMode = Literal["FULL_DUPLEX_STREAMED", "BUFFERED"]
 Routing = Literal["epp", "round_robin", "least_request"]
+#: How the served endpoint reaches the EPP on the response path: the `upstream.address` ext_proc
+#: attribute, or a response header `x-gateway-destination-endpoint-served: %UPSTREAM_HOST%` added by the
+#: route (the EPP strips it), or not at all.
+ServedEndpoint = Literal["attribute", "header", "none"]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
@@ -49,6 +59,7 @@ class EnvoyConfig:
         route_timeout: whole-request timeout at the route (0 = none).
         failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen).
         buffer_limit_bytes: per-connection buffer (bounds BUFFERED request bodies).
+        served_endpoint: how the EPP learns which endpoint served (see `ServedEndpoint`).
     """
 
     listener_port: int = 0
@@ -67,6 +78,7 @@ class EnvoyConfig:
     listen_address: str = "127.0.0.1"
     connect_timeout: float = 1.0
     access_log_path: str | None = None
+    served_endpoint: ServedEndpoint = "attribute"
 
 
 def _seconds(value: float) -> str:
@@ -103,7 +115,7 @@ def _processing_mode(mode: BodyMode) -> dict[str, str]:
 
 
 def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
-    return {
+    flt: dict[str, Any] = {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _EXT_PROC,
@@ -115,10 +127,12 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
             "allow_mode_override": True,
             "message_timeout": _seconds(cfg.message_timeout),
             "processing_mode": _processing_mode(cfg.body_mode),
-            "response_attributes": [UPSTREAM_ADDRESS_ATTRIBUTE],
             "metadata_options": {"receiving_namespaces": {"untyped": [ENVOY_LB_NAMESPACE]}},
         },
     }
+    if cfg.served_endpoint == "attribute":
+        flt["typed_config"]["response_attributes"] = [UPSTREAM_ADDRESS_ATTRIBUTE]
+    return flt
 
 
 def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
@@ -186,14 +200,17 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
         clusters = [_static_cluster(cfg, "ROUND_ROBIN" if cfg.routing == "round_robin" else "LEAST_REQUEST")]
         target = "static_backends"
     route: dict[str, Any] = {"cluster": target, "timeout": _seconds(cfg.route_timeout)}
+    route_entry: dict[str, Any] = {"match": {"prefix": "/"}, "route": route}
+    if cfg.routing == "epp" and cfg.served_endpoint == "header":
+        route_entry["response_headers_to_add"] = [
+            {"header": {"key": DESTINATION_ENDPOINT_SERVED, "value": "%UPSTREAM_HOST%"}}
+        ]
     hcm: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "ingress_http",
         "route_config": {
             "name": "local_route",
-            "virtual_hosts": [
-                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}
-            ],
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route_entry]}],
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }

@@ -336,3 +336,18 @@ async def test_epp_restart_while_envoy_runs(gateways, backends, http) -> None:
             break
         assert loop.time() < deadline, f"still {code} after the EPP came back"
         await asyncio.sleep(0.1)
+
+
+async def test_served_endpoint_as_a_route_response_header_is_read_and_stripped(
+    gateways, backends, http, tmp_path
+) -> None:
+    """The other verified mechanism: the route adds `x-gateway-destination-endpoint-served: %UPSTREAM_HOST%`;
+    the EPP reads it, hands it to the hooks and removes it from what the client sees."""
+    g = gateways["duplex-tls"]
+    cfg = EnvoyConfig(ext_proc_port=g.epp.port, ext_proc_tls=True, served_endpoint="header")
+    envoy = EnvoyProcess(cfg, tmp_path)
+    async with envoy, http.post(f"{envoy.url}/v1/completions", json={"model": "m", "prompt": "x"}) as resp:
+        assert resp.status == 200
+        echo = (await resp.json())["echo"]
+        assert resp.headers["x-conformance-test-served-endpoint"] == f"127.0.0.1:{echo['backend']}"
+        assert "x-gateway-destination-endpoint-served" not in resp.headers
