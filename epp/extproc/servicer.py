@@ -4,8 +4,9 @@ Body modes (Envoy reports them in `protocol_config` on the first message):
 
 - FULL_DUPLEX_STREAMED (upstream's mode): request body chunks are collected and the request-headers reply is
   held until the body ends; then the headers reply (destination header + `envoy.lb` metadata + Content-Length)
-  and the body as streamed chunks of at most 62,000 bytes. Response chunks are passed through as they arrive
-  (SSE), or, when the model name must be rewritten back in a non-SSE body, held until the end.
+  and the body as streamed chunks of at most 62,000 bytes. SSE response chunks pass through as they arrive
+  (line-aligned when the model name is rewritten back); any other response body is held to its end and
+  sent back whole (one reply, the rewrite-back and the usage lookup see all of it), as upstream does.
 - BUFFERED: the headers reply goes at once (system-owned headers removed); the routing mutation rides on the
   body reply, with Content-Length set whenever the body is replaced.
 - NONE / STREAMED request bodies cannot be routed on: the EPP asks for BUFFERED via `mode_override`.
