@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each simulator in its own process, or all in this one",
     )
     add(
+        "--epp-mode",
+        choices=["subprocess", "inprocess"],
+        default=_D.epp_mode,
+        help="run the EPP in its own process (as deployed), or in this one",
+    )
+    add(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -120,6 +126,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         api=args.api,
         secure_serving=not args.plaintext,
         fleet_mode=args.fleet_mode,
+        epp_mode=args.epp_mode,
         progress=args.progress,
     )
 

@@ -1,10 +1,11 @@
 """The demo's run: a simulated fleet, then per profile a fresh EPP + Envoy and the same workload.
 
 Everything listens on 127.0.0.1 on free ports. The simulators start once (one subprocess each, like
-real model servers; one serves LoRA adapters); before each profile's run their prefix caches and
-counters are reset and a new EPP (with that profile) and Envoy start, so the runs are independent and
-see the same workload at the same arrival times. Whatever happens (errors, Ctrl-C), everything started
-here is stopped before `run_demo` returns or raises.
+real model servers; one serves LoRA adapters). Per profile a new EPP (with that profile) and Envoy
+start, a short warm-up opens every connection and runs every code path once (so the first profile
+does not pay for set-up that later ones skip), then the simulators' prefix caches and counters are
+reset: the runs are independent and see the same workload at the same arrival times. Whatever
+happens (errors, Ctrl-C), everything started here is stopped before `run_demo` returns or raises.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from epp.loadgen.client import LoadClient
 from epp.loadgen.fleet import FleetMode, FleetStats, SimFleet, fleet_stats
-from epp.loadgen.gateway import Gateway
+from epp.loadgen.gateway import EppMode, Gateway
 from epp.loadgen.progress import Progress
-from epp.loadgen.runner import run_open_loop
+from epp.loadgen.runner import run_closed_loop, run_open_loop
 from epp.loadgen.stats import RunSummary, summarize
 from epp.loadgen.workloads import Api, Workload, shared_prefix
 from epp.sim import SimConfig
@@ -49,6 +50,7 @@ class DemoOptions:
     api: Api = "completions"
     secure_serving: bool = True
     fleet_mode: FleetMode = "subprocess"
+    epp_mode: EppMode = "subprocess"
     progress: bool | None = None  # None: only on a terminal
 
 
@@ -76,6 +78,14 @@ class DemoResult:
         return sum(r.summary.errors + r.summary.unfinished for r in self.runs)
 
 
+def _shown(path: Path) -> Path:
+    """`path` relative to the current directory when it is below it (shorter to print)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def resolve_profile(name: str) -> Path:
     """A profile file: `name` as a path, or `profiles/NAME.yaml` (current directory, then the source tree)."""
     path = Path(name)
@@ -87,7 +97,7 @@ def resolve_profile(name: str) -> Path:
         for root in roots:
             candidate = root / f"{stem}.yaml"
             if candidate.is_file():
-                return candidate
+                return _shown(candidate)
         known = sorted({p.stem for root in roots if root.is_dir() for p in root.glob("*.yaml")})
         hint = f"; known profiles: {', '.join(known)}" if known else ""
         raise ValueError(f"no profile {name!r} (looked for profiles/{stem}.yaml){hint}")
@@ -122,6 +132,25 @@ def demo_workload(options: DemoOptions) -> Workload:
 Say = Callable[[str], None]
 
 
+async def _warm_up(client: LoadClient, options: DemoOptions) -> None:
+    """A few short unique prompts through the fresh gateway before measuring.
+
+    They open the connections (client to Envoy, Envoy to the EPP over TLS and to the servers) and run
+    every code path once, so that the first profile measured does not pay for what the next one gets
+    for free. The caller then resets the servers' caches and counters.
+    """
+    warm = shared_prefix(
+        groups=2 * options.servers,
+        prompts_per_group=1,
+        system_prompt_len=48,
+        question_len=8,
+        output_len=2,
+        seed=options.seed + 7919,
+        api=options.api,
+    )
+    await run_closed_loop(client, warm, concurrency=options.servers, duration_limit_s=30.0)
+
+
 async def _run_profile(
     profile: str,
     config_file: Path,
@@ -132,28 +161,31 @@ async def _run_profile(
     say: Say,
     on_gateway: Callable[[Gateway | None], None],
 ) -> ProfileRun:
-    await fleet.reset()
     started = time.perf_counter()
     gateway = Gateway(
         fleet.addresses,
         config_file=config_file,
         secure_serving=options.secure_serving,
-        workdir=workdir / f"envoy-{profile}",
+        workdir=workdir / f"gateway-{profile}",
+        epp_mode=options.epp_mode,
     )
+    model = SimConfig().model
     try:
         on_gateway(gateway)
         await gateway.start()
         on_gateway(gateway)
-        say(
-            f"[{profile}] EPP ({config_file}) and Envoy ready in {time.perf_counter() - started:.1f}s; "
-            f"sending {workload.num_requests} requests through {gateway.url}"
-        )
-        progress = Progress(workload.num_requests, f"[{profile}]", enabled=options.progress)
-        # Generous: a run that stalls ends with its unfinished requests counted rather than hanging.
-        limit = workload.num_requests / options.rate + 60.0
-        try:
-            model = SimConfig().model
-            async with LoadClient(gateway.url, api=options.api, model=model) as client:
+        async with LoadClient(gateway.url, api=options.api, model=model) as client:
+            await _warm_up(client, options)
+            await fleet.reset()
+            say(
+                f"[{profile}] EPP ({config_file}) and Envoy ready in "
+                f"{time.perf_counter() - started:.1f}s; "
+                f"sending {workload.num_requests} requests through {gateway.url}"
+            )
+            progress = Progress(workload.num_requests, f"[{profile}]", enabled=options.progress)
+            # Generous: a run that stalls ends with its unfinished requests counted rather than hanging.
+            limit = workload.num_requests / options.rate + 60.0
+            try:
                 run = await run_open_loop(
                     client,
                     workload,
@@ -162,8 +194,8 @@ async def _run_profile(
                     duration_limit_s=limit,
                     on_result=lambda r: progress.advance(errors=0 if r.ok else 1),
                 )
-        finally:
-            progress.close()
+            finally:
+                progress.close()
     finally:
         await gateway.stop()
         on_gateway(None)
@@ -209,7 +241,7 @@ async def run_demo(
             gateways.append(gw)
         report_children()
 
-    ok = False
+    keep_logs = False
     try:
         say(f"starting {options.servers} simulated vLLM servers ({options.fleet_mode}) ...")
         await fleet.start()
@@ -222,13 +254,16 @@ async def run_demo(
         for profile, path in profiles:
             run = await _run_profile(profile, path, fleet, workload, options, workdir, say, on_gateway)
             result.runs.append(run)
-        ok = True
+        keep_logs = result.failed_requests > 0
+    except Exception:
+        keep_logs = True  # a failure, not an interruption: the logs say what went wrong
+        raise
     finally:
         await fleet.stop()
         report_children()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        if keep_logs:
             say(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     result.total_s = time.perf_counter() - begin
     return result

@@ -59,7 +59,7 @@ def render_table(result: DemoResult) -> str:
     header = " " * label_w + "".join(f"  {r.profile:>{col_w}}" for r in runs)
     lines = [header, "-" * len(header)]
     for label, cells in rows:
-        lines.append(f"{label:<{label_w}}" + "".join(f"  {c:>{col_w}}" for c in cells))
+        lines.append((f"{label:<{label_w}}" + "".join(f"  {c:>{col_w}}" for c in cells)).rstrip())
     return "\n".join(lines)
 
 

@@ -1,29 +1,65 @@
-"""The gateway under test: the EPP daemon in-process on free ports, and Envoy in front of it.
+"""The gateway under test: the EPP daemon on free loopback ports, and Envoy in front of it.
 
-`EppServer` builds the real daemon (`epp.app.App`) from the same flags a user would pass, with
-`--static-endpoints`, loopback binding and free ports, and waits until its readiness turns SERVING
-(endpoints synced and scraped once). `Gateway` adds a real Envoy (`epp.proxy`) whose ext_proc filter
-talks to that EPP, TLS without verification by default (the daemon's default, upstream's setup).
+The EPP runs from the same flags a user would pass (`--static-endpoints`, loopback binding), either
+in-process (`EppServer`: the real `epp.app.App` on the current event loop, ports chosen by the
+kernel) or as its own process (`EppProcess`: `python -m epp ...`, as it is deployed, so its CPU time
+is not shared with the load client; free ports are picked first, and a start that loses a port race
+is retried). Both wait until readiness is SERVING (endpoints synced and scraped once). `Gateway` adds
+a real Envoy (`epp.proxy`) whose ext_proc filter talks to that EPP, TLS without verification by
+default (the daemon's default, upstream's setup).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.app import App
 from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.settings import parse_settings
 
-__all__ = ["EppServer", "Gateway"]
+__all__ = ["EppMode", "EppProcess", "EppServer", "Gateway", "epp_flags"]
+
+EppMode = Literal["inprocess", "subprocess"]
 
 log = logging.getLogger(__name__)
 
 
+def epp_flags(
+    endpoints: Sequence[str],
+    *,
+    config_file: str | Path | None = None,
+    config_text: str | None = None,
+    secure_serving: bool = True,
+) -> list[str]:
+    """The daemon flags of a loopback EPP over static endpoints (without ports)."""
+    args = [
+        "--static-endpoints",
+        ",".join(endpoints),
+        "--bind-address",
+        "127.0.0.1",
+        f"--secure-serving={'true' if secure_serving else 'false'}",
+        "--watch-config-file=false",
+    ]
+    if config_file is not None:
+        args += ["--config-file", str(config_file)]
+    if config_text is not None:
+        args += ["--config-text", config_text]
+    return args
+
+
 class EppServer:
-    """One in-process EPP. `url`-less: Envoy reaches it on `127.0.0.1:grpc_port`."""
+    """One in-process EPP. Envoy reaches it on `127.0.0.1:grpc_port`."""
 
     def __init__(
         self,
@@ -34,18 +70,9 @@ class EppServer:
         secure_serving: bool = True,
         extra_args: Sequence[str] = (),
     ) -> None:
-        args = [
-            "--static-endpoints",
-            ",".join(endpoints),
-            "--bind-address",
-            "127.0.0.1",
-            f"--secure-serving={'true' if secure_serving else 'false'}",
-            "--watch-config-file=false",
-        ]
-        if config_file is not None:
-            args += ["--config-file", str(config_file)]
-        if config_text is not None:
-            args += ["--config-text", config_text]
+        args = epp_flags(
+            endpoints, config_file=config_file, config_text=config_text, secure_serving=secure_serving
+        )
         settings = parse_settings([*args, *extra_args], environ={})
         # The flags reject port 0; free ports are what a fleet of test gateways needs.
         self.settings = settings.model_copy(update={"grpc_port": 0, "grpc_health_port": 0, "metrics_port": 0})
@@ -94,6 +121,150 @@ class EppServer:
         await self.stop()
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+class _PortTaken(Exception):
+    pass
+
+
+class EppProcess:
+    """The EPP as its own process (`python -m epp`), stopped by its PID. Same surface as `EppServer`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        config_file: str | Path | None = None,
+        config_text: str | None = None,
+        secure_serving: bool = True,
+        extra_args: Sequence[str] = (),
+        python: str = sys.executable,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.args = [
+            *epp_flags(
+                endpoints, config_file=config_file, config_text=config_text, secure_serving=secure_serving
+            ),
+            *extra_args,
+        ]
+        self.secure_serving = secure_serving
+        self.python = python
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="epp-")) / "epp.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.grpc_port = 0
+        self.health_port = 0
+        self.metrics_port = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    async def start(self, timeout: float = 30.0, attempts: int = 3) -> EppProcess:
+        """Start the daemon and wait for readiness; a start that lost a port race is retried."""
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in range(attempts):
+                    try:
+                        await self._start_once()
+                        return self
+                    except _PortTaken:
+                        await self.stop()
+                        if attempt == attempts - 1:
+                            raise RuntimeError(
+                                f"the EPP could not bind its ports:\n{self.log_text()[-2000:]}"
+                            ) from None
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _start_once(self) -> None:
+        self.grpc_port, self.health_port, self.metrics_port = _free_ports(3)
+        ports = ["--grpc-port", str(self.grpc_port), "--grpc-health-port", str(self.health_port)]
+        ports += ["--metrics-port", str(self.metrics_port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "epp",
+                *self.args,
+                *ports,
+                stdout=log,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        exited = asyncio.create_task(self.process.wait())
+        ready = asyncio.create_task(self._watch_ready())
+        try:
+            await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            exited.cancel()
+            await asyncio.gather(ready, exited, return_exceptions=True)
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            return
+        if self.process.returncode is None:
+            await self.process.wait()
+        text = self.log_text()
+        if "cannot listen" in text or "address already in use" in text.lower():
+            raise _PortTaken
+        raise RuntimeError(f"the EPP exited with {self.process.returncode}:\n{text[-2000:]}")
+
+    async def _watch_ready(self) -> None:
+        """Until the health service says readiness is SERVING (waits for the server to come up)."""
+        request = health_pb2.HealthCheckRequest(service="readiness")
+        # Retry connecting every 50-200 ms while the daemon starts (gRPC's default backoff grows to
+        # seconds after a few refused attempts).
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 200),
+        ]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.health_port}", options=options) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            async for reply in stub.Watch(request, wait_for_ready=True):
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+
+    async def stop(self, grace: float = 8.0) -> None:
+        """SIGTERM (the daemon drains), SIGKILL after `grace`; only this process, by its PID."""
+        proc, self.process = self.process, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def __aenter__(self) -> EppProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
 class Gateway:
     """EPP + Envoy: requests to `url` are scheduled by the EPP and served by the picked endpoint."""
 
@@ -107,14 +278,29 @@ class Gateway:
         workdir: str | Path | None = None,
         extra_args: Sequence[str] = (),
         route_timeout: float = 60.0,
+        epp_mode: EppMode = "inprocess",
     ) -> None:
-        self.epp = EppServer(
-            endpoints,
-            config_file=config_file,
-            config_text=config_text,
-            secure_serving=secure_serving,
-            extra_args=extra_args,
-        )
+        self.epp: EppServer | EppProcess
+        if epp_mode == "subprocess":
+            log_path = Path(workdir) / "epp.log" if workdir is not None else None
+            self.epp = EppProcess(
+                endpoints,
+                config_file=config_file,
+                config_text=config_text,
+                secure_serving=secure_serving,
+                extra_args=extra_args,
+                log_path=log_path,
+            )
+        elif epp_mode == "inprocess":
+            self.epp = EppServer(
+                endpoints,
+                config_file=config_file,
+                config_text=config_text,
+                secure_serving=secure_serving,
+                extra_args=extra_args,
+            )
+        else:
+            raise ValueError(f"epp_mode must be 'inprocess' or 'subprocess', got {epp_mode!r}")
         self.workdir = workdir
         self.route_timeout = route_timeout
         self.envoy: EnvoyProcess | None = None
@@ -127,9 +313,11 @@ class Gateway:
 
     @property
     def pids(self) -> list[int]:
-        """Child processes this gateway started (Envoy)."""
+        """Child processes this gateway started (Envoy, and the EPP when it runs as a subprocess)."""
         proc = self.envoy.proc if self.envoy is not None else None
-        return [proc.pid] if proc is not None else []
+        pids = [proc.pid] if proc is not None else []
+        epp_pid = self.epp.pid if isinstance(self.epp, EppProcess) else None
+        return [*pids, epp_pid] if epp_pid is not None else pids
 
     async def start(self) -> Gateway:
         try:

@@ -116,7 +116,7 @@ def test_ctrl_c_or_sigterm_stops_everything_it_started(sig, code, word) -> None:
         else:
             pytest.fail(f"the demo never started sending: {proc.stderr.read() if proc.stderr else ''}")
         children = _children(proc.pid)
-        assert len(children) >= 5  # four simulators and Envoy
+        assert len(children) == 6  # four simulators, the EPP and Envoy
         proc.send_signal(sig)  # to the demo only: it must stop its children itself
         rc = proc.wait(timeout=20)
         _, err = proc.communicate(timeout=5)
@@ -142,6 +142,8 @@ def test_bad_profile_is_a_usage_error() -> None:
 
 
 def test_profiles_resolve_by_name_or_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert resolve_profile("default") == Path("profiles/default.yaml")
     monkeypatch.chdir(tmp_path)  # not the repository: falls back to the source tree's profiles/
     assert resolve_profile("random") == ROOT / "profiles" / "random.yaml"
     own = tmp_path / "mine.yaml"

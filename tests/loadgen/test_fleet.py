@@ -10,7 +10,7 @@ import pytest
 
 from epp.loadgen.client import LoadClient
 from epp.loadgen.fleet import SimFleet, fleet_stats, sim_argv
-from epp.loadgen.gateway import EppServer, Gateway
+from epp.loadgen.gateway import EppProcess, EppServer, Gateway
 from epp.loadgen.text import synthetic_text
 from epp.loadgen.workloads import Session, Turn
 from epp.sim import SimConfig
@@ -113,18 +113,36 @@ async def test_epp_server_waits_for_readiness() -> None:
         assert epp.app is None and epp.grpc_port == 0
 
 
+async def test_epp_process_reports_a_bad_config_and_leaves_nothing_behind(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins: 3\n"
+    )
+    epp = EppProcess(["127.0.0.1:1"], config_file=bad, log_path=tmp_path / "epp.log")
+    with pytest.raises(RuntimeError, match=r"exited with 2:(.|\n)*bad.yaml:3"):
+        await epp.start()
+    assert epp.process is None
+
+
 @pytest.mark.envoy
-@pytest.mark.parametrize("tls", [True, False])
-async def test_gateway_routes_through_envoy_and_the_epp(tls, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("tls", "epp_mode"), [(True, "inprocess"), (False, "inprocess"), (True, "subprocess")]
+)
+async def test_gateway_routes_through_envoy_and_the_epp(tls, epp_mode, tmp_path) -> None:
     configs = [SimConfig(name=f"g{i}", model="m", time_scale=0.05) for i in range(3)]
     async with SimFleet(configs) as fleet:
         gateway = Gateway(
-            fleet.addresses, config_file="profiles/default.yaml", secure_serving=tls, workdir=tmp_path
+            fleet.addresses,
+            config_file="profiles/default.yaml",
+            secure_serving=tls,
+            workdir=tmp_path,
+            epp_mode=epp_mode,
         )
         await gateway.start()
         try:
-            (pid,) = gateway.pids
-            assert _alive(pid)
+            pids = gateway.pids
+            assert len(pids) == (2 if epp_mode == "subprocess" else 1)
+            assert all(_alive(p) for p in pids)
             session = _session(3, tokens=400)
             async with LoadClient(gateway.url, model="m") as client:
                 results = [(await client.send(session, 0))[0] for _ in range(4)]
@@ -134,5 +152,7 @@ async def test_gateway_routes_through_envoy_and_the_epp(tls, tmp_path) -> None:
         # the prefix-cache scorer keeps the same prompt on the same server, which then serves it cached
         assert len({r.backend for r in results}) == 1
         assert results[-1].cached_tokens > 0
-        assert not _alive(pid) and gateway.pids == []
+        assert not any(_alive(p) for p in pids) and gateway.pids == []
         assert os.path.exists(tmp_path / "envoy.yaml")
+        if epp_mode == "subprocess":
+            assert "ready" in (tmp_path / "epp.log").read_text()
