@@ -38,7 +38,8 @@ from epp.flowcontrol.observe import PrometheusFlowObserver
 from epp.framework.plugins import BackgroundTask, EndpointObserver
 from epp.observability.http import MetricsHttpServer
 from epp.observability.logging import configure_logging
-from epp.observability.metrics import EppMetrics
+from epp.observability.metrics import EppMetrics, build_commit
+from epp.observability.pool import PoolMetricsRefresher
 from epp.registry import PluginRegistry
 from epp.requestcontrol.context import RequestOptions
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
@@ -82,7 +83,7 @@ class App:
         self.bind_host = bind_host or str(getattr(settings, "bind_address", "") or "")
         self.k8s_api_client = k8s_api_client
         self.metrics = EppMetrics(CollectorRegistry(), pool_name=settings.pool_name or "static")
-        self.metrics.set_info(commit="", build_ref=__version__)
+        self.metrics.set_info(commit=build_commit(), build_ref=__version__)
         self.datastore = Datastore()
         self.readiness = ReadinessState(leader_election=settings.ha_enable_leader_election)
         self.holder = PipelineHolder(self._initial_pipeline())
@@ -101,6 +102,7 @@ class App:
         self.health: HealthServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.admission: FlowControlAdmission | None = None
+        self.pool_metrics: PoolMetricsRefresher | None = None
 
     # ---- config ------------------------------------------------------------------------------------
 
@@ -148,11 +150,19 @@ class App:
         self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
         self.health = HealthServer(self.readiness)
         self.health_port = await self.health.start(s.grpc_health_port, host=host)
+        self.pool_metrics = PoolMetricsRefresher(
+            self.metrics,
+            self.datastore,
+            lambda: self.holder.current.plugins.values(),
+            interval=s.refresh_prometheus_metrics_interval,
+            staleness=s.metrics_staleness_threshold,
+        )
         self.metrics_http = MetricsHttpServer(
             self.metrics.registry,
             host=self.bind_host or "0.0.0.0",
             port=s.metrics_port,
             token_file=s.metrics_bearer_token_file,
+            before_scrape=self.pool_metrics.before_scrape,
         )
         self.metrics_port = await self.metrics_http.start()
 
@@ -186,7 +196,7 @@ class App:
         )
         await self._scraper.start()
         self._spawn(self._watch_readiness(), "readiness")
-        self._spawn(self._pool_gauges_loop(), "pool-gauges")
+        self._spawn(self.pool_metrics.run(), "pool-gauges")
 
         if s.ha_enable_leader_election:
             from epp.k8s.leader import start_leader_election
@@ -290,22 +300,9 @@ class App:
         assert self._scraper is not None
         await self._scraper.first_round_done.wait()
         self.readiness.set_scraped(True)
+        if self.pool_metrics is not None:
+            self.pool_metrics.refresh_now()  # the pool gauges reflect the first scrape at once
         log.info("endpoints synced (%d) and scraped once: ready", len(self.datastore))
-
-    async def _pool_gauges_loop(self) -> None:
-        s = self.settings
-        while True:
-            pipeline = self.holder.current
-            self.metrics.update_pool_gauges(
-                self.datastore.snapshot(), self.datastore.clock(), s.metrics_staleness_threshold
-            )
-            size = 0
-            for plugin in pipeline.plugins.values():
-                index_size = getattr(plugin, "index_size", None)
-                if callable(index_size):
-                    size += int(index_size())
-            self.metrics.set_prefix_indexer_size(size)
-            await asyncio.sleep(min(s.refresh_prometheus_metrics_interval, 1.0))
 
     # ---- pipeline lifecycle hooks -----------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from epp.extproc.keys import (
     SYSTEM_OWNED_REQUEST_HEADERS,
     UPSTREAM_ADDRESS_ATTRIBUTE,
 )
-from epp.observability.logging import bind_request
+from epp.observability.logging import VERBOSE, bind_request
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.rewrite import ModelNameRestorer
@@ -540,6 +540,6 @@ class ExtProcServicer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
             stream.orphan_error = err.code.value
         elif not ctx.error_code:
             ctx.error_code = err.code.value
-        level = logging.ERROR if err.code == ErrorCode.INTERNAL else logging.DEBUG
+        level = logging.ERROR if err.code == ErrorCode.INTERNAL else VERBOSE
         log.log(level, "request rejected: %s %s", err.status, err.message)
         return m.immediate_response(err.status, err.body(), details=f"epp_{err.code.value}")

@@ -1,8 +1,13 @@
 """Logging setup: upstream verbosity levels, console or JSON lines, request-scoped fields.
 
-Verbosity follows upstream's logr levels: `-v 2` DEFAULT (INFO), 3 VERBOSE, 4 DEBUG, 5 TRACE. TRACE is a
-custom level (5) below DEBUG. Request-scoped code sets `request_id` / `model` context variables once;
-every line logged inside that request carries them, whichever module logs it.
+Verbosity follows upstream's logr levels: `-v 2` DEFAULT (INFO), 3 VERBOSE, 4 DEBUG, 5 TRACE (`-v` 0 and 1
+also mean INFO: upstream's V(0)/V(1) lines are always shown). VERBOSE (15) and TRACE (5) are custom
+levels around DEBUG (10). Request-scoped code sets `request_id` / `model` context variables once; every
+line logged inside that request's task carries them, whichever module logs it (plugins included).
+Background loops must not inherit a request's context: start them with `detached_context()`.
+
+A line may carry structured fields for the JSON format: `log.debug(..., extra={"fields": {...}})`
+(the console format leaves them out). What goes at which level: docs/observability.md.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from typing import Any, TextIO
 __all__ = [
     "TRACE",
     "VERBOSE",
+    "ConsoleFormatter",
+    "JsonFormatter",
     "bind_request",
     "configure_logging",
+    "detached_context",
     "level_for_verbosity",
     "request_id",
     "request_model",
@@ -38,6 +46,12 @@ def bind_request(rid: str, model: str = "") -> None:
     request_id.set(rid)
     if model:
         request_model.set(model)
+
+
+def detached_context() -> contextvars.Context:
+    """A fresh context for a long-lived task (`create_task(..., context=detached_context())`): a loop
+    started lazily from inside a request must not log under that request's id forever after."""
+    return contextvars.Context()
 
 
 def level_for_verbosity(v: int) -> int:
@@ -88,6 +102,10 @@ class JsonFormatter(logging.Formatter):
             model = getattr(record, "model", "")
             if model:
                 out["model"] = model
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out.setdefault(key, value)
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -1,12 +1,16 @@
-"""Every Prometheus metric the EPP exports, with upstream's names, types, labels and buckets.
+"""Every Prometheus metric the EPP exports, with upstream's names, types, labels, buckets and help text.
 
 One `EppMetrics` object per process, built on a registry passed in (tests use a fresh
 `CollectorRegistry`, never the global default). It also implements the engine's `SchedulerObserver` and
 the plugins' `PluginMetrics`, so the engine and plugins stay free of prometheus_client.
+
+Upstream metrics keep upstream's help text, prefixed with the stability level as upstream does
+(`[ALPHA] ...`); ours are named `epp_*`. The catalogue with meanings is docs/observability.md.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -14,9 +18,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from epp.framework.types import Endpoint, TypedName
 
-__all__ = ["EppMetrics"]
+__all__ = ["EppMetrics", "build_commit"]
 
 _MODEL = ("model_name", "target_model_name")
+
+#: Environment variable naming the source commit for `inference_extension_info{commit}` (set at image build).
+COMMIT_ENV = "EPP_COMMIT"
+
+
+def _alpha(text: str) -> str:
+    """Upstream's help text convention (`metricsutil.HelpMsgWithStability(..., ALPHA)`)."""
+    return f"[ALPHA] {text}"
+
+
+def build_commit() -> str:
+    """The commit this build came from: $EPP_COMMIT, else "unknown"."""
+    return os.environ.get(COMMIT_ENV, "").strip() or "unknown"
 
 
 def _powers(start: int, stop: int, factor: int = 2) -> list[float]:
@@ -34,13 +51,16 @@ REQUEST_DURATION_BUCKETS = [
 ]  # fmt: skip
 REQUEST_SIZE_BUCKETS = _powers(64, 65536) + _powers(131072, 8388608) + _powers(16777216, 1073741824)
 RESPONSE_SIZE_BUCKETS = [1.0, *_powers(8, 16384), 32778.0, 65536.0]
-INPUT_TOKEN_BUCKETS = [1.0, *_powers(8, 65536), *_powers(131072, 1048576)]
+# upstream's 32778 (sic) is kept in every token/size histogram that has it: dashboards match on `le`
+INPUT_TOKEN_BUCKETS = [1.0, *_powers(8, 16384), 32778.0, 65536.0, *_powers(131072, 1048576)]
 OUTPUT_TOKEN_BUCKETS = [1.0, *_powers(8, 8192)]
 NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 HIT_RATIO_BUCKETS = [round(0.1 * i, 1) for i in range(11)]
 HIT_BYTES_BUCKETS = [0.0, *_powers(16, 65536)]
-QUEUE_DURATION_BUCKETS = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60]
+QUEUE_DURATION_BUCKETS = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+]  # fmt: skip
 
 
 class EppMetrics:
@@ -53,148 +73,170 @@ class EppMetrics:
         # ---- per request (inference_objective_*) ----
         self.request_total = Counter(
             "inference_objective_request_total",
-            "Counter of inference objective requests broken out for each model and target model.",
+            _alpha("Counter of inference objective requests broken out for each model and target model."),
             [*_MODEL, "priority"],
             registry=r,
         )
         self.request_error_total = Counter(
             "inference_objective_request_error_total",
-            "Counter of inference objective requests errors broken out for each model and target model.",
+            _alpha(
+                "Counter of inference objective requests errors broken out for each model and target model."
+            ),
             [*_MODEL, "error_code"],
             registry=r,
         )
         self.request_duration = Histogram(
             "inference_objective_request_duration_seconds",
-            "Inference objective response latency distribution in seconds for each model and target model.",
+            _alpha(
+                "Inference objective response latency distribution in seconds for each model and target "
+                "model."
+            ),
+            _MODEL,
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.request_ttft = Histogram(
+            "inference_objective_request_ttft_seconds",
+            _alpha("Inference model TTFT distribution in seconds for each model and target model."),
             _MODEL,
             buckets=REQUEST_DURATION_BUCKETS,
             registry=r,
         )
         self.request_sizes = Histogram(
             "inference_objective_request_sizes",
-            "Inference objective requests size distribution in bytes for each model and target model.",
+            _alpha(
+                "Inference objective requests size distribution in bytes for each model and target model."
+            ),
             _MODEL,
             buckets=REQUEST_SIZE_BUCKETS,
             registry=r,
         )
         self.response_sizes = Histogram(
             "inference_objective_response_sizes",
-            "Inference objective responses size distribution in bytes for each model and target model.",
+            _alpha(
+                "Inference objective responses size distribution in bytes for each model and target model."
+            ),
             _MODEL,
             buckets=RESPONSE_SIZE_BUCKETS,
             registry=r,
         )
         self.input_tokens = Histogram(
             "inference_objective_input_tokens",
-            "Inference objective input token count distribution for requests in each model.",
+            _alpha("Inference objective input token count distribution for requests in each model."),
             _MODEL,
             buckets=INPUT_TOKEN_BUCKETS,
             registry=r,
         )
         self.output_tokens = Histogram(
             "inference_objective_output_tokens",
-            "Inference objective output token count distribution for requests in each model.",
+            _alpha("Inference objective output token count distribution for requests in each model."),
             _MODEL,
             buckets=OUTPUT_TOKEN_BUCKETS,
             registry=r,
         )
         self.prompt_cached_tokens = Histogram(
             "inference_objective_prompt_cached_tokens",
-            "Inference objective prompt cached token count distribution for requests in each model.",
+            _alpha("Inference objective prompt cached token count distribution for requests in each model."),
             _MODEL,
             buckets=INPUT_TOKEN_BUCKETS,
             registry=r,
         )
         self.running_requests = Gauge(
             "inference_objective_running_requests",
-            "Inference objective number of running requests in each model.",
+            _alpha("Inference objective number of running requests in each model."),
             ["model_name"],
             registry=r,
         )
         self.ntpot = Histogram(
             "inference_objective_normalized_time_per_output_token_seconds",
-            "Inference objective latency divided by number of output tokens in seconds for each model.",
+            _alpha(
+                "Inference objective latency divided by number of output tokens in seconds for each model "
+                "and target model."
+            ),
             _MODEL,
             buckets=NTPOT_BUCKETS,
             registry=r,
         )
         self.model_rewrite_decisions = Counter(
             "inference_extension_model_rewrite_decisions_total",
-            "Counter of model rewrite decisions.",
+            _alpha("Total number of inference model rewrite decisions."),
             ["model_rewrite_name", "model_name", "target_model"],
             registry=r,
         )
         # ---- pool gauges (inference_pool_*) ----
         self.pool_avg_kv = Gauge(
             "inference_pool_average_kv_cache_utilization",
-            "The average kv cache utilization for an inference server pool.",
+            _alpha("The average kv cache utilization for an inference server pool."),
             ["name"],
             registry=r,
         )
         self.pool_avg_queue = Gauge(
             "inference_pool_average_queue_size",
-            "The average number of requests pending in the model server queue.",
+            _alpha("The average number of requests pending in the model server queue."),
             ["name"],
             registry=r,
         )
         self.pool_avg_running = Gauge(
             "inference_pool_average_running_requests",
-            "The average number of requests running in the model servers.",
+            _alpha("The average number of running requests across model servers in the pool."),
             ["name"],
             registry=r,
         )
         self.pool_ready_pods = Gauge(
             "inference_pool_ready_pods",
-            "The number of ready pods (endpoints with fresh metrics) in the inference server pool.",
+            _alpha("The number of ready pods in the inference server pool."),
             ["name"],
             registry=r,
         )
         self.pool_per_pod_queue = Gauge(
             "inference_pool_per_pod_queue_size",
-            "The total number of requests pending in the model server queue for each underlying pod.",
+            _alpha("The total number of requests pending in the model server queue for each underlying pod."),
             ["name", "model_server_pod"],
             registry=r,
         )
         # ---- scheduler (inference_extension_*) ----
         self.scheduler_e2e = Histogram(
             "inference_extension_scheduler_e2e_duration_seconds",
-            "End-to-end scheduling latency distribution in seconds.",
+            _alpha("End-to-end scheduling latency distribution in seconds."),
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
         self.scheduler_attempts = Counter(
             "inference_extension_scheduler_attempts_total",
-            "Total number of scheduling attempts.",
+            _alpha("Total number of scheduling attempts."),
             ["status", "target_model_name", "pod_name", "namespace", "port"],
             registry=r,
         )
         self.plugin_duration_hist = Histogram(
             "inference_extension_plugin_duration_seconds",
-            "Plugin processing latency distribution in seconds for each extension point, type and name.",
+            _alpha(
+                "Plugin processing latency distribution in seconds for each extension point, plugin type and "
+                "plugin name."
+            ),
             ["extension_point", "plugin_type", "plugin_name"],
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
         self.prefix_indexer_size = Gauge(
             "inference_extension_prefix_indexer_size",
-            "Size of the prefix indexer.",
+            _alpha("Size of the prefix indexer."),
             registry=r,
         )
         self.prefix_hit_ratio = Histogram(
             "inference_extension_prefix_indexer_hit_ratio",
-            "Ratio of prefix length matched to total prefix length in the cache lookup.",
+            _alpha("Ratio of prefix length matched to total prefix length in the cache lookup."),
             buckets=HIT_RATIO_BUCKETS,
             registry=r,
         )
         self.prefix_hit_bytes = Histogram(
             "inference_extension_prefix_indexer_hit_bytes",
-            "Length of the prefix match in number of bytes in the cache lookup.",
+            _alpha("Length of the prefix match in number of bytes in the cache lookup."),
             buckets=HIT_BYTES_BUCKETS,
             registry=r,
         )
         self.info = Gauge(
             "inference_extension_info",
-            "General information of the current build of Inference Extension.",
+            _alpha("General information of the current build of Inference Extension."),
             ["commit", "build_ref"],
             registry=r,
         )
@@ -230,49 +272,53 @@ class EppMetrics:
         )
         self.endpoint_metrics_age = Gauge(
             "epp_endpoint_metrics_age_seconds",
-            "Seconds since the last successful metrics scrape of each endpoint.",
+            "Seconds since the last successful metrics scrape of each endpoint (-1: never scraped).",
             ["endpoint"],
             registry=r,
         )
         # ---- flow control (upstream names) ----
         self.fc_queue_duration = Histogram(
             "inference_extension_flow_control_request_queue_duration_seconds",
-            "Time requests spent in the flow-control queue.",
+            _alpha(
+                "Distribution of total time requests spend in the Flow Control layer (from enqueue to final "
+                "outcome)."
+            ),
             ["fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"],
             buckets=QUEUE_DURATION_BUCKETS,
             registry=r,
         )
         self.fc_enqueue_duration = Histogram(
             "inference_extension_flow_control_request_enqueue_duration_seconds",
-            "Time taken to enqueue a request into flow control (admission bookkeeping only).",
+            _alpha("Distribution of time taken to enqueue requests into the Flow Control layer."),
             ["fairness_id", "priority", "outcome"],
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
         self.fc_queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
-            "Requests currently queued in flow control.",
+            _alpha("Current number of requests actively held in the Flow Control queue."),
             ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"],
             registry=r,
         )
         self.fc_queue_bytes = Gauge(
             "inference_extension_flow_control_queue_bytes",
-            "Bytes currently queued in flow control.",
+            _alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
             ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"],
             registry=r,
         )
         self.fc_pool_saturation = Gauge(
             "inference_extension_flow_control_pool_saturation",
-            "Pool saturation as seen by the flow controller's detector (>= 1 saturated).",
+            _alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
             ["inference_pool"],
             registry=r,
         )
         self.fc_dispatch_cycle = Histogram(
             "inference_extension_flow_control_dispatch_cycle_duration_seconds",
-            "Duration of one flow-control dispatch cycle.",
+            _alpha("Distribution of time taken for each internal dispatch cycle in the Flow Control layer."),
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
+        self._pool_averages_set = False
         self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
 
     # ---- SchedulerObserver ----------------------------------------------------------------------
@@ -301,7 +347,8 @@ class EppMetrics:
         self.request_sizes.labels(model, target_model).observe(size_bytes)
 
     def record_error(self, model: str, target_model: str, error_code: str) -> None:
-        self.request_error_total.labels(model, target_model, error_code).inc()
+        if error_code:  # upstream records nothing for an empty code
+            self.request_error_total.labels(model, target_model, error_code).inc()
 
     def record_response(
         self,
@@ -313,9 +360,12 @@ class EppMetrics:
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int,
+        ttft: float = 0.0,
     ) -> None:
-        """A response completed; token histograms only when the body reported usage."""
+        """A response completed; token histograms only when the body reported usage, TTFT when known."""
         self.request_duration.labels(model, target_model).observe(duration)
+        if ttft > 0.0:
+            self.request_ttft.labels(model, target_model).observe(ttft)
         self.response_sizes.labels(model, target_model).observe(response_bytes)
         if prompt_tokens > 0:
             self.input_tokens.labels(model, target_model).observe(prompt_tokens)
@@ -345,11 +395,23 @@ class EppMetrics:
     # ---- pool gauges ----------------------------------------------------------------------------
 
     def update_pool_gauges(self, endpoints: Sequence[Endpoint], now: float, staleness: float) -> None:
-        """Recompute the pool averages from endpoints with fresh metrics (upstream semantics)."""
+        """Both halves below at once (tests, and callers without a scrape hook)."""
+        self.update_pool_averages(endpoints, now, staleness)
+        self.update_endpoint_series(endpoints, now)
+
+    def update_pool_averages(self, endpoints: Sequence[Endpoint], now: float, staleness: float) -> None:
+        """Recompute the pool averages from endpoints with fresh metrics (upstream's refresh loop).
+
+        `ready_pods` counts fresh endpoints. With none fresh the averages keep their last values, as
+        upstream: a dead scrape must not read as an idle pool to an autoscaler (they start at 0).
+        """
         fresh = [e for e in endpoints if e.metrics.age(now) <= staleness]
         name = self.pool_name
         n = len(fresh)
         self.pool_ready_pods.labels(name).set(n)
+        if n == 0 and self._pool_averages_set:
+            return
+        self._pool_averages_set = n > 0
         self.pool_avg_kv.labels(name).set(sum(e.metrics.kv_cache_usage for e in fresh) / n if n else 0.0)
         self.pool_avg_queue.labels(name).set(
             sum(e.metrics.waiting_queue_size for e in fresh) / n if n else 0.0
@@ -357,6 +419,14 @@ class EppMetrics:
         self.pool_avg_running.labels(name).set(
             sum(e.metrics.running_requests_size for e in fresh) / n if n else 0.0
         )
+
+    def update_endpoint_series(self, endpoints: Sequence[Endpoint], now: float) -> None:
+        """One `per_pod_queue_size` (and metrics-age) series per endpoint, exactly the current ones.
+
+        Upstream computes the per-pod series at scrape time (a custom collector); the app calls this
+        before every scrape, so departed endpoints vanish and new ones appear at once.
+        """
+        name = self.pool_name
         self.pool_per_pod_queue.clear()
         self.endpoint_metrics_age.clear()
         for e in endpoints:
@@ -382,6 +452,6 @@ class EppMetrics:
         self.info.labels(commit, build_ref).set(1)
 
     def metric_names(self) -> Iterable[str]:
-        """Names of every metric family registered (for tests and the dashboard check)."""
+        """Every metric name as PromQL sees it (counters with `_total`; histograms by their base name)."""
         for family in self.registry.collect():
-            yield family.name
+            yield f"{family.name}_total" if family.type == "counter" else family.name

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from epp.datalayer.datastore import Datastore
-from epp.errors import ErrorCode, RequestError, SchedulingError
+from epp.errors import ErrorCode, RequestError, SchedulingError, http_status
 from epp.extproc.keys import (
     DECISION_HEADER,
     FAIRNESS_ID_HEADER,
@@ -35,7 +35,8 @@ from epp.extproc.keys import (
     PATH_HEADER,
 )
 from epp.framework.types import Endpoint, InferenceRequest
-from epp.observability.logging import TRACE, bind_request
+from epp.observability.decision import ScoreTable
+from epp.observability.logging import TRACE, VERBOSE, bind_request
 from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.admission import Admission, LegacyAdmission
 from epp.requestcontrol.candidates import subset_filter
@@ -195,7 +196,12 @@ class Director:
                 ctx.response.set_headers[DECISION_HEADER] = compact
             log.debug("scheduled to %s: %s", ctx.destination, compact)
             if log.isEnabledFor(TRACE):
-                log.log(TRACE, "decision trace: %s", json.dumps(trace.as_dict()))
+                log.log(
+                    TRACE,
+                    "decision table:\n%s",
+                    ScoreTable(trace),
+                    extra={"fields": {"decision": trace.as_dict()}},
+                )
 
         for hook in pipeline.pre_request:
             t0 = _perf()
@@ -273,6 +279,7 @@ class Director:
                 prompt_tokens=info.prompt_tokens,
                 completion_tokens=info.completion_tokens,
                 cached_tokens=info.cached_tokens,
+                ttft=info.first_byte_at - ctx.received_at if info.streaming and info.first_byte_at else 0.0,
             )
 
     def _run_response_hooks(
@@ -311,3 +318,25 @@ class Director:
                     self._admission_finished()
             if ctx.error_code:
                 meter.error(ctx.model, ctx.target_model, ctx.error_code)
+            if log.isEnabledFor(VERBOSE):
+                self._log_finished(ctx)
+
+    def _log_finished(self, ctx: RequestContext) -> None:
+        """The one VERBOSE line per request: outcome, endpoint, duration, token usage."""
+        info = ctx.response
+        code = ctx.error_code
+        status: object = info.status
+        if not status and code in ErrorCode.__members__.values():
+            status = http_status(ErrorCode(code))  # answered by the EPP itself
+        end = ctx.completed_at or self.clock()
+        log.log(
+            VERBOSE,
+            "request finished: status=%s%s endpoint=%s target_model=%s duration=%.3fs tokens=%d/%d",
+            status or "-",
+            f" error={code}" if code else "",
+            ctx.destination or "-",
+            ctx.target_model or "-",
+            max(0.0, end - ctx.received_at),
+            info.prompt_tokens,
+            info.completion_tokens,
+        )

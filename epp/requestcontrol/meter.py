@@ -19,11 +19,12 @@ MAX_ENTRIES = 4096
 
 
 class _ModelSeries:
-    __slots__ = ("cached", "duration", "input", "ntpot", "output", "request_sizes", "response_sizes")
+    __slots__ = ("cached", "duration", "input", "ntpot", "output", "request_sizes", "response_sizes", "ttft")
 
     def __init__(self, m: EppMetrics, model: str, target: str) -> None:
         self.request_sizes = m.request_sizes.labels(model, target)
         self.duration = m.request_duration.labels(model, target)
+        self.ttft = m.request_ttft.labels(model, target)
         self.response_sizes = m.response_sizes.labels(model, target)
         self.input = m.input_tokens.labels(model, target)
         self.cached = m.prompt_cached_tokens.labels(model, target)
@@ -106,10 +107,14 @@ class RequestMeter:
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int,
+        ttft: float = 0.0,
     ) -> None:
-        """A response completed; token histograms only when the body reported usage (as EppMetrics)."""
+        """A response completed; token histograms only when the body reported usage, TTFT only when
+        known (> 0: a streamed response's first chunk), as `EppMetrics.record_response`."""
         s = self._model(model, target)
         s.duration.observe(duration)
+        if ttft > 0.0:
+            s.ttft.observe(ttft)
         s.response_sizes.observe(response_bytes)
         if prompt_tokens > 0:
             s.input.observe(prompt_tokens)

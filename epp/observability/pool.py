@@ -1,0 +1,116 @@
+"""The pool gauges' refresh loop (upstream's metrics logger) and the per-endpoint series at scrape time.
+
+- `inference_pool_*` averages and `ready_pods` are recomputed every `--refresh-prometheus-metrics-interval`
+  (default 5 s), and once at once when asked (`refresh_now`, e.g. when the endpoints were first scraped,
+  so a fresh daemon does not show an empty pool for a whole interval).
+- `inference_extension_prefix_indexer_size` is summed over the live pipeline's plugins that expose
+  `index_size()` every `size_interval` (1 s, as upstream's prefix plugin reports it).
+- `inference_pool_per_pod_queue_size` is computed when `/metrics` is scraped (`before_scrape`), as
+  upstream's custom collector: always the current endpoints, never a departed one.
+- At DEBUG, the endpoints and their metrics are logged every `debug_interval` (5 s), upstream's debug loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+from epp.datalayer.datastore import Datastore
+from epp.framework.types import Endpoint
+from epp.observability.metrics import EppMetrics
+
+__all__ = ["PoolMetricsRefresher", "describe_endpoints"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_endpoints(endpoints: Sequence[Endpoint], now: float, staleness: float) -> str:
+    """One short item per endpoint: queue, running, KV usage, metrics age, fresh or stale."""
+    parts = []
+    for e in endpoints:
+        m = e.metrics
+        age = m.age(now)
+        state = (
+            "never scraped" if math.isinf(age) else f"age={age:.2f}s" + (" STALE" if age > staleness else "")
+        )
+        parts.append(
+            f"{e.key}[queue={m.waiting_queue_size} running={m.running_requests_size} "
+            f"kv={m.kv_cache_usage:.3f} {state}]"
+        )
+    return ", ".join(parts) if parts else "(none)"
+
+
+class PoolMetricsRefresher:
+    def __init__(
+        self,
+        metrics: EppMetrics,
+        datastore: Datastore,
+        plugins: Callable[[], Iterable[object]],
+        *,
+        interval: float,
+        staleness: float,
+        size_interval: float = 1.0,
+        debug_interval: float = 5.0,
+    ) -> None:
+        self.metrics = metrics
+        self.datastore = datastore
+        self.plugins = plugins
+        self.interval = interval
+        self.staleness = staleness
+        self.size_interval = size_interval
+        self.debug_interval = debug_interval
+        self.refreshes = 0  # how many times the pool averages were recomputed
+        self._kick = asyncio.Event()
+        self._last_debug = -math.inf
+
+    def refresh_now(self) -> None:
+        """Recompute the pool averages at the loop's next turn instead of at the end of the interval."""
+        self._kick.set()
+
+    def before_scrape(self) -> None:
+        """Bring the per-endpoint series up to date (called by the /metrics handler)."""
+        ds = self.datastore
+        self.metrics.update_endpoint_series(ds.snapshot(), ds.clock())
+
+    def refresh_pool(self) -> None:
+        ds = self.datastore
+        endpoints = ds.snapshot()
+        now = ds.clock()
+        self.metrics.update_pool_averages(endpoints, now, self.staleness)
+        self.refreshes += 1
+        if log.isEnabledFor(logging.DEBUG) and now - self._last_debug >= self.debug_interval:
+            self._last_debug = now
+            log.debug(
+                "pool %s: %d endpoint(s): %s",
+                self.metrics.pool_name,
+                len(endpoints),
+                describe_endpoints(endpoints, now, self.staleness),
+            )
+
+    def refresh_prefix_size(self) -> None:
+        size = 0
+        for plugin in self.plugins():
+            index_size = getattr(plugin, "index_size", None)
+            if callable(index_size):
+                size += int(index_size())
+        self.metrics.set_prefix_indexer_size(size)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_pool = loop.time()
+        next_size = next_pool
+        while True:
+            now = loop.time()
+            if self._kick.is_set() or now >= next_pool:
+                self._kick.clear()
+                self.refresh_pool()
+                next_pool = now + self.interval
+            if now >= next_size:
+                self.refresh_prefix_size()
+                next_size = now + self.size_interval
+            wait = max(0.0, min(next_pool, next_size) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), wait)
