@@ -10,7 +10,8 @@ Failure semantics:
   `update_time` does not advance, so they go stale) and marks the endpoint unhealthy at once, so it is not
   picked while healthy endpoints exist; the next successful scrape marks it healthy again;
 - a page that parses only partly stores what was found (see `extractor.CoreMetricsExtractor.extract`);
-- errors are logged at TRACE every time and at INFO only when an endpoint turns unreachable or reachable.
+- errors are logged at TRACE every time and at INFO only when an endpoint turns unreachable or reachable;
+  every successful scrape is logged at TRACE with the values read (upstream's refresh-loop guideline).
 
 The data source and extractor are read through callables on every scrape, so a config reload applies
 without restarting the loops. Loops start and stop with datastore membership.
@@ -240,6 +241,17 @@ class Scraper:
             log.log(TRACE, "partial metrics from %s (%s): %s", endpoint.key, url, stats.last_error)
         else:
             stats.last_error = ""
+            if log.isEnabledFor(TRACE):
+                m = result.metrics
+                log.log(
+                    TRACE,
+                    "scraped %s: queue=%d running=%d kv=%.3f in %.1fms",
+                    endpoint.key,
+                    m.waiting_queue_size,
+                    m.running_requests_size,
+                    m.kv_cache_usage,
+                    stats.last_duration * 1000,
+                )
         if stats.reachable is not True:
             level = logging.INFO if stats.reachable is False else logging.DEBUG
             log.log(level, "model server %s (%s) is reachable", endpoint.key, url)

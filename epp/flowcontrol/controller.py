@@ -36,6 +36,7 @@ from epp.flowcontrol.settings import FlowControlSettings
 from epp.flowcontrol.types import DEFAULT_FAIRNESS_ID, FlowKey, Outcome, QueueItem, outcome_error
 from epp.framework.plugins import SaturationDetector
 from epp.framework.types import Endpoint, InferenceRequest
+from epp.observability.logging import detached_context
 
 __all__ = ["BandStats", "CycleResult", "FlowController"]
 
@@ -238,7 +239,10 @@ class FlowController:
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control-dispatch")
+            # started from inside a request: a fresh context, or every line it logs carries that request's id
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="flow-control-dispatch", context=detached_context()
+            )
 
     async def _run(self) -> None:
         wake = self._wake
