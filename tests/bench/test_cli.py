@@ -1,0 +1,73 @@
+"""`epp bench` dispatch and flag errors (fast: nothing is started)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from epp.bench import cli
+from epp.bench.quality_cli import build_parser, options_from_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_usage_and_unknown_subcommand(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "quality" in capsys.readouterr().out
+    assert cli.main([]) == 2
+    assert cli.main(["nope"]) == 2
+    assert "unknown subcommand 'nope'" in capsys.readouterr().err
+
+
+def test_the_console_script_dispatches_bench_and_its_pass_throughs() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "epp", "bench", "schedule", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert res.returncode == 0 and "epp.bench.schedule" in res.stdout
+    res = subprocess.run(
+        [sys.executable, "-m", "epp", "bench", "quality", "--workloads", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "unknown workload(s) nope" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--routers", "haproxy"], "unknown router 'haproxy'"),
+        (["--routers", "epp:no-such-profile"], "no profile 'no-such-profile'"),
+        (["--servers", "1"], "--servers >= 2"),
+        (["--factor", "0.5"], "--factor must be > 1"),
+    ],
+)
+def test_bad_quality_flags(argv, message) -> None:
+    args = build_parser().parse_args(argv)
+    with pytest.raises(ValueError, match=message):
+        options_from_args(args)
+
+
+def test_smoke_options_and_saturation_scaling(tmp_path) -> None:
+    smoke = options_from_args(build_parser().parse_args(["--smoke"]))
+    assert smoke.smoke and smoke.routers == ("epp:default", "envoy-rr", "sglang", "vllm")
+    assert set(smoke.saturation) == {"shared_prefix", "zipf", "mixed", "multiturn"}  # no search
+    full = options_from_args(build_parser().parse_args(["--time-scale", "10", "--servers", "4"]))
+    assert full.sizing.start_rates["zipf"] == pytest.approx(40.0 * 0.5 * 0.5)
+    assert full.scrape_interval == pytest.approx(0.5)
+    prior = tmp_path / "q.json"
+    prior.write_text('{"saturation": {"zipf": {"rate": 33.0}}}')
+    again = options_from_args(
+        build_parser().parse_args(["--saturation-from", str(prior), "--saturation", "mixed=5"])
+    )
+    assert again.saturation == {"zipf": 33.0, "mixed": 5.0}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--saturation", "zipf=-1"])

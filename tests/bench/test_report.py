@@ -1,0 +1,104 @@
+"""The quality report: tables per workload, goal checks against the best rival, plots and JSON."""
+
+from __future__ import annotations
+
+import json
+
+from epp.bench.quality import FULL, QualityOptions, QualityResult, RunRecord
+from epp.bench.quality_report import check_goals, render_markdown, write_outputs
+from epp.bench.saturation import SaturationSearch
+
+
+def _run(workload: str, router: str, mult: float, p90: float, hit: float = 0.8, **kw) -> RunRecord:
+    base = dict(
+        workload=workload,
+        router=router,
+        rate=round(40 * mult, 2),
+        multiplier=mult,
+        purpose="sweep",
+        requests=100,
+        ok=100,
+        errors=0,
+        unfinished=0,
+        ttft_p50_ms=p90 / 2,
+        ttft_p90_ms=p90,
+        ttft_p99_ms=p90 * 2,
+        e2e_p90_ms=p90 * 3,
+        output_tokens_per_s=500.0,
+        hit_ratio=hit,
+        oracle_hit_ratio=0.9,
+        balance_requests=1.5,
+        balance_busy=1.2,
+        duration_s=8.0,
+    )
+    base.update(kw)
+    return RunRecord(**base)
+
+
+def _result() -> QualityResult:
+    options = QualityOptions(
+        sizing=FULL,
+        workloads=("zipf", "mixed"),
+        routers=("epp:default", "envoy-rr", "sglang", "vllm"),
+    )
+    result = QualityResult(options=options, machine={"nproc": 2, "cpu_model": "x", "load_average": [1, 1, 1]})
+    result.saturation = {
+        "zipf": SaturationSearch.given("zipf", 40.0),
+        "mixed": SaturationSearch.given("mixed", 40.0),
+    }
+    for mult in (1.0, 1.2):
+        result.runs += [
+            _run("zipf", "epp:default", mult, 100.0 * mult, hit=0.85),
+            _run("zipf", "envoy-rr", mult, 900.0 * mult, hit=0.3),
+            _run("zipf", "sglang-router", mult, 300.0 * mult, hit=0.8),
+            _run("zipf", "vllm-router", mult, 250.0 * mult, hit=0.9),
+        ]
+    result.runs += [
+        _run(
+            "mixed",
+            "epp:default",
+            1.0,
+            190.0,
+            errors=1,
+            ok=99,
+            ttft_p90_ms_by_kind={"shared": 50.0, "unique": 400.0},
+        ),
+        _run("mixed", "sglang-router", 1.0, 200.0),
+        _run("mixed", "vllm-router", 1.0, 210.0),
+        _run("mixed", "sglang-router", 1.0, 1.0, purpose="search", multiplier=None),
+    ]
+    return result
+
+
+def test_goals_compare_with_the_faster_rival_and_need_no_errors_and_hits() -> None:
+    checks = {(c.workload, c.multiplier): c for c in check_goals(_result())}
+    z = checks["zipf", 1.0]
+    assert z.rival == "vllm-router" and z.ratio == 100 / 250
+    assert not z.met and "hit 0.850 vs 0.900" in z.note  # fast enough, but fewer hits than vllm-router
+    m = checks["mixed", 1.0]
+    assert m.rival == "sglang-router" and m.ratio == 190 / 200
+    assert not m.met and "1 errors" in m.note
+    assert ("shared_prefix", 0.5) not in checks  # not measured: not judged
+
+
+def test_markdown_and_files(tmp_path) -> None:
+    result = _result()
+    text = render_markdown(result)
+    assert "## zipf" in text and "## mixed" in text and "## Goals (issue 10)" in text
+    assert (
+        "| 40 (1x) | epp:default | 50 | 100 | 200 | 300 | 500 | 0.850 / 0.900 | 1.50 | 1.20 | 0 / 0 |" in text
+    )
+    assert "| 50 / 400 |" in text  # mixed: p90 of the shared-prefix and of the unique requests
+    assert text.count("| 40 (1x) | sglang-router") == 2  # the search probe is not in the tables
+    doc = write_outputs(result, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "quality.json",
+        "quality.md",
+        "quality-zipf.png",
+        "quality-mixed.png",
+    }
+    assert (tmp_path / "quality-zipf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = json.loads((tmp_path / "quality.json").read_text())
+    assert loaded == json.loads(json.dumps(doc))
+    assert len(loaded["runs"]) == 12 and loaded["saturation"]["zipf"]["rate"] == 40.0
+    assert {g["workload"] for g in loaded["goals"]} == {"zipf", "mixed"}
