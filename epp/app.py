@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -50,13 +51,25 @@ __all__ = ["App", "run"]
 log = logging.getLogger("epp")
 
 
-def _describe(settings: EppSettings) -> str:
-    """The effective settings for the start-up log line (config text shortened)."""
+def _effective_settings(settings: EppSettings) -> dict[str, Any]:
+    """The settings worth logging at start-up: those set to something (config text shortened)."""
     values = settings.model_dump(mode="json")
     text = values.get("config_text")
     if isinstance(text, str) and len(text) > 80:
         values["config_text"] = f"<{len(text)} characters>"
-    return " ".join(f"{k}={v}" for k, v in sorted(values.items()) if v not in (None, "", [], {}))
+    return {k: v for k, v in sorted(values.items()) if v not in (None, "", [], {})}
+
+
+def _describe(settings: EppSettings) -> str:
+    """The effective settings for the start-up log line."""
+    return " ".join(f"{k}={v}" for k, v in _effective_settings(settings).items())
+
+
+def _names(keys: frozenset[str], limit: int = 20) -> str:
+    """Endpoint names for a log line, at most `limit` of them."""
+    names = sorted(keys)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _kubeconfig_client(path: str) -> Any:
@@ -103,6 +116,7 @@ class App:
         self.metrics_http: MetricsHttpServer | None = None
         self.admission: FlowControlAdmission | None = None
         self.pool_metrics: PoolMetricsRefresher | None = None
+        self._members: frozenset[str] = frozenset()
 
     # ---- config ------------------------------------------------------------------------------------
 
@@ -122,7 +136,8 @@ class App:
             "config loaded from %s (sha256 %s): %s",
             pipeline.source,
             pipeline.config_hash[:12],
-            pipeline.effective_config,
+            json.dumps(pipeline.effective_config, separators=(",", ":"), default=str),
+            extra={"fields": {"config": pipeline.effective_config}},
         )
         return pipeline
 
@@ -130,7 +145,12 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        log.info("epp %s starting with settings %s", __version__, _describe(s))
+        log.info(
+            "epp %s starting with settings %s",
+            __version__,
+            _describe(s),
+            extra={"fields": {"settings": _effective_settings(s)}},
+        )
         options = RequestOptions(
             metrics_staleness=s.metrics_staleness_threshold,
             disable_endpoint_subset_filter=s.disable_endpoint_subset_filter,
@@ -307,6 +327,15 @@ class App:
     # ---- pipeline lifecycle hooks -----------------------------------------------------------------
 
     def _on_membership(self, keys: frozenset[str]) -> None:
+        added, removed = keys - self._members, self._members - keys
+        self._members = keys
+        if added or removed:
+            log.info(
+                "endpoints changed: %d in the pool%s%s",
+                len(keys),
+                f"; added {_names(added)}" if added else "",
+                f"; removed {_names(removed)}" if removed else "",
+            )
         for plugin in self.holder.current.plugins.values():
             if isinstance(plugin, EndpointObserver):
                 plugin.endpoints_changed(keys)

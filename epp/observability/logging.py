@@ -121,7 +121,7 @@ def configure_logging(verbosity: int = 2, fmt: str = "console", stream: TextIO |
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_for_verbosity(verbosity))
-    # third-party libraries stay at WARNING unless we trace
-    noisy_level = logging.DEBUG if verbosity >= 5 else logging.WARNING
+    # third-party libraries (grpc logs per RPC at DEBUG) stay at WARNING up to -v 5; -v 6+ shows theirs too
+    noisy_level = logging.DEBUG if verbosity >= 6 else logging.WARNING
     for name in ("aiohttp", "asyncio", "kubernetes", "urllib3", "grpc", "watchfiles"):
         logging.getLogger(name).setLevel(noisy_level)

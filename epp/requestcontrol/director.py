@@ -212,7 +212,7 @@ class Director:
             finally:
                 metrics.plugin_duration("PreRequest", hook.typed_name, _perf() - t0)
 
-        self.meter.request(model, target, priority, len(body))
+        self.meter.request(model, target, priority, len(out))  # bytes forwarded, as upstream
         self.meter.running_inc(model)
         ctx.running = True
         return out
