@@ -32,7 +32,7 @@ async def test_ttft_is_the_first_generated_text_and_follows_the_prefill(start_si
     assert text  # the generated text is returned for multi-turn replay
     assert cold.ttft_s is not None and warm.ttft_s is not None
     assert cold.ttft_s >= 0.160
-    assert warm.ttft_s < 0.080
+    assert warm.ttft_s < 0.120  # one step (~7 ms) and scheduling noise, never the 160 ms prefill
     # 6 tokens: the first after the prefill, then one per ~7 ms decode step
     assert cold.e2e_s >= cold.ttft_s + 5 * 0.0065
     assert cold.output_tokens == warm.output_tokens == 6

@@ -27,9 +27,9 @@ async def test_open_loop_sends_every_request_at_its_poisson_arrival_time(start_s
     assert run.unfinished == 0 and len(run.results) == 30 and seen == run.results
     assert all(r.ok for r in run.results), [r.error for r in run.results if not r.ok]
     arrivals = dict(zip((s.id for s in workload.sessions), poisson_arrivals(30, 60.0, 9), strict=True))
-    for r in run.results:
-        # never early; late only by event-loop scheduling
-        assert arrivals[r.session_id] - 0.002 <= r.start_s <= arrivals[r.session_id] + 0.25
+    lateness = sorted(r.start_s - arrivals[r.session_id] for r in run.results)
+    assert lateness[0] >= -0.002  # never early ...
+    assert lateness[len(lateness) // 2] < 0.05  # ... and late only by event-loop scheduling
     assert run.duration_s >= max(arrivals.values())
     assert sim.stats()["requests_finished"] == 30
 
