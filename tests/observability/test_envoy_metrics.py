@@ -307,9 +307,10 @@ async def test_metrics_and_logs_after_traffic_through_envoy(stack) -> None:
         return (
             s.total("inference_objective_running_requests") == 0
             and s.value("inference_extension_prefix_indexer_size") > 0
+            and s.total("inference_pool_per_pod_queue_size") == 0  # the pinned queues are gone
         )
 
-    await until(settled, what="running requests back to 0 and the prefix indexer size reported")
+    await until(settled, what="running requests and queues back to 0, the prefix indexer size reported")
     m = await scrape(http, port)
     model = {"model_name": MODEL, "target_model_name": MODEL}
 
