@@ -3,7 +3,8 @@
 `machine_info()` records what a result depends on (CPUs, CPU model, load average, Python, tool
 versions). `Children` remembers every process a benchmark started (PIDs, and the process groups of
 the rival routers) so that `run_async_main` can kill what is still running on the way out, whatever
-happened: an exception, Ctrl-C (exit 130) or SIGTERM (exit 143). Only our own children are signalled,
+happened: an exception (its traceback too with `EPP_BENCH_DEBUG=1`), Ctrl-C (exit 130) or SIGTERM
+(exit 143). Only our own children are signalled,
 by PID (a PID whose parent is no longer this process is left alone), and the rival routers' own
 process groups.
 """
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,6 +163,8 @@ def run_async_main(
             return 143, None
         raise
     except Exception as exc:
+        if os.environ.get("EPP_BENCH_DEBUG"):
+            traceback.print_exc()
         print(f"{prog}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1, None
     finally:

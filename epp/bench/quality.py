@@ -20,26 +20,27 @@ metrics every 50 ms x the time scale, i.e. as often in simulated time as the def
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from epp.bench.harness import Children, cpu_seconds, load_average
 from epp.bench.oracle import RecordingClient, oracle_hit_ratio, workload_bodies
-from epp.bench.routers import RouterSpec, parse_router, start_router
+from epp.bench.routers import RouterSpec, RunningRouter, parse_router, start_router
 from epp.bench.saturation import Probe, SaturationSearch, search_saturation
 from epp.loadgen.client import LoadClient
 from epp.loadgen.fleet import SimFleet, fleet_stats
 from epp.loadgen.progress import Progress
 from epp.loadgen.runner import RunResult, run_closed_loop, run_open_loop
 from epp.loadgen.stats import percentile, summarize
-from epp.loadgen.workloads import UNIQUE_GROUP, Workload, mixed, multiturn, shared_prefix, zipf
+from epp.loadgen.workloads import UNIQUE_GROUP, Api, Workload, mixed, multiturn, shared_prefix, zipf
 from epp.sim import SimConfig
 
 __all__ = [
@@ -321,7 +322,7 @@ class Bench:
     def epp_args(self) -> list[str]:
         return ["--refresh-metrics-interval", f"{round(self.options.scrape_interval * 1000)}ms"]
 
-    async def _warm_up(self, client: LoadClient, api: str) -> None:
+    async def _warm_up(self, client: LoadClient, api: Api) -> None:
         """Unique short prompts through the fresh router until every one succeeds (or give up)."""
         servers = self.options.sizing.servers
         warm = shared_prefix(
@@ -331,7 +332,7 @@ class Bench:
             question_len=8,
             output_len=2,
             seed=self.options.seed + 7919,
-            api="chat" if api == "chat" else "completions",
+            api=api,
         )
         last = ""
         for _ in range(5):
@@ -351,6 +352,28 @@ class Bench:
             self._oracles[key] = oracle_hit_ratio(workload.api, workload_bodies(workload, self.model))
         return self._oracles[key]
 
+    @contextlib.asynccontextmanager
+    async def router_session(self, spec: RouterSpec, api: Api, name: str) -> AsyncIterator[RunningRouter]:
+        """A fresh router in front of the fleet, warmed up, with idle and reset simulators; stopped after."""
+        await self.idle_and_reset()
+        runs_dir = self.workdir / name
+        router = await start_router(
+            spec,
+            self.fleet.addresses,
+            runs_dir,
+            epp_args=self.epp_args(),
+            say=self.say,
+            children=self.children,
+        )
+        try:
+            async with LoadClient(router.url, api=api, model=self.model, timeout_s=60.0) as client:
+                await self._warm_up(client, api)
+            await self.idle_and_reset()
+            yield router
+        finally:
+            await router.stop()
+            shutil.rmtree(runs_dir, ignore_errors=True)
+
     async def run(
         self,
         spec: RouterSpec,
@@ -367,32 +390,19 @@ class Bench:
         # Generous: a run that stalls ends with its unfinished requests counted rather than hanging.
         limit = 3 * duration_s + 20.0 + (60.0 if workload_name == "multiturn" else 0.0)
         t_begin = time.perf_counter()
-        await self.idle_and_reset()
-        runs_dir = self.workdir / f"{workload_name}-{rate:g}-{spec.name.replace(':', '-')}"
-        router = await start_router(
-            spec,
-            self.fleet.addresses,
-            runs_dir,
-            epp_args=self.epp_args(),
-            say=self.say,
-            children=self.children,
-        )
-        try:
+        name = f"{workload_name}-{rate:g}-{spec.name.replace(':', '-')}"
+        async with self.router_session(spec, workload.api, name) as router:
+            t_warm = time.perf_counter()
             async with RecordingClient(
                 router.url, api=workload.api, model=self.model, timeout_s=limit
             ) as client:
-                t_started = time.perf_counter()
-                await self._warm_up(client, workload.api)
-                await self.idle_and_reset()
-                client.sent.clear()
-                t_warm = time.perf_counter()
                 label = f"[{self.done_runs + 1}/{self.total_runs}] {workload_name} {rate:g}/s {spec.name}"
-                if purpose == "search":
-                    label = f"[search] {workload_name} {rate:g}/s {spec.name}"
+                if purpose != "sweep":
+                    label = f"[{purpose}] {workload_name} {rate:g}/s {spec.name}"
                 progress = Progress(workload.num_requests, label, enabled=o.progress)
                 load0 = load_average()[0]
                 cpu0 = sum(cpu_seconds(p) for p in router.pids)
-                fleet0 = sum(cpu_seconds(m.pid) for m in self.fleet.members if m.pid)
+                fleet0 = self.fleet_cpu()
                 try:
                     run = await run_open_loop(
                         client,
@@ -405,19 +415,16 @@ class Bench:
                 finally:
                     progress.close()
                 router_cpu = sum(cpu_seconds(p) for p in router.pids) - cpu0
-                fleet_cpu = sum(cpu_seconds(m.pid) for m in self.fleet.members if m.pid) - fleet0
+                fleet_cpu = self.fleet_cpu() - fleet0
                 stats = fleet_stats(await self.fleet.stats())
                 t_run = time.perf_counter()
                 oracle = self._oracle(workload, rate, client)
-        finally:
-            await router.stop()
         log.info(
-            "%s %s %g/s: start %.2fs, warm-up %.2fs, run %.2fs, oracle+stop %.2fs",
+            "%s %s %g/s: start + warm-up %.2fs, run %.2fs, oracle + stop %.2fs",
             workload_name,
             spec.name,
             rate,
-            t_started - t_begin,
-            t_warm - t_started,
+            t_warm - t_begin,
             t_run - t_warm,
             time.perf_counter() - t_run,
         )
@@ -427,8 +434,10 @@ class Bench:
         record.router_cpu_s = round(router_cpu, 2)
         record.fleet_cpu_s = round(fleet_cpu, 2)
         record.load_average = (round(load0, 2), round(load_average()[0], 2))
-        shutil.rmtree(runs_dir, ignore_errors=True)
         return record
+
+    def fleet_cpu(self) -> float:
+        return sum(cpu_seconds(m.pid) for m in self.fleet.members if m.pid)
 
 
 def _ms(value: float | None) -> float | None:

@@ -99,7 +99,13 @@ def find_python(minimum: tuple[int, int]) -> str | None:
     candidates: list[str] = []
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     if pyenv.is_dir():
-        for d in sorted(pyenv.iterdir(), reverse=True):
+
+        def key(d: Path) -> tuple[int, ...]:
+            parts = d.name.split(".")
+            return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (999,)
+
+        # the oldest version that qualifies: the one the tools were verified with (3.12)
+        for d in sorted(pyenv.iterdir(), key=key):
             candidates.append(str(d / "bin" / "python"))
     for minor in range(minimum[1], minimum[1] + 4):
         found = shutil.which(f"python{minimum[0]}.{minor}")
