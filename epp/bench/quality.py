@@ -201,6 +201,12 @@ class RunRecord:
     def failed(self) -> int:
         return self.errors + self.unfinished
 
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RunRecord:
+        fields = dict(doc)
+        fields["load_average"] = tuple(fields.get("load_average", (0.0, 0.0)))
+        return cls(**fields)
+
 
 @dataclass(slots=True)
 class QualityResult:
@@ -210,6 +216,32 @@ class QualityResult:
     runs: list[RunRecord] = field(default_factory=list)
     total_s: float = 0.0
     tools: dict[str, str] = field(default_factory=dict)
+    merged: dict[str, Any] = field(default_factory=dict)
+
+    def merge(self, previous: Mapping[str, Any], source: str = "") -> None:
+        """Keep the sweep runs of `previous` (a quality.json) for the routers this run did not measure.
+
+        Rows measured now replace earlier rows of the same workload and router; the earlier runs'
+        saturation searches are kept for workloads that were not searched now; the earlier machine
+        description is kept under `machine.merged`.
+        """
+        now = {(r.workload, r.router) for r in self.runs if r.purpose == "sweep"}
+        kept = [
+            RunRecord.from_json(d)
+            for d in previous.get("runs", [])
+            if d.get("purpose") == "sweep" and (d["workload"], d["router"]) not in now
+        ]
+        self.runs = kept + self.runs
+        for workload, doc in previous.get("saturation", {}).items():
+            current = self.saturation.get(workload)
+            if current is None or current.best == "given":
+                self.saturation[workload] = SaturationSearch.from_json(workload, doc)
+        self.merged = {
+            "file": source,
+            "machine": previous.get("machine", {}),
+            "routers": sorted({r.router for r in kept}),
+            "total_s": previous.get("total_s"),
+        }
 
     def to_json(self) -> dict[str, Any]:
         o = self.options
@@ -231,6 +263,7 @@ class QualityResult:
             "saturation": {k: v.to_json() for k, v in self.saturation.items()},
             "runs": [asdict(r) for r in self.runs],
             "total_s": round(self.total_s, 1),
+            "merged": self.merged,
         }
 
 

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="WORKLOAD=RATE,... known saturation rates (requests/s): skips their search",
     )
     add("--saturation-from", default=None, help="take the saturation rates from an earlier quality.json")
+    add(
+        "--merge",
+        default=None,
+        help="an earlier quality.json: reuse its saturation rates, keep its rows for routers not run now, "
+        "and write the combined report (e.g. to add a new profile to a full sweep)",
+    )
     add("--search-with", type=_names, default=("sglang", "vllm"), help="routers whose best sets the rate")
     add("--factor", type=float, default=3.0, help="saturated when p90 TTFT > FACTOR x its light-load p90")
     add("--scrape-interval", type=float, default=None, help="EPP scrape interval in s (default 0.05 x scale)")
@@ -125,14 +131,15 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     saturation: dict[str, float] = {}
-    if args.saturation_from:
-        doc = json.loads(Path(args.saturation_from).read_text())
-        saturation.update({k: float(v["rate"]) for k, v in doc.get("saturation", {}).items()})
+    for source in (args.merge, args.saturation_from):
+        if source:
+            doc = json.loads(Path(source).read_text())
+            saturation.update({k: float(v["rate"]) for k, v in doc.get("saturation", {}).items()})
     saturation.update(args.saturation)
     routers: tuple[str, ...] = args.routers or ()
     if args.smoke and not routers:
         routers = ("epp:default", "envoy-rr", "sglang", "vllm")
-    if args.smoke and not args.saturation and not args.saturation_from:
+    if args.smoke and not args.saturation and not args.saturation_from and not args.merge:
         saturation = {w: base.start_rates[w] for w in workloads}
     for r in (*routers, *args.search_with):
         parse_router(r)  # raises ValueError early for a bad name or a missing profile
@@ -192,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from epp.bench.quality_report import render_markdown, write_outputs
 
     result.machine = {**machine, "load_average_end": machine_info()["load_average"]}
+    if args.merge:
+        result.merge(json.loads(Path(args.merge).read_text()), args.merge)
     write_outputs(result, out_dir)
     _say("")
     _say(render_markdown(result))

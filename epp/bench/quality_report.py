@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from epp.bench.quality import QualityResult, RunRecord
+from epp.bench.quality import WORKLOADS, QualityResult, RunRecord
 
 __all__ = ["GoalCheck", "check_goals", "render_markdown", "write_outputs", "write_plots"]
 
@@ -28,6 +28,12 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def _sweep(result: QualityResult, workload: str) -> list[RunRecord]:
     return [r for r in result.runs if r.workload == workload and r.purpose == "sweep"]
+
+
+def workloads_of(result: QualityResult) -> list[str]:
+    """The workloads with sweep rows, in the canonical order (merged reports included)."""
+    present = {r.workload for r in result.runs if r.purpose == "sweep"} | set(result.options.workloads)
+    return [w for w in WORKLOADS if w in present] + sorted(present - set(WORKLOADS))
 
 
 def ours_name(result: QualityResult) -> str:
@@ -153,7 +159,15 @@ def render_markdown(result: QualityResult) -> str:
         "and by busy time. err / unfin = failed / never-finished requests.",
         "",
     ]
-    for workload in o.workloads:
+    if result.merged:
+        mm = result.merged.get("machine", {})
+        lines += [
+            f"Rows of {', '.join(result.merged.get('routers', [])) or 'no router'} come from "
+            f"{result.merged.get('file')} (measured {mm.get('time', 'earlier')}, load average "
+            f"{mm.get('load_average')}); the others from this run, at the same rates.",
+            "",
+        ]
+    for workload in workloads_of(result):
         sat = result.saturation.get(workload)
         if sat is None:
             continue
@@ -179,7 +193,7 @@ def write_plots(result: QualityResult, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
-    for workload in result.options.workloads:
+    for workload in workloads_of(result):
         runs = _sweep(result, workload)
         if not runs:
             continue

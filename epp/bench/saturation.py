@@ -66,6 +66,19 @@ class SaturationSearch:
         others = ", ".join(f"{k} >= {v:g}/s" for k, v in self.per_router.items() if k != self.best)
         return f"set by {self.best} after {len(self.points)} probes" + (f"; {others}" if others else "")
 
+    @classmethod
+    def from_json(cls, workload: str, doc: dict[str, Any]) -> SaturationSearch:
+        """The inverse of `to_json` (without the probes' run records)."""
+        points = [ProbePoint(**p) for p in doc.get("points", [])]
+        return cls(
+            workload=workload,
+            rate=float(doc["rate"]),
+            best=str(doc.get("best", "given")),
+            factor=float(doc.get("factor", 0.0)),
+            per_router={k: float(v) for k, v in doc.get("per_router", {}).items()},
+            points=points,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "rate": self.rate,

@@ -102,3 +102,23 @@ def test_markdown_and_files(tmp_path) -> None:
     assert loaded == json.loads(json.dumps(doc))
     assert len(loaded["runs"]) == 12 and loaded["saturation"]["zipf"]["rate"] == 40.0
     assert {g["workload"] for g in loaded["goals"]} == {"zipf", "mixed"}
+
+
+def test_merge_keeps_earlier_rows_of_other_routers_and_their_saturation(tmp_path) -> None:
+    earlier = _result()
+    earlier.saturation["zipf"] = SaturationSearch("zipf", 40.0, "sglang-router", 3.0, {"sglang-router": 40.0})
+    doc = json.loads(json.dumps(earlier.to_json()))
+    now = QualityResult(options=QualityOptions(sizing=FULL, workloads=("zipf",), routers=("epp:default",)))
+    now.saturation = {"zipf": SaturationSearch.given("zipf", 40.0)}
+    now.runs = [_run("zipf", "epp:default", 1.0, 42.0)]
+    now.merge(doc, "earlier.json")
+    zipf = [(r.router, r.multiplier) for r in now.runs if r.workload == "zipf"]
+    assert ("epp:default", 1.0) in zipf and ("envoy-rr", 1.2) in zipf
+    assert ("epp:default", 1.2) not in zipf  # re-measured routers lose all their earlier rows
+    mine = [r for r in now.runs if r.router == "epp:default" and r.workload == "zipf"]
+    assert [r.ttft_p90_ms for r in mine] == [42.0]
+    assert any(r.router == "epp:default" for r in now.runs if r.workload == "mixed")  # not re-measured
+    assert now.saturation["zipf"].best == "sglang-router"
+    text = render_markdown(now)
+    assert "## mixed" in text and "come from earlier.json" in text
+    assert now.merged["routers"] == ["envoy-rr", "epp:default", "sglang-router", "vllm-router"]
