@@ -106,12 +106,12 @@ _FULL_SHAPES: dict[str, dict[str, Any]] = {
 FULL = Sizing(
     servers=8,
     kv_blocks=2048,
-    time_scale=5.0,
-    duration_s=8.0,
+    time_scale=8.0,
+    duration_s=10.0,
     search_duration_s=6.0,
     multipliers=(0.5, 0.8, 1.0, 1.2),
     shapes=_FULL_SHAPES,
-    start_rates={"shared_prefix": 40.0, "zipf": 40.0, "mixed": 16.0, "multiturn": 30.0},
+    start_rates={"shared_prefix": 36.0, "zipf": 24.0, "mixed": 12.0, "multiturn": 20.0},
     max_probes=4,
 )
 
@@ -560,9 +560,12 @@ async def run_quality(
     say: Say = print,
     *,
     children: Children | None = None,
-    on_run: Callable[[RunRecord], None] | None = None,
+    on_run: Callable[[RunRecord, QualityResult], None] | None = None,
 ) -> QualityResult:
-    """Run the benchmark; everything started is stopped before this returns or raises."""
+    """Run the benchmark; everything started is stopped before this returns or raises.
+
+    `on_run(record, result)` is called after every sweep run with the result so far.
+    """
     from epp.bench.rivals import TOOLS, installed_tool
 
     children = children if children is not None else Children()
@@ -601,7 +604,7 @@ async def run_quality(
                     )
                     result.runs.append(record)
                     if on_run is not None:
-                        on_run(record)
+                        on_run(record, result)
         ok = True
     finally:
         await bench.stop()

@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-scale",
         type=float,
         default=None,
-        help="simulator time scale (default 5: 5x slower than an H100)",
+        help="simulator time scale (default 8: 8x slower than an H100)",
     )
-    add("--duration", type=float, default=None, help="seconds of arrivals per run (default 8; smoke 2)")
+    add("--duration", type=float, default=None, help="seconds of arrivals per run (default 10; smoke 2)")
     add("--search-duration", type=float, default=None, help="seconds of arrivals per saturation probe")
     add("--multipliers", type=_floats, default=None, help="rates as multiples of saturation (0.5,0.8,1,1.2)")
     add(
@@ -190,11 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     children = Children()
     machine = machine_info()
 
+    partial = out_dir / "quality.partial.json"
+
+    def on_run(record: RunRecord, so_far: QualityResult) -> None:
+        _say(_line(record))
+        # a long sweep that dies half-way still leaves what it measured
+        out_dir.mkdir(parents=True, exist_ok=True)
+        so_far.machine = machine
+        partial.write_text(json.dumps(so_far.to_json(), indent=1) + "\n")
+
     async def go(kids: Children) -> QualityResult:
-        return await run_quality(options, _say, children=kids, on_run=lambda r: _say(_line(r)))
+        return await run_quality(options, _say, children=kids, on_run=on_run)
 
     status, result = run_async_main("epp bench quality", go, children)
     if result is None:
+        if partial.exists():
+            print(f"epp bench quality: what was measured is in {partial}", file=sys.stderr)
         return status
     from epp.bench.quality_report import render_markdown, write_outputs
 
@@ -202,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge:
         result.merge(json.loads(Path(args.merge).read_text()), args.merge)
     write_outputs(result, out_dir)
+    partial.unlink(missing_ok=True)
     _say("")
     _say(render_markdown(result))
     _say(f"results in {out_dir}/ (quality.json, quality.md, quality-*.png)")

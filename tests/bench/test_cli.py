@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from epp.bench import cli
+from epp.bench.quality import FULL
 from epp.bench.quality_cli import build_parser, options_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +61,9 @@ def test_smoke_options_and_saturation_scaling(tmp_path) -> None:
     smoke = options_from_args(build_parser().parse_args(["--smoke"]))
     assert smoke.smoke and smoke.routers == ("epp:default", "envoy-rr", "sglang", "vllm")
     assert set(smoke.saturation) == {"shared_prefix", "zipf", "mixed", "multiturn"}  # no search
-    full = options_from_args(build_parser().parse_args(["--time-scale", "10", "--servers", "4"]))
-    assert full.sizing.start_rates["zipf"] == pytest.approx(40.0 * 0.5 * 0.5)
-    assert full.scrape_interval == pytest.approx(0.5)
+    full = options_from_args(build_parser().parse_args(["--time-scale", "16", "--servers", "4"]))
+    assert full.sizing.start_rates["zipf"] == pytest.approx(FULL.start_rates["zipf"] * 0.5 * 0.5)
+    assert full.scrape_interval == pytest.approx(0.8)
     prior = tmp_path / "q.json"
     prior.write_text('{"saturation": {"zipf": {"rate": 33.0}}}')
     again = options_from_args(
