@@ -7,7 +7,8 @@ for the whole benchmark. For each workload (`shared_prefix`, `zipf`, `mixed`, `m
    searched (`saturation.py`): the highest rate whose p90 TTFT stays within `factor` x that router's
    p90 TTFT at light load, with no failures.
 2. **Sweep.** At `multipliers` x that rate (0.5, 0.8, 1.0, 1.2 by default), every router in turn runs
-   the same seeded workload (open-loop Poisson arrivals, streaming requests).
+   the same seeded workload (open-loop Poisson arrivals, streaming requests); the routers' order
+   rotates from rate to rate, so none always runs first while the machine's load drifts.
 
 Every run is independent: the router is started fresh (`routers.py`), warmed up with a few unique
 prompts (connections, code paths), then the simulators are drained and their prefix caches and
@@ -591,9 +592,12 @@ async def run_quality(
                     result.runs.append(record)
             result.saturation[workload] = search
             say(f"{workload}: saturation rate {search.rate:g}/s ({search.describe()})")
-            for multiplier in options.sizing.multipliers:
+            for step, multiplier in enumerate(options.sizing.multipliers):
                 rate = round(search.rate * multiplier, 2)
-                for spec in specs:
+                # rotate the order from rate to rate: no router always runs first (or last) while the
+                # machine's load drifts
+                shift = (step + options.workloads.index(workload)) % len(specs)
+                for spec in specs[shift:] + specs[:shift]:
                     record = await bench.run(
                         spec,
                         workload,

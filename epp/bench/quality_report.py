@@ -27,7 +27,15 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 
 def _sweep(result: QualityResult, workload: str) -> list[RunRecord]:
-    return [r for r in result.runs if r.workload == workload and r.purpose == "sweep"]
+    """The sweep rows of `workload` by rate, then in the order the routers were listed."""
+    measured = list(dict.fromkeys(r.router for r in result.runs))
+    try:
+        listed = [spec.name for spec in result.options.router_specs]
+    except ValueError:  # a profile of an earlier run that is gone: keep the measured order
+        listed = []
+    order = {name: i for i, name in enumerate(listed + [n for n in measured if n not in listed])}
+    rows = [r for r in result.runs if r.workload == workload and r.purpose == "sweep"]
+    return sorted(rows, key=lambda r: (r.rate, order.get(r.router, len(order))))
 
 
 def workloads_of(result: QualityResult) -> list[str]:
