@@ -223,8 +223,8 @@ class QualityResult:
         """Keep the sweep runs of `previous` (a quality.json) for the routers this run did not measure.
 
         Rows measured now replace earlier rows of the same workload and router; the earlier runs'
-        saturation searches are kept for workloads that were not searched now; the earlier machine
-        description is kept under `machine.merged`.
+        saturation searches are kept for workloads that were not searched now; where the kept rows
+        come from (file, machine, routers) is recorded in `merged`.
         """
         now = {(r.workload, r.router) for r in self.runs if r.purpose == "sweep"}
         kept = [
