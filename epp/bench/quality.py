@@ -194,6 +194,9 @@ class RunRecord:
     ttft_p90_ms_by_kind: dict[str, float | None] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     per_server: dict[str, dict[str, float]] = field(default_factory=dict)
+    server_ttft_p50_ms: float | None = None  # as the simulators measured it (no proxy, no network)
+    server_ttft_p90_ms: float | None = None
+    server_queue_p90_ms: float | None = None
     router_cpu_s: float = 0.0
     fleet_cpu_s: float = 0.0
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load before and after
@@ -325,7 +328,7 @@ class Bench:
         self.model = SimConfig().model
         self.total_runs = 0
         self.done_runs = 0
-        self._oracles: dict[tuple[str, float], float] = {}
+        self._oracles: dict[tuple[str, float, int], float] = {}
 
     async def start(self) -> None:
         sz = self.options.sizing
@@ -381,7 +384,8 @@ class Bench:
     def _oracle(self, workload: Workload, rate: float, client: RecordingClient) -> float:
         if any(len(s.turns) > 1 for s in workload.sessions):
             return oracle_hit_ratio(workload.api, client.bodies())
-        key = (workload.name, rate)
+        # the same rate can come with another duration (a saturation probe): key on the workload itself
+        key = (workload.describe(), rate, len(workload.sessions))
         if key not in self._oracles:
             self._oracles[key] = oracle_hit_ratio(workload.api, workload_bodies(workload, self.model))
         return self._oracles[key]
@@ -498,6 +502,8 @@ def _record(
                 if r.ok and r.ttft_s is not None and (r.group == UNIQUE_GROUP) == unique
             ]
             by_kind[kind] = _ms(percentile(values, 90))
+    server_ttft = [float(x) for v in stats.per_server.values() for x in v.get("ttft_s", ())]
+    server_queue = [float(x) for v in stats.per_server.values() for x in v.get("queue_s", ())]
     per_server = {
         name: {
             "requests": int(v.get("requests_finished", 0)),
@@ -529,6 +535,9 @@ def _record(
         ttft_p90_ms_by_kind=by_kind,
         error_kinds=dict(s.error_kinds),
         per_server=per_server,
+        server_ttft_p50_ms=_ms(percentile(server_ttft, 50)),
+        server_ttft_p90_ms=_ms(percentile(server_ttft, 90)),
+        server_queue_p90_ms=_ms(percentile(server_queue, 90)),
     )
 
 

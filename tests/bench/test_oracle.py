@@ -56,3 +56,19 @@ def test_single_turn_bodies_only() -> None:
         assert "single-turn" in str(exc)
     else:
         raise AssertionError("multi-turn bodies need a recorded run")
+
+
+def test_the_bench_caches_oracles_per_workload_not_per_rate(tmp_path) -> None:
+    # a saturation probe and a sweep run share a rate but not a duration: their oracles differ
+    from epp.bench.harness import Children
+    from epp.bench.quality import FULL, Bench, QualityOptions, make_workload
+
+    bench = Bench(QualityOptions(sizing=FULL, routers=("envoy-rr",)), print, Children(), tmp_path)
+    shape = FULL.shapes["shared_prefix"]
+    short, _ = make_workload("shared_prefix", 30.0, 6.0, shape, seed=0)
+    long, _ = make_workload("shared_prefix", 30.0, 10.0, shape, seed=0)
+    client = RecordingClient("http://127.0.0.1:9")
+    a, b = bench._oracle(short, 30.0, client), bench._oracle(long, 30.0, client)
+    assert a == oracle_hit_ratio("completions", workload_bodies(short, bench.model))
+    assert b == oracle_hit_ratio("completions", workload_bodies(long, bench.model))
+    assert b > a  # more requests per group: more reuse

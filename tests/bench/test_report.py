@@ -30,6 +30,7 @@ def _run(workload: str, router: str, mult: float, p90: float, hit: float = 0.8, 
         balance_requests=1.5,
         balance_busy=1.2,
         duration_s=8.0,
+        server_ttft_p90_ms=p90 * 0.9,
     )
     base.update(kw)
     return RunRecord(**base)
@@ -86,7 +87,8 @@ def test_markdown_and_files(tmp_path) -> None:
     text = render_markdown(result)
     assert "## zipf" in text and "## mixed" in text and "## Goals (issue 10)" in text
     assert (
-        "| 40 (1x) | epp:default | 50 | 100 | 200 | 300 | 500 | 0.850 / 0.900 | 1.50 | 1.20 | 0 / 0 |" in text
+        "| 40 (1x) | epp:default | 50 | 100 | 200 | 90 | 300 | 500 | 0.850 / 0.900 | 1.50 | 1.20 | 0 / 0 |"
+        in text
     )
     assert "| 50 / 400 |" in text  # mixed: p90 of the shared-prefix and of the unique requests
     assert text.count("| 40 (1x) | sglang-router") == 2  # the search probe is not in the tables
