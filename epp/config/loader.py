@@ -32,7 +32,7 @@ from epp.config.api import (
 )
 from epp.config.context import LoadContext, decorate_param_issue
 from epp.config.effective import EffectiveConfig, PluginDecl, ProfileDecl
-from epp.config.problems import Issue, issues_from_jsonschema, issues_from_pydantic
+from epp.config.problems import Issue, issues_from_jsonschema, issues_from_pydantic, unknown_key_message
 from epp.config.schema import schema_validator
 from epp.config.yamlpos import LineMap, YamlPath, parse_yaml
 from epp.errors import ConfigError, ConfigProblem
@@ -274,7 +274,9 @@ def _declare_plugins(ctx: LoadContext, items: list[Any]) -> None:
         if type_name not in ctx.registry:
             ctx.error(
                 (*path, "type"),
-                f"unknown plugin type '{type_name}' (known: {', '.join(ctx.registry.names())})",
+                unknown_key_message("plugin type", type_name, ctx.registry.names()).replace(
+                    "unknown plugin type", f"unknown plugin type '{type_name}'", 1
+                ),
             )
             ctx.broken[name] = type_name
             continue
