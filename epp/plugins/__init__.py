@@ -11,12 +11,15 @@ from epp.plugins.conformance.served_verifier import DESTINATION_ENDPOINT_SERVED_
 from epp.plugins.datakeys import INFLIGHT_LOAD, PREFIX_CACHE_MATCH_INFO
 from epp.plugins.filters.decision_tree import DECISION_TREE_FILTER
 from epp.plugins.filters.header_based_testing import HEADER_BASED_TESTING_FILTER
+from epp.plugins.filters.hot_prefix_spill import HOT_PREFIX_SPILL_FILTER
 from epp.plugins.filters.least_kv_cache import LEAST_KV_CACHE_FILTER
 from epp.plugins.filters.least_queue import LEAST_QUEUE_FILTER
 from epp.plugins.filters.lora_affinity import LORA_AFFINITY_FILTER
 from epp.plugins.filters.low_queue import LOW_QUEUE_FILTER
 from epp.plugins.filters.prefix_cache_affinity import PREFIX_CACHE_AFFINITY_FILTER
 from epp.plugins.flowcontrol import PLUGIN_TYPES as FLOW_CONTROL_POLICIES
+from epp.plugins.kvevents.producer import PRECISE_PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_PRODUCER
+from epp.plugins.kvevents.scorer import PRECISE_PREFIX_CACHE_SCORER
 from epp.plugins.parsers.openai import OPENAI_PARSER
 from epp.plugins.parsers.passthrough import PASSTHROUGH_PARSER
 from epp.plugins.pickers.max_score import MAX_SCORE_PICKER
@@ -24,10 +27,12 @@ from epp.plugins.pickers.random_picker import RANDOM_PICKER
 from epp.plugins.pickers.weighted_random import WEIGHTED_RANDOM_PICKER
 from epp.plugins.producers.approx_prefix import APPROX_PREFIX_CACHE_PRODUCER
 from epp.plugins.producers.inflight_load import INFLIGHT_LOAD_PRODUCER
+from epp.plugins.producers.prefill_load import PREFILL_LOAD, PREFILL_LOAD_PRODUCER
 from epp.plugins.profile.single_profile import SINGLE_PROFILE_HANDLER
 from epp.plugins.saturation import PLUGIN_TYPES as SATURATION_DETECTORS
 from epp.plugins.scorers.kv_cache_utilization import KV_CACHE_UTILIZATION_SCORER
 from epp.plugins.scorers.lora_affinity import LORA_AFFINITY_SCORER
+from epp.plugins.scorers.prefill_cost import PREFILL_COST_SCORER
 from epp.plugins.scorers.prefix_cache import PREFIX_CACHE_SCORER
 from epp.plugins.scorers.queue import QUEUE_SCORER
 from epp.plugins.scorers.running_requests import RUNNING_REQUESTS_SIZE_SCORER
@@ -45,9 +50,13 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     LORA_AFFINITY_SCORER,
     TOKEN_LOAD_SCORER,
     PREFIX_CACHE_SCORER,
+    PREFILL_COST_SCORER,
+    PRECISE_PREFIX_CACHE_SCORER,
     # data producers
     APPROX_PREFIX_CACHE_PRODUCER,
     INFLIGHT_LOAD_PRODUCER,
+    PREFILL_LOAD_PRODUCER,
+    PRECISE_PREFIX_CACHE_PRODUCER,
     # pickers
     MAX_SCORE_PICKER,
     RANDOM_PICKER,
@@ -62,6 +71,7 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     LEAST_KV_CACHE_FILTER,
     LORA_AFFINITY_FILTER,
     DECISION_TREE_FILTER,
+    HOT_PREFIX_SPILL_FILTER,
     # request parsers
     OPENAI_PARSER,
     PASSTHROUGH_PARSER,
@@ -76,6 +86,8 @@ BUILTINS: tuple[PluginType[Any], ...] = (
 DEFAULT_PRODUCERS: dict[str, PluginType[Any]] = {
     PREFIX_CACHE_MATCH_INFO: APPROX_PREFIX_CACHE_PRODUCER,
     INFLIGHT_LOAD: INFLIGHT_LOAD_PRODUCER,
+    PREFILL_LOAD: PREFILL_LOAD_PRODUCER,
+    PRECISE_PREFIX_CACHE_MATCH_INFO: PRECISE_PREFIX_CACHE_PRODUCER,
 }
 
 

@@ -1,0 +1,426 @@
+"""`precise-prefix-cache-producer`: prefix matches from the engines' own KV-cache events.
+
+Per request (`prepare_data`, no I/O): the prompt's token ids (`tokens.request_tokens`) are cut into
+chained block keys at each candidate's block size, and matched
+- for endpoints with a *live* event feed, against the precise index (what the engine reported it holds,
+  plus unexpired speculative entries), counting the leading blocks held without a gap;
+- for the others, against an approximate index of this EPP's own routing history, keyed the same way
+  (exactly what `approx-prefix-cache-producer` does, but over token keys).
+The result is written as `PrefixCacheMatchInfo` (so `prefix-cache-scorer`, `prefix-cache-affinity-filter`,
+`hot-prefix-spill-filter` and `prefill-cost-scorer` all read it unchanged) and under its own data key
+`PrecisePrefixCacheMatchInfo` (read by `precise-prefix-cache-scorer`). Requests whose tokens cannot be told
+(text with `tokenizer: request`, salted requests) are keyed by characters like the approximate producer and
+matched against the history only.
+
+Once a target is picked (`pre_request`) its keys are added to the history, and for a live endpoint as
+speculative entries (`speculativeTtlSeconds`) that the engine's `BlockStored` later confirms.
+
+Live = the endpoint's subscription has delivered at least one batch and its events agree with our keys. The
+agreement check guards against a tokenizer mismatch (e.g. `char4` in front of a real BPE engine, whose
+events would never match): for each routed request that should make the engine store a new block, the
+deepest such key is expected in a `BlockStored` within the TTL. When, over at least 8 recent expectations,
+fewer than a quarter were confirmed, the endpoint falls back to the history index (logged once).
+
+The background task (`run`) subscribes to each endpoint's ZMQ publisher (address from the parameters, or
+discovered with `GET /kv_event_sources`) and applies events; endpoints are learnt from the candidates seen
+and from pool membership (static `ip:port` keys). Several EPP replicas subscribed to the same publishers
+build the same index, so they agree on cache state without talking to each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from epp.framework.cycle import CycleState, StateKey
+from epp.framework.handle import Handle
+from epp.framework.plugins import PluginKind
+from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
+from epp.plugins.common import split_host_port
+from epp.plugins.datakeys import (
+    PREFIX_CACHE_MATCH_INFO,
+    PREFIX_CACHE_MATCH_INFO_KEY,
+    PrefixCacheMatchInfo,
+    PrefixGroup,
+)
+from epp.plugins.kvevents.index import PreciseIndex
+from epp.plugins.kvevents.params import PrecisePrefixParams
+from epp.plugins.kvevents.sources import parse_discovery, resolve_address
+from epp.plugins.kvevents.subscriber import KVEventSubscriber
+from epp.plugins.kvevents.tokens import BASE_SEED, block_keys, lora_seed, request_tokens
+from epp.plugins.prefix.hashing import AVERAGE_CHARS_PER_TOKEN, block_hashes, seed_hash
+from epp.plugins.prefix.index import PrefixIndex
+from epp.registry import PluginType
+
+__all__ = [
+    "PRECISE_PREFIX_CACHE_MATCH_INFO",
+    "PRECISE_PREFIX_CACHE_MATCH_INFO_KEY",
+    "PRECISE_PREFIX_CACHE_PRODUCER",
+    "PrecisePrefixCacheProducer",
+]
+
+log = logging.getLogger(__name__)
+
+TYPE_NAME = "precise-prefix-cache-producer"
+#: Data-key name of the match written by this producer (also written as `PrefixCacheMatchInfo`).
+PRECISE_PREFIX_CACHE_MATCH_INFO = "PrecisePrefixCacheMatchInfo"
+PRECISE_PREFIX_CACHE_MATCH_INFO_KEY: StateKey[PrefixCacheMatchInfo] = StateKey(
+    PRECISE_PREFIX_CACHE_MATCH_INFO
+)
+
+#: Agreement check: minimum expectations before judging, and the confirmed share below which we fall back.
+_MIN_EXPECTATIONS = 8
+_MIN_CONFIRMED_SHARE = 0.25
+_EXPECTATION_WINDOW = 32
+#: An expectation is settled at the latest this long after routing, or this long after the response ended.
+_EXPECTATION_HORIZON = 120.0
+_COMPLETION_GRACE = 2.0
+#: Seconds between discovery attempts for one endpoint.
+_DISCOVERY_RETRY = 10.0
+
+
+@dataclass(slots=True)
+class _Request:
+    """What the producer remembers about one request between its hooks."""
+
+    keys: dict[int, tuple[int, ...]]  # block size -> keys
+    precise: bool  # token keys (matchable against events) or character keys (history only)
+    info: PrefixCacheMatchInfo
+    target: str = ""
+    speculated: tuple[int, ...] = ()
+    expected: int | None = None  # the deepest new key the engine should report
+
+
+@dataclass(slots=True)
+class _Agreement:
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=_EXPECTATION_WINDOW))
+    pending: dict[int, float] = field(default_factory=dict)  # deepest key -> deadline
+    mismatched: bool = False
+
+    def settle_expired(self, now: float) -> None:
+        for key in [k for k, deadline in self.pending.items() if deadline <= now]:
+            del self.pending[key]
+            self.outcomes.append(False)
+
+
+class PrecisePrefixCacheProducer:
+    """DataProducer + PreRequest + EndpointObserver + BackgroundTask over a `PreciseIndex`."""
+
+    def __init__(
+        self,
+        typed_name: TypedName,
+        params: PrecisePrefixParams | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.typed_name = typed_name
+        self.params = params or PrecisePrefixParams()
+        self._clock = clock
+        self.index = PreciseIndex(
+            max_blocks_per_endpoint=self.params.maxBlocksPerEndpoint,
+            other_tier_weight=self.params.otherTierWeight,
+            on_stored=self._confirm,
+        )
+        self.history = PrefixIndex()
+        self.subscriber = KVEventSubscriber(self.index, topic_filter=self.params.topicFilter)
+        self._lock = threading.Lock()
+        self._agreement: dict[str, _Agreement] = {}
+        self._known: dict[str, Endpoint] = {}
+        self._seen: Sequence[Endpoint] = ()
+        self._discovered: dict[str, str] = {}
+        self._discovery_due: dict[str, float] = {}
+        self._state_key: StateKey[_Request] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+
+    # ---- which endpoints are precise ---------------------------------------------------------------
+
+    def live(self, key: str) -> bool:
+        """Whether `key`'s matches come from its events (else from the routing history)."""
+        if self.index.batches(key) == 0:
+            return False
+        agreement = self._agreement.get(key)
+        return agreement is None or not agreement.mismatched
+
+    def _confirm(self, endpoint: str, keys: Sequence[int]) -> None:
+        """Called by the index with the keys a BlockStored carried: settle the expectations they meet."""
+        with self._lock:
+            agreement = self._agreement.get(endpoint)
+            if agreement is None or not agreement.pending:
+                return
+            pending = agreement.pending
+            for key in keys:
+                if pending.pop(key, None) is not None:
+                    agreement.outcomes.append(True)
+            self._judge(endpoint, agreement)
+
+    def _expect(self, endpoint: str, key: int, deadline: float, now: float) -> None:
+        """Expect `key` in a BlockStored from `endpoint` by `deadline` (moved up when the request ends)."""
+        with self._lock:
+            agreement = self._agreement.get(endpoint)
+            if agreement is None:
+                agreement = self._agreement[endpoint] = _Agreement()
+            agreement.settle_expired(now)
+            agreement.pending[key] = deadline
+            self._judge(endpoint, agreement)
+
+    @staticmethod
+    def _judge(endpoint: str, agreement: _Agreement) -> None:
+        outcomes = agreement.outcomes
+        if len(outcomes) < _MIN_EXPECTATIONS:
+            return
+        share = sum(outcomes) / len(outcomes)
+        mismatched = share < _MIN_CONFIRMED_SHARE
+        if mismatched != agreement.mismatched:
+            agreement.mismatched = mismatched
+            if mismatched:
+                log.warning(
+                    "KV events of %s do not match the request keys (%.0f%% of expected blocks confirmed): "
+                    "using the approximate index for it (is the tokenizer setting right?)",
+                    endpoint,
+                    share * 100,
+                )
+            else:
+                log.info("KV events of %s match the request keys again", endpoint)
+
+    # ---- keys ----------------------------------------------------------------------------------------
+
+    def _block_size(self, endpoint: Endpoint) -> int:
+        return (
+            self.index.block_size(endpoint.key)
+            or endpoint.metrics.cache_block_size
+            or self.params.blockSizeTokens
+        )
+
+    def _keys(self, request: InferenceRequest, sizes: set[int]) -> tuple[dict[int, tuple[int, ...]], bool]:
+        p = self.params
+        tokens = None
+        if not request.cache_salt:
+            tokens = request_tokens(request.token_ids, request.prompt, request.messages, p.tokenizer)
+        if tokens is not None:
+            lora = request.target_model if request.target_model in self.index.lora_names else None
+            seed = lora_seed(lora) if lora else BASE_SEED
+            return {s: block_keys(tokens, s, seed, p.maxPrefixBlocksToMatch) for s in sizes}, True
+        seed = seed_hash(request.target_model, request.cache_salt)
+        material = request.prefix_material
+        return {
+            s: block_hashes(material, seed, s * AVERAGE_CHARS_PER_TOKEN, p.maxPrefixBlocksToMatch)
+            for s in sizes
+        }, False
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+
+    def prepare_data(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None:
+        self._seen = endpoints
+        info, keys, precise = self.match(request, endpoints)
+        cycle.write(PREFIX_CACHE_MATCH_INFO_KEY, info)
+        cycle.write(PRECISE_PREFIX_CACHE_MATCH_INFO_KEY, info)
+        cycle.write(self._state_key, _Request(keys, precise, info))
+
+    def match(
+        self, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> tuple[PrefixCacheMatchInfo, dict[int, tuple[int, ...]], bool]:
+        sizes_by_key = {e.key: self._block_size(e) for e in endpoints}
+        counts: dict[int, int] = {}
+        for size in sizes_by_key.values():
+            counts[size] = counts.get(size, 0) + 1
+        default = (
+            min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else self.params.blockSizeTokens
+        )
+        overrides = {k: s for k, s in sizes_by_key.items() if s != default}
+        keys, precise = self._keys(request, set(counts) or {default})
+        now = self._clock()
+        groups: dict[int, PrefixGroup] = {}
+        scores: dict[str, float] = {}
+        for size, size_keys in keys.items():
+            members = [k for k, s in sizes_by_key.items() if s == size]
+            live = [k for k in members if precise and self.live(k)] if size_keys else []
+            matches: dict[str, int] = {}
+            if live:
+                found = self.index.match(size_keys, live, now)
+                matches.update(found.blocks)
+                for k, w in found.weighted.items():
+                    scores[k] = w / len(size_keys)
+            if size_keys:
+                rest = set(members) - set(live)
+                if rest:
+                    for k, n in self.history.match(size_keys).items():
+                        if k in rest:
+                            matches[k] = n
+                            scores[k] = n / len(size_keys)
+            groups[size] = PrefixGroup(size, size_keys, matches)
+        return PrefixCacheMatchInfo(groups, default, overrides, scores), keys, precise
+
+    def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
+        targets = result.targets
+        if not targets:
+            return
+        state = cycle.read(self._state_key)
+        if state is None:
+            state = _Request(*_reorder(self.match(request, targets)))
+            cycle.write(self._state_key, state)
+        target = targets[0]
+        size = self._block_size(target)
+        found = state.keys.get(size)
+        keys = found if found is not None else self._keys(request, {size})[0][size]
+        if not keys:
+            return
+        capacity = target.metrics.cache_num_blocks or self.params.lruCapacityPerServer
+        self.history.add(target.key, keys, capacity)
+        if not state.precise or self.index.batches(target.key) == 0:
+            return
+        now = self._clock()
+        ttl = self.params.speculativeTtlSeconds
+        state.target = target.key
+        if not self.index.holds(target.key, keys[-1]):
+            # settled when a BlockStored carries it, else when the request has ended (plus a grace)
+            state.expected = keys[-1]
+            self._expect(target.key, keys[-1], now + max(ttl, _EXPECTATION_HORIZON), now)
+        if ttl > 0 and self.live(target.key):
+            self.index.speculate(target.key, keys, now + ttl, now)
+            state.speculated = keys
+
+    def response_complete(
+        self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
+    ) -> None:
+        """The engine has prefilled (or dropped) the request: its blocks must show up in events soon."""
+        state = cycle.read(self._state_key)
+        if state is None or not state.target:
+            return
+        now = self._clock()
+        deadline = now + _COMPLETION_GRACE
+        if state.speculated:
+            self.index.shorten(state.target, state.speculated, deadline)
+        if state.expected is not None:
+            with self._lock:
+                agreement = self._agreement.get(state.target)
+                if agreement is not None and state.expected in agreement.pending:
+                    if response.status and response.status != 200:
+                        del agreement.pending[state.expected]  # failed requests prove nothing
+                    else:
+                        agreement.pending[state.expected] = min(agreement.pending[state.expected], deadline)
+
+    def endpoints_changed(self, keys: frozenset[str]) -> None:
+        self.index.retain(keys)
+        self.history.retain(keys)
+        with self._lock:
+            for gone in [k for k in self._known if k not in keys]:
+                del self._known[gone]
+                self._discovered.pop(gone, None)
+                self._agreement.pop(gone, None)
+            for key in keys:
+                if key not in self._known:
+                    host, port = split_host_port(key)
+                    if port is not None and host:
+                        self._known[key] = Endpoint(key=key, ip=host, port=port)
+
+    def index_size(self) -> int:
+        return self.index.size() + self.history.size()
+
+    # ---- background: subscriptions -------------------------------------------------------------------
+
+    def desired_sources(self) -> dict[str, str]:
+        """Endpoint key → ZMQ address, for every known endpoint with an address."""
+        p = self.params
+        with self._lock:
+            for e in self._seen:
+                self._known[e.key] = e
+            known = list(self._known.values())
+        out: dict[str, str] = {}
+        for e in known:
+            address = resolve_address(e, p.kvEventsAddresses, p.kvEventsAddress, p.kvEventsPortOffset)
+            if address is None:
+                address = self._discovered.get(e.key)
+            if address:
+                out[e.key] = address
+        return out
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self.subscriber.run(self.desired_sources, self.params.resyncSeconds))]
+        if self.params.discoverKvEventSources:
+            tasks.append(asyncio.create_task(self._discover_loop()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _discover_loop(self) -> None:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                loop_now = asyncio.get_running_loop().time()
+                with self._lock:
+                    for e in self._seen:
+                        self._known[e.key] = e
+                    todo = [
+                        e
+                        for e in self._known.values()
+                        if e.key not in self._discovered and self._discovery_due.get(e.key, 0.0) <= loop_now
+                    ]
+                p = self.params
+                for e in todo:
+                    if resolve_address(e, p.kvEventsAddresses, p.kvEventsAddress, p.kvEventsPortOffset):
+                        continue
+                    self._discovery_due[e.key] = loop_now + _DISCOVERY_RETRY
+                    address = await _discover(session, e)
+                    if address:
+                        self._discovered[e.key] = address
+                        log.info("KV events of %s: discovered %s", e.key, address)
+                await asyncio.sleep(self.params.resyncSeconds)
+
+
+def _reorder(
+    matched: tuple[PrefixCacheMatchInfo, dict[int, tuple[int, ...]], bool],
+) -> tuple[dict[int, tuple[int, ...]], bool, PrefixCacheMatchInfo]:
+    info, keys, precise = matched
+    return keys, precise, info
+
+
+async def _discover(session: Any, endpoint: Endpoint) -> str | None:
+    url = f"http://{endpoint.address}/kv_event_sources"
+    with contextlib.suppress(Exception):
+        async with session.get(url) as response:
+            if response.status != 200:
+                return None
+            document = json.loads(await response.read())
+            return parse_discovery(document, endpoint)
+    return None
+
+
+def _factory(name: str, params: PrecisePrefixParams, handle: Handle) -> PrecisePrefixCacheProducer:
+    return PrecisePrefixCacheProducer(TypedName(TYPE_NAME, name), params, clock=handle.clock)
+
+
+PRECISE_PREFIX_CACHE_PRODUCER = PluginType(
+    type_name=TYPE_NAME,
+    params_model=PrecisePrefixParams,
+    factory=_factory,
+    kinds=frozenset({PluginKind.DATA_PRODUCER, PluginKind.PRE_REQUEST, PluginKind.RESPONSE_COMPLETE}),
+    description="Prefix matches from the engines' KV-cache events over ZMQ (approximate routing history for "
+    "endpoints without events); writes PrefixCacheMatchInfo.",
+    produces=frozenset({PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_MATCH_INFO}),
+    stateful=True,
+)
+
+
+def describe_sources(producer: PrecisePrefixCacheProducer) -> Mapping[str, Any]:
+    """Subscription state for debugging and tests."""
+    sub = producer.subscriber
+    return {
+        "connected": dict(sub.connected),
+        "received": dict(sub.received),
+        "gaps": dict(sub.gaps),
+        "malformed": dict(sub.malformed),
+    }

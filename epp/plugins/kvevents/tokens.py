@@ -1,0 +1,117 @@
+"""Token ids of a request as the engine will see them, and chained block keys over token ids.
+
+Both sides of the precise index key a KV block the same way, from token ids only (engine block hashes are
+opaque and differ between engines and versions):
+
+    key_i = xxh64(le64(key_{i-1}) || little-endian uint32 token ids of block i),  key_{-1} = seed
+
+with `seed` = xxh64 of the LoRA adapter name, or 0 for the base model. Only full blocks get keys (engines
+cache only full blocks). A key therefore names a whole prefix, like the engine's own chain hash.
+
+Request-side token ids (`request_tokens`):
+- a completions prompt given as token ids is used as is (exact);
+- otherwise, with `tokenizer: char4`, the text is cut into 4-character pieces mapped to stable ids, chat
+  messages rendered with a Llama-3-style template first. This reproduces the default tokenizer of the
+  simulator (`epp sim`) exactly, and nothing else: a real engine's BPE tokens never match it. The producer
+  detects such a mismatch per endpoint and falls back to its approximate index (see `producer.py`).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import xxhash
+
+__all__ = ["BASE_SEED", "block_keys", "char4_tokens", "lora_seed", "render_llama3_chat", "request_tokens"]
+
+BASE_SEED = 0
+_RESERVED_IDS = 256
+_VOCAB = 128256
+_MASK32 = 0xFFFFFFFF
+_xxh64 = xxhash.xxh64_intdigest
+_xxh32 = xxhash.xxh32_intdigest
+
+
+def lora_seed(lora_name: str | None) -> int:
+    """The chain seed of a LoRA adapter's blocks (BASE_SEED for the base model)."""
+    return int(_xxh64(lora_name.encode("utf-8", "surrogatepass"))) if lora_name else BASE_SEED
+
+
+def block_keys(tokens: Sequence[int], block_size: int, seed: int, max_blocks: int = 0) -> tuple[int, ...]:
+    """Chained keys of the full `block_size`-token blocks of `tokens` (at most `max_blocks`; 0 = all)."""
+    if block_size <= 0:
+        return ()
+    n = len(tokens) // block_size
+    if max_blocks > 0:
+        n = min(n, max_blocks)
+    if n == 0:
+        return ()
+    data = array("I", (t & _MASK32 for t in tokens[: n * block_size])).tobytes()
+    if array("I").itemsize != 4:  # pragma: no cover - every supported platform has 32-bit "I"
+        raise RuntimeError("array('I') is not 32 bits wide on this platform")
+    step = block_size * 4
+    out: list[int] = []
+    prev = seed
+    for start in range(0, n * step, step):
+        prev = _xxh64(prev.to_bytes(8, "little") + data[start : start + step])
+        out.append(prev)
+    return tuple(out)
+
+
+def char4_tokens(text: str) -> list[int]:
+    """`epp sim`'s default tokenizer: 4-character pieces, each mapped to a stable id."""
+    span = _VOCAB - _RESERVED_IDS
+    return [
+        _RESERVED_IDS + _xxh32(text[i : i + 4].encode("utf-8", "surrogatepass")) % span
+        for i in range(0, len(text), 4)
+    ]
+
+
+def render_llama3_chat(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """Chat messages rendered as `epp sim` (Llama-3 style, generation prompt appended); None if not text."""
+    parts = ["<|begin_of_text|>"]
+    for message in messages:
+        role = message.get("role")
+        content = message.get("content")
+        if not isinstance(role, str) or not role:
+            return None
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            pieces: list[str] = []
+            for part in content:
+                if not isinstance(part, Mapping) or part.get("type") != "text":
+                    return None
+                piece = part.get("text")
+                if not isinstance(piece, str):
+                    return None
+                pieces.append(piece)
+            text = "".join(pieces)
+        else:
+            return None
+        parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>")
+    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts)
+
+
+def request_tokens(
+    token_ids: Sequence[int] | None,
+    prompt: str | None,
+    messages: Sequence[Mapping[str, Any]] | None,
+    tokenizer: str,
+) -> Sequence[int] | None:
+    """The request's token ids, or None when this tokenizer mode cannot tell them."""
+    if token_ids is not None:
+        return token_ids
+    if tokenizer != "char4":
+        return None
+    if prompt is not None:
+        return char4_tokens(prompt)
+    if messages is not None:
+        text = render_llama3_chat(messages)
+        return char4_tokens(text) if text is not None else None
+    return None

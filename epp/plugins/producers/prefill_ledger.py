@@ -1,0 +1,135 @@
+"""The prefill ledger: per endpoint, the work the EPP has sent that has not completed.
+
+Each scheduled request is entered with the prompt tokens it was expected to prefill on its endpoint (the
+part not already cached there). It counts as *pending* until the first response byte passes the EPP (for
+a streamed response: the first token), then as *decoding* until the response completes. The first byte is
+not a hook of its own: the ledger keeps the request's `ResponseInfo` (handed over when the response
+headers arrive) and reads its `first_byte_at` stamp lazily, whenever an endpoint's load is asked for.
+
+Thread-safe (one lock); every operation is O(pending entries of one endpoint).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from epp.framework.types import ResponseInfo
+
+__all__ = ["NO_LOAD", "EndpointLoad", "LedgerEntry", "PrefillLedger"]
+
+
+@dataclass(slots=True, eq=False)
+class LedgerEntry:
+    """One in-flight request on one endpoint."""
+
+    endpoint: str
+    prefill_tokens: int
+    epoch: int
+    response: ResponseInfo | None = None
+    decoding: bool = False
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointLoad:
+    """What the ledger knows about one endpoint right now.
+
+    `pending_prefill_tokens` / `pending_requests`: requests without a first token yet (queued or
+    prefilling); `decoding_requests`: requests past their first token.
+    """
+
+    pending_prefill_tokens: int = 0
+    pending_requests: int = 0
+    decoding_requests: int = 0
+
+
+NO_LOAD = EndpointLoad()
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    pending: list[LedgerEntry] = field(default_factory=list)
+    pending_tokens: int = 0
+    decoding: int = 0
+
+
+class PrefillLedger:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, _Endpoint] = {}
+        # bumped when an endpoint leaves the pool, so a late release cannot touch a newer count
+        self._epochs: dict[str, int] = {}
+
+    def add(self, endpoint: str, prefill_tokens: int) -> LedgerEntry:
+        """Enter a request that was just sent to `endpoint`."""
+        with self._lock:
+            entry = LedgerEntry(endpoint, max(0, prefill_tokens), self._epochs.get(endpoint, 0))
+            state = self._endpoints.get(endpoint)
+            if state is None:
+                state = self._endpoints[endpoint] = _Endpoint()
+            state.pending.append(entry)
+            state.pending_tokens += entry.prefill_tokens
+            return entry
+
+    def attach(self, entry: LedgerEntry, response: ResponseInfo) -> None:
+        """Remember the request's response info, whose `first_byte_at` ends its prefill."""
+        entry.response = response
+
+    def release(self, entry: LedgerEntry) -> None:
+        """The request completed (or failed): forget it. A second call does nothing."""
+        with self._lock:
+            if entry.released:
+                return
+            entry.released = True
+            state = self._endpoints.get(entry.endpoint)
+            if state is None or self._epochs.get(entry.endpoint, 0) != entry.epoch:
+                return
+            if entry.decoding:
+                state.decoding -= 1
+            else:
+                try:
+                    state.pending.remove(entry)
+                except ValueError:
+                    return
+                state.pending_tokens -= entry.prefill_tokens
+            if not state.pending and state.decoding <= 0:
+                del self._endpoints[entry.endpoint]
+
+    def load(self, endpoint: str) -> EndpointLoad:
+        """The endpoint's current load (requests whose first byte arrived move to decoding first)."""
+        with self._lock:
+            state = self._endpoints.get(endpoint)
+            if state is None:
+                return NO_LOAD
+            self._promote(state)
+            return EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+
+    def retain(self, keys: Collection[str]) -> list[str]:
+        """Forget every endpoint not in `keys`; returns the forgotten ones."""
+        with self._lock:
+            gone = [k for k in self._endpoints if k not in keys]
+            for k in gone:
+                del self._endpoints[k]
+                self._epochs[k] = self._epochs.get(k, 0) + 1
+            return gone
+
+    def endpoints(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._endpoints)
+
+    @staticmethod
+    def _promote(state: _Endpoint) -> None:
+        pending = state.pending
+        if not any(e.response is not None and e.response.first_byte_at > 0.0 for e in pending):
+            return
+        keep: list[LedgerEntry] = []
+        for e in pending:
+            if e.response is not None and e.response.first_byte_at > 0.0:
+                e.decoding = True
+                state.decoding += 1
+                state.pending_tokens -= e.prefill_tokens
+            else:
+                keep.append(e)
+        state.pending = keep

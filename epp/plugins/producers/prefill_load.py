@@ -1,0 +1,140 @@
+"""`prefill-load-producer`: per endpoint, the prefill work the EPP sent there that has not started decoding.
+
+Publishes `PrefillLoad` per endpoint (data key `PrefillLoad`) for `prefill-cost-scorer` and
+`hot-prefix-spill-filter`. Its ledger (`epp.plugins.producers.prefill_ledger`) enters each scheduled
+request on its primary target with the prompt tokens that endpoint had to prefill (input tokens minus the
+blocks the prefix producer matched there) and moves it from *pending* to *decoding* when the first response
+byte passes the EPP (a streamed response's first token), then forgets it when the response completes. It
+also keeps a running mean of the uncached tokens per request, which consumers use to convert a scraped
+waiting-queue length into tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from epp.framework.cycle import CycleState, StateKey
+from epp.framework.handle import Handle
+from epp.framework.plugins import PluginKind
+from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
+from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo
+from epp.plugins.producers.prefill_ledger import EndpointLoad, LedgerEntry, PrefillLedger
+from epp.registry import EmptyParams, PluginType
+
+__all__ = [
+    "PREFILL_LOAD",
+    "PREFILL_LOAD_KEY",
+    "PREFILL_LOAD_PRODUCER",
+    "PrefillLoadProducer",
+    "PrefillLoadSnapshot",
+    "uncached_tokens",
+]
+
+TYPE_NAME = "prefill-load-producer"
+#: Data-key name of the per-endpoint prefill load.
+PREFILL_LOAD = "PrefillLoad"
+
+#: Weight of a new sample in the running mean of uncached tokens per request.
+_MEAN_ALPHA = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillLoadSnapshot:
+    """The ledger's view of the candidates for one request, and the mean uncached tokens per request."""
+
+    loads: Mapping[str, EndpointLoad]
+    mean_uncached_tokens: float
+
+    def load(self, key: str) -> EndpointLoad:
+        return self.loads.get(key) or _NO_LOAD
+
+
+_NO_LOAD = EndpointLoad()
+
+#: Written by the producer in `prepare_data`.
+PREFILL_LOAD_KEY: StateKey[PrefillLoadSnapshot] = StateKey(PREFILL_LOAD)
+
+
+def uncached_tokens(input_tokens: int, info: PrefixCacheMatchInfo | None, endpoint_key: str) -> int:
+    """Prompt tokens the endpoint would have to prefill: the input minus its matched blocks."""
+    if info is None:
+        return input_tokens
+    matched = info.match_blocks(endpoint_key) * info.block_size(endpoint_key)
+    return input_tokens - matched if matched < input_tokens else 0
+
+
+class PrefillLoadProducer:
+    """DataProducer + PreRequest + ResponseReceived + ResponseComplete + EndpointObserver."""
+
+    def __init__(self, typed_name: TypedName) -> None:
+        self.typed_name = typed_name
+        self.ledger = PrefillLedger()
+        self._lock = threading.Lock()
+        self._mean_uncached = 0.0
+        self._entry_key: StateKey[LedgerEntry] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+
+    @property
+    def mean_uncached_tokens(self) -> float:
+        return self._mean_uncached
+
+    def snapshot(self, endpoints: Sequence[Endpoint]) -> PrefillLoadSnapshot:
+        load = self.ledger.load
+        return PrefillLoadSnapshot({e.key: load(e.key) for e in endpoints}, self._mean_uncached)
+
+    def prepare_data(
+        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None:
+        cycle.write(PREFILL_LOAD_KEY, self.snapshot(endpoints))
+
+    def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
+        targets = result.targets
+        if not targets or cycle.read(self._entry_key) is not None:
+            return
+        target = targets[0]
+        info = cycle.read(PREFIX_CACHE_MATCH_INFO_KEY)
+        uncached = uncached_tokens(request.estimated_input_tokens, info, target.key)
+        with self._lock:
+            self._mean_uncached += _MEAN_ALPHA * (uncached - self._mean_uncached)
+        cycle.write(self._entry_key, self.ledger.add(target.key, uncached))
+
+    def response_received(
+        self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
+    ) -> None:
+        entry = cycle.read(self._entry_key)
+        if entry is not None:
+            self.ledger.attach(entry, response)
+
+    def response_complete(
+        self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
+    ) -> None:
+        entry = cycle.read(self._entry_key)
+        if entry is not None:
+            self.ledger.release(entry)
+
+    def endpoints_changed(self, keys: frozenset[str]) -> None:
+        self.ledger.retain(keys)
+
+
+def _factory(name: str, params: EmptyParams, handle: Handle) -> PrefillLoadProducer:
+    return PrefillLoadProducer(TypedName(TYPE_NAME, name))
+
+
+PREFILL_LOAD_PRODUCER = PluginType(
+    type_name=TYPE_NAME,
+    params_model=EmptyParams,
+    factory=_factory,
+    kinds=frozenset(
+        {
+            PluginKind.DATA_PRODUCER,
+            PluginKind.PRE_REQUEST,
+            PluginKind.RESPONSE_RECEIVED,
+            PluginKind.RESPONSE_COMPLETE,
+        }
+    ),
+    description="Per endpoint, the uncached prompt tokens the EPP sent there still waiting for their first "
+    "token, and the requests decoding (PrefillLoad).",
+    produces=frozenset({PREFILL_LOAD}),
+    stateful=True,
+)

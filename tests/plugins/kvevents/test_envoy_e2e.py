@@ -1,0 +1,132 @@
+"""The precise producer inside the real daemon, behind real Envoy, fed by real simulators' KV events.
+
+Two simulators publish KV events; the EPP (`epp.app.App`, static endpoints) runs a profile with
+`precise-prefix-cache-producer` discovering the publishers through `GET /kv_event_sources`. The background
+task must start with the pipeline, follow each engine's cache (a prompt's blocks appear on the server that
+served it, and disappear when that server clears its cache), and route repeats of a prompt to its holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from epp.app import App
+from epp.framework.cycle import CycleState
+from epp.framework.types import ApiKind, InferenceRequest
+from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
+from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
+from epp.proxy import EnvoyConfig, EnvoyProcess
+from epp.settings import parse_settings
+from epp.sim.config import SimConfig
+from epp.sim.server import SimServer
+
+pytestmark = pytest.mark.envoy
+
+CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: precise-prefix-cache-producer
+  parameters:
+    discoverKvEventSources: true
+    resyncSeconds: 0.1
+- type: prefix-cache-scorer
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: queue-scorer
+"""
+PROMPT = "You are a careful assistant. Answer in one short sentence, citing the manual. " * 4
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    sims = [
+        SimServer(
+            SimConfig(
+                model="sim", name=f"s{i}", time_scale=0.01, seed=i, kv_events_endpoint="tcp://127.0.0.1:0"
+            )
+        )
+        for i in range(2)
+    ]
+    for sim in sims:
+        await sim.start()
+    (tmp_path / "epp.yaml").write_text(CONFIG)
+    settings = parse_settings(
+        [
+            f"--static-endpoints={','.join(s.address for s in sims)}",
+            f"--config-file={tmp_path / 'epp.yaml'}",
+            "--secure-serving=false",
+            "--bind-address=127.0.0.1",
+            "--grpc-port=0",
+            "--grpc-health-port=0",
+            "--metrics-port=0",
+        ],
+        environ={},
+    )
+    app = App(settings)
+    await app.start()
+    envoy = EnvoyProcess(EnvoyConfig(ext_proc_port=app.grpc_port, ext_proc_tls=False), tmp_path)
+    await envoy.start()
+    try:
+        yield app, envoy, {s.name: s for s in sims}
+    finally:
+        await envoy.stop()
+        await app.stop()
+        for sim in sims:
+            await sim.stop()
+
+
+async def send(http: aiohttp.ClientSession, url: str, prompt: str) -> str:
+    body = {"model": "sim", "prompt": prompt, "max_tokens": 2, "stream": True}
+    async with http.post(f"{url}/v1/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        return resp.headers["x-sim-server"]
+
+
+async def until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def matched(producer: PrecisePrefixCacheProducer, app: App, sim: SimServer) -> int:
+    endpoint = app.datastore.get(sim.address)
+    assert endpoint is not None
+    req = InferenceRequest("probe", "sim", "sim", ApiKind.COMPLETIONS, PROMPT.encode(), prompt=PROMPT)
+    cycle = CycleState()
+    producer.prepare_data(cycle, req, [endpoint])
+    return cycle.read(PREFIX_CACHE_MATCH_INFO_KEY).match_blocks(endpoint.key)
+
+
+async def test_routing_follows_the_engines_kv_events(stack) -> None:
+    app, envoy, sims = stack
+    producer = next(
+        p for p in app.holder.current.plugins.values() if isinstance(p, PrecisePrefixCacheProducer)
+    )
+    async with aiohttp.ClientSession() as http:
+        # warm up until both publishers are discovered and have delivered a batch
+        i = 0
+        while not all(producer.live(s.address) for s in sims.values()):
+            i += 1
+            assert i < 400, f"event feeds never went live: {producer.subscriber.connected}"
+            await send(http, envoy.url, f"warm-up request {i} " * 8)
+            await asyncio.sleep(0.02)
+        holder = sims[await send(http, envoy.url, PROMPT)]
+        await until(lambda: matched(producer, app, holder) > 0, what="BlockStored of the prompt")
+        for n in range(6):
+            assert await send(http, envoy.url, PROMPT + f" Question {n}?") == holder.config.name
+        other = next(s for s in sims.values() if s is not holder)
+        assert matched(producer, app, other) == 0
+        holder.reset_cache()
+        await until(lambda: matched(producer, app, holder) == 0, what="AllBlocksCleared")

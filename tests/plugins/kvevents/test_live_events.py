@@ -1,0 +1,193 @@
+"""The precise producer against real simulators publishing over real ZMQ: subscription by address,
+template and discovery, eviction visible through events, two EPP replicas agreeing, bad messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import msgpack
+import pytest
+import zmq
+
+from epp.framework.cycle import CycleState
+from epp.framework.types import ApiKind, Endpoint, EndpointMetrics, InferenceRequest
+from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
+from epp.plugins.kvevents.params import PrecisePrefixParams
+from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
+from epp.plugins.kvevents.tokens import char4_tokens
+from epp.sim.config import SimConfig
+from epp.sim.server import SimServer
+
+from .._kit import tn
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+TEXT = "a shared system prompt that is long enough to fill several blocks of sixteen tokens. " * 3
+
+
+@pytest.fixture
+async def sims():
+    started: list[SimServer] = []
+
+    async def start(**kw) -> SimServer:
+        kw.setdefault("time_scale", 0.02)
+        kw.setdefault("kv_events_endpoint", "tcp://127.0.0.1:0")
+        server = SimServer(SimConfig(**kw))
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def running(producer: PrecisePrefixCacheProducer):
+    task = asyncio.create_task(producer.run())
+    try:
+        yield producer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def endpoint_of(sim: SimServer) -> Endpoint:
+    metrics = EndpointMetrics(cache_block_size=16, cache_num_blocks=sim.config.kv_blocks, update_time=1.0)
+    return Endpoint(sim.address, "127.0.0.1", sim.port, metrics=metrics)
+
+
+def matched(producer: PrecisePrefixCacheProducer, endpoint: Endpoint, text: str = TEXT) -> int:
+    req = InferenceRequest("q", MODEL, MODEL, ApiKind.COMPLETIONS, text.encode(), prompt=text)
+    cycle = CycleState()
+    producer.prepare_data(cycle, req, [endpoint])
+    return cycle.read(PREFIX_CACHE_MATCH_INFO_KEY).match_blocks(endpoint.key)
+
+
+async def complete(http, sim: SimServer, prompt: str) -> None:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 2}
+    async with http.post(sim.url + "/v1/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+
+
+async def warm_up(http, sim: SimServer, producer: PrecisePrefixCacheProducer, key: str) -> None:
+    """PUB drops messages until the subscription has propagated: send traffic until a batch arrives."""
+    for i in range(100):
+        await complete(http, sim, f"warm-up {i} " * 10)
+        if producer.index.batches(key) > 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no KV event batch ever arrived")
+
+
+async def test_events_make_matches_precise_and_follow_evictions(sims, http) -> None:
+    sim = await sims()
+    ep = endpoint_of(sim)
+    params = PrecisePrefixParams(kvEventsAddresses={sim.address: sim.publisher.endpoint}, resyncSeconds=0.05)
+    producer = PrecisePrefixCacheProducer(tn("precise-prefix-cache-producer"), params)
+    producer.endpoints_changed(frozenset({ep.key}))  # a static endpoint: known before any request
+    async with running(producer):
+        await warm_up(http, sim, producer, ep.key)
+        assert producer.live(ep.key)
+        assert matched(producer, ep) == 0
+        await complete(http, sim, TEXT)
+        total = len(char4_tokens(TEXT)) // 16
+        await until(lambda: matched(producer, ep) == total, what="the BlockStored of the prompt")
+        assert producer.subscriber.connected == {ep.key: sim.publisher.endpoint}
+        async with http.post(sim.url + "/admin/reset-cache") as resp:
+            assert resp.status == 200
+        await until(lambda: matched(producer, ep) == 0, what="AllBlocksCleared")
+        assert producer.subscriber.malformed[ep.key] == 0
+
+
+async def test_discovery_and_two_replicas_agree_without_talking(sims, http) -> None:
+    sim = await sims()
+    ep = endpoint_of(sim)
+    port = int(sim.publisher.endpoint.rsplit(":", 1)[1])
+    by_template = PrecisePrefixCacheProducer(
+        tn("precise-prefix-cache-producer", "one"),
+        PrecisePrefixParams(
+            kvEventsAddress="tcp://{ip}:{eventPort}", kvEventsPortOffset=port - sim.port, resyncSeconds=0.05
+        ),
+    )
+    by_discovery = PrecisePrefixCacheProducer(
+        tn("precise-prefix-cache-producer", "two"),
+        PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=0.05),
+    )
+    for p in (by_template, by_discovery):
+        p.prepare_data(CycleState(), InferenceRequest("x", MODEL, MODEL), [ep])  # learn the endpoint
+    async with running(by_template), running(by_discovery):
+        await until(lambda: ep.key in by_discovery.desired_sources(), what="discovery")
+        assert by_discovery.desired_sources()[ep.key] == sim.publisher.endpoint
+        await warm_up(http, sim, by_template, ep.key)
+        await warm_up(http, sim, by_discovery, ep.key)
+        await complete(http, sim, TEXT)
+        total = len(char4_tokens(TEXT)) // 16
+        await until(lambda: matched(by_template, ep) == total == matched(by_discovery, ep), what="agreement")
+
+
+async def test_malformed_messages_are_counted_and_skipped(sims) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    ep = Endpoint("e", "127.0.0.1", 1, metrics=EndpointMetrics(cache_block_size=4, update_time=1.0))
+    producer = PrecisePrefixCacheProducer(
+        tn("precise-prefix-cache-producer"),
+        PrecisePrefixParams(
+            kvEventsAddresses={"e": f"tcp://127.0.0.1:{port}"}, resyncSeconds=0.05, tokenizer="request"
+        ),
+    )
+    producer.prepare_data(CycleState(), InferenceRequest("x", "m", "m"), [ep])
+    good = msgpack.packb([1.0, [["BlockStored", [1], None, [5, 6, 7, 8], 4, None, "GPU", None]], 0])
+    try:
+        async with running(producer):
+            await until(lambda: "e" in producer.subscriber.connected, what="connect")
+            for seq in range(200):  # until the subscription has propagated
+                pub.send_multipart([b"t", seq.to_bytes(8, "big"), b"\xc1junk"])
+                if producer.subscriber.malformed["e"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert producer.subscriber.malformed["e"] >= 1
+            pub.send_multipart([b"t", (1000).to_bytes(8, "big"), good])
+            pub.send_multipart([b"t", (1005).to_bytes(8, "big"), good])
+            await until(lambda: producer.index.batches("e") == 2, what="the good batches")
+            assert producer.subscriber.gaps["e"] == 4  # 1001..1004 were lost
+            req = InferenceRequest("q", "m", "m", token_ids=(5, 6, 7, 8, 9), prefix_material=b"x")
+            cycle = CycleState()
+            producer.prepare_data(cycle, req, [ep])
+            assert cycle.read(PREFIX_CACHE_MATCH_INFO_KEY).match_blocks("e") == 1
+    finally:
+        pub.close()
+        ctx.term()
+
+
+async def test_an_unreachable_address_is_retried_not_fatal() -> None:
+    ep = Endpoint("e", "127.0.0.1", 1)
+    producer = PrecisePrefixCacheProducer(
+        tn("precise-prefix-cache-producer"),
+        PrecisePrefixParams(kvEventsAddresses={"e": "not-a-zmq-address"}, resyncSeconds=0.02),
+    )
+    producer.prepare_data(CycleState(), InferenceRequest("x", "m", "m"), [ep])
+    async with running(producer):
+        await asyncio.sleep(0.1)
+        assert "e" not in producer.subscriber.connected
+        assert not producer.live("e")
