@@ -1,36 +1,42 @@
-"""Scheduling-quality probe: `python -m epp.bench.quality_probe` (a seeded, in-process, virtual-time run).
+"""Scheduling-quality probe: `python -m epp.bench.quality_probe` (seeded, in-process, virtual time).
 
-A discrete-event simulation: `--replicas` copies of the simulator's engine (`epp.sim.engine.Engine`, the
-same vLLM V1 model `epp sim` runs: FCFS queue, chunked prefill, paged KV cache with prefix caching and
-eviction, calibrated step times), a seeded workload (`epp.bench.probe_workloads`) and one router
-(`epp.bench.probe_routers`): an EPP profile built by the real config loader, or a model of a rival policy.
-Time is virtual, so a run is deterministic for a seed, never disturbed by the host's load, and a minute
-of traffic on 8 replicas takes seconds. Metrics are "scraped" every `--scrape-interval` virtual seconds
-(the EPP default is 50 ms; a harness running the simulators at `--time-scale s` sees 50 ms / s), and
-the EPP sees the first response byte of a streamed request at its first token.
+A discrete-event simulation of one `epp bench quality` run: `servers` copies of the simulator's engine
+(`epp.sim.engine.Engine`, the vLLM V1 model `epp sim` runs: FCFS queue, chunked prefill, paged KV cache
+with prefix caching and eviction, calibrated step times, KV events), the benchmark's own seeded workloads
+(`epp.bench.probe_workloads`) and one router (`epp.bench.probe_routers`): an EPP profile built by the real
+config loader and driven through its real plugins and hooks, or a model of a rival policy.
 
-What it does not model: network and proxy latency, the EPP's own CPU time, HTTP errors. It is a tuning
-tool; `epp bench quality` (real processes, Envoy, the rival binaries) is the benchmark of record.
+Time is virtual, so a run is deterministic for a seed, undisturbed by the host's load, and a run of the
+full benchmark size takes seconds. It keeps the benchmark's units: rates and latencies are wall-clock
+numbers at the benchmark's `--time-scale` (the engines run unscaled; arrivals are divided and latencies
+multiplied by the scale). Metrics are "scraped" every 50 ms of engine time (the benchmark's 50 ms x scale
+of wall time); the EPP sees a streamed request's first byte at its first token and its end at the last.
 
-    python -m epp.bench.quality_probe --workload zipf --rate 40 --router cache-aware \\
+Not modelled: network, proxy and EPP CPU time, HTTP errors, and the rivals' actual code (`CacheAware`
+follows their documented algorithm). It is a tuning tool; `epp bench quality` is the benchmark of record.
+
+    python -m epp.bench.quality_probe --workload zipf --rate 24 --rate 30 --router cache-aware \
         --router epp:profiles/default.yaml --router epp:profiles/recommended.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import heapq
 import json
 import math
+import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from epp.bench.probe_routers import CacheAware, EppRouter, LeastRequest, RoundRobin, Router
-from epp.bench.probe_workloads import WORKLOADS, ProbeRequest, Workload, make_workload
+from epp.bench.probe_workloads import SIZINGS, WORKLOADS, ProbeRequest, ProbeWorkload, probe_workload
+from epp.bench.saturation import search_saturation
 from epp.framework.types import Endpoint, EndpointMetrics
 from epp.sim.config import SimConfig
 from epp.sim.engine import Engine, StepResult
@@ -60,6 +66,10 @@ class ProbeResult:
     max_mean_requests: float
     max_mean_busy: float
     ttft_p90_by_kind: dict[str, float] = field(default_factory=dict)
+    #: EPP routers: how each pick related to the prefix match (best / partial / spill / cold)
+    decisions: dict[str, int] = field(default_factory=dict)
+    #: with a precise-prefix-cache-producer: endpoints whose event feed was live at the end
+    precise_live: int = -1
     wall_s: float = 0.0
 
 
@@ -71,6 +81,7 @@ class _Record:
     first: float = math.nan
     done: float = math.nan
     outputs: int = 0
+    text: str = ""
     engine_req: Any = None
 
 
@@ -84,7 +95,7 @@ def _pct(values: Sequence[float], q: float) -> float:
 class _Sim:
     def __init__(
         self,
-        workload: Workload,
+        workload: ProbeWorkload,
         make_router: Callable[[int, Callable[[], float]], Router],
         *,
         replicas: int,
@@ -206,17 +217,16 @@ class _Sim:
             if rec is None:
                 continue
             rec.outputs += 1
+            rec.text += out.text
             if out.index == 0:
                 rec.first = self.now
                 self.router.first_token(out.request_id, self.now)
             if out.finish_reason is not None:
                 rec.done = self.now
                 self.router.finished(out.request_id, self.now)
-                follow = self.workload.next_turn
-                if follow is not None:
-                    nxt = follow(rec.req, self.now)
-                    if nxt is not None:
-                        self.push(nxt.arrival, _ARRIVAL, nxt)
+                nxt = self.workload.next_turn(rec.req, self.now, rec.text)
+                if nxt is not None:
+                    self.push(nxt.arrival, _ARRIVAL, nxt)
         self._start_step(i)
 
 
@@ -244,37 +254,44 @@ def run_probe(
     rate: float,
     router: str,
     *,
-    duration: float = 60.0,
-    seed: int = 1,
-    replicas: int = 8,
-    kv_blocks: int = 2048,
+    seed: int = 0,
+    sizing: str = "full",
+    duration: float | None = None,
+    servers: int | None = None,
+    kv_blocks: int | None = None,
     scrape_interval: float = 0.05,
     events_delay: float = 0.002,
-    drain: float = 60.0,
+    shape: Mapping[str, Any] | None = None,
 ) -> ProbeResult:
+    """One run: `rate` requests per wall-clock second of the benchmark, for its duration (or `duration`).
+
+    `shape` overrides parameters of the workload's shape (e.g. `{"output_len": 100}`).
+    """
     started = time.perf_counter()
-    wl = make_workload(workload, rate, duration, seed)
-    config = SimConfig(kv_blocks=kv_blocks, kv_events_endpoint="inproc://probe", seed=seed)
+    size = SIZINGS[sizing]
+    full_shape = {**size.shapes[workload], **(shape or {})}
+    wl = probe_workload(workload, rate, seed=seed, sizing=size, duration_s=duration, shape=full_shape)
+    scale = size.time_scale
+    config = SimConfig(kv_blocks=kv_blocks or size.kv_blocks, kv_events_endpoint="inproc://probe", seed=seed)
+    run_s = duration if duration is not None else size.duration_s
     sim = _Sim(
         wl,
         make_router(router, seed),
-        replicas=replicas,
+        replicas=servers or size.servers,
         config=config,
         scrape_interval=scrape_interval,
         events_delay=events_delay,
-        drain=drain,
+        drain=(3 * run_s + 20.0) / scale,  # the benchmark's per-run limit
     )
     sim.run()
     recs = list(sim.records.values())
     done = [r for r in recs if not math.isnan(r.done)]
-    ttft = [r.first - r.req.arrival for r in recs if not math.isnan(r.first)]
-    # a request that never got its first token counts as the whole run: it cannot look good
-    ttft += [sim.now - r.req.arrival for r in recs if math.isnan(r.first)]
+    # a request without a first token counts as waiting until the end of the run: it cannot look good
+    ttft = [((r.first if not math.isnan(r.first) else sim.now) - r.req.arrival) * scale for r in recs]
     by_kind: dict[str, list[float]] = {}
-    for r in recs:
-        first = r.first if not math.isnan(r.first) else sim.now
-        by_kind.setdefault(r.req.kind, []).append(first - r.req.arrival)
-    span = max((r.done for r in done), default=0.0) or 1.0
+    for r, t in zip(recs, ttft, strict=True):
+        by_kind.setdefault(r.req.kind, []).append(t)
+    span = (max((r.done for r in done), default=0.0) or 1.0) * scale
     hits = sum(e.stats.prefix_cache_hits for e in sim.engines)
     queries = sum(e.stats.prefix_cache_queries for e in sim.engines) or 1
     busy = [e.stats.busy_time for e in sim.engines]
@@ -288,15 +305,24 @@ def run_probe(
         ttft_p50=_pct(ttft, 0.5),
         ttft_p90=_pct(ttft, 0.9),
         ttft_p99=_pct(ttft, 0.99),
-        e2e_p90=_pct([r.done - r.req.arrival for r in done], 0.9),
+        e2e_p90=_pct([(r.done - r.req.arrival) * scale for r in done], 0.9),
         output_tps=sum(r.outputs for r in recs) / span,
         hit_ratio=hits / queries,
         oracle_hit_ratio=sim.oracle_hits / max(1, sim.oracle_queries),
         max_mean_requests=max(counts) / (sum(counts) / len(counts)) if sum(counts) else math.nan,
         max_mean_busy=max(busy) / (sum(busy) / len(busy)) if sum(busy) else math.nan,
         ttft_p90_by_kind={k: _pct(v, 0.9) for k, v in sorted(by_kind.items())},
+        decisions=dict(getattr(sim.router, "decisions", {})),
+        precise_live=_precise_live(sim.router, [e.key for e in sim.endpoints]),
         wall_s=time.perf_counter() - started,
     )
+
+
+def _precise_live(router: Router, keys: Sequence[str]) -> int:
+    producers = getattr(router, "_precise", None)
+    if not producers:
+        return -1
+    return sum(1 for k in keys if producers[0].live(k))
 
 
 def _row(r: ProbeResult) -> str:
@@ -319,36 +345,123 @@ HEADER = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m epp.bench.quality_probe", description=__doc__.split("\n")[0]
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What the benchmark's saturation search needs from a run."""
+
+    ttft_p90_ms: float | None
+    failed: int
+    requests: int
+
+
+def sweep(
+    workload: str,
+    routers: Sequence[str],
+    *,
+    rivals: Sequence[str] = ("cache-aware",),
+    seeds: Sequence[int] = (0,),
+    sizing: str = "full",
+    say: Callable[[str], None] | None = None,
+) -> tuple[float, list[ProbeResult]]:
+    """The benchmark's procedure: find where the best rival saturates (its search, seed 0, search duration),
+    then run every router at the sizing's multipliers of that rate for each seed."""
+    size = SIZINGS[sizing]
+
+    def probe(router: str) -> Callable[[float], Any]:
+        async def run(rate: float) -> _Outcome:
+            r = run_probe(workload, rate, router, seed=0, sizing=sizing, duration=size.search_duration_s)
+            return _Outcome(r.ttft_p90 * 1000, r.requests - r.finished, r.requests)
+
+        return run
+
+    search = asyncio.run(
+        search_saturation(
+            workload,
+            [(name, probe(name)) for name in rivals],
+            start=size.start_rates[workload],
+            max_probes=size.max_probes,
+            say=say,
+        )
     )
+    results = [
+        run_probe(workload, round(search.rate * m, 2), router, seed=seed, sizing=sizing)
+        for m in size.multipliers
+        for router in routers
+        for seed in seeds
+    ]
+    return search.rate, results
+
+
+def sweep_table(saturation: float, results: Sequence[ProbeResult], rival: str) -> str:
+    """Mean p90 TTFT over seeds per (rate, router), and its ratio to the rival's at the same rate."""
+    groups: dict[tuple[float, str], list[ProbeResult]] = {}
+    for r in results:
+        groups.setdefault((r.rate, r.router), []).append(r)
+    lines = [
+        f"saturation of the best rival: {saturation:g}/s",
+        "| rate | router | TTFT p50 ms | p90 ms (per seed) | p90 / rival | hit / oracle | unfinished |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (rate, router), rs in sorted(groups.items()):
+        p90 = statistics.mean(r.ttft_p90 for r in rs) * 1000
+        hit = statistics.mean(r.hit_ratio for r in rs)
+        oracle = statistics.mean(r.oracle_hit_ratio for r in rs)
+        base = groups.get((rate, rival))
+        ratio = p90 / (statistics.mean(r.ttft_p90 for r in base) * 1000) if base else math.nan
+        lines.append(
+            f"| {rate:g} | {router} | {statistics.mean(r.ttft_p50 for r in rs) * 1000:.0f} | {p90:.0f} "
+            f"({' '.join(f'{r.ttft_p90 * 1000:.0f}' for r in rs)}) | {ratio:.2f} | "
+            f"{hit:.3f} / {oracle:.3f} | {sum(r.requests - r.finished for r in rs)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(prog="python -m epp.bench.quality_probe", description=doc.split("\n")[0])
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
-    parser.add_argument("--rate", action="append", type=float, required=True, help="requests/s; repeatable")
+    parser.add_argument(
+        "--rate", action="append", type=float, help="requests/s; repeatable (not with --sweep)"
+    )
     parser.add_argument("--router", action="append", required=True, help="repeatable (see make_router)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (virtual)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--kv-blocks", type=int, default=2048)
-    parser.add_argument("--scrape-interval", type=float, default=0.05)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the benchmark's procedure: saturation of the cache-aware rival model, then its multipliers",
+    )
+    parser.add_argument("--sizing", choices=sorted(SIZINGS), default="full", help="the benchmark's sizes")
+    parser.add_argument("--duration", type=float, default=None, help="wall seconds of arrivals")
+    parser.add_argument("--seed", action="append", type=int, help="repeatable; default 0")
+    parser.add_argument("--servers", type=int, default=None)
+    parser.add_argument("--kv-blocks", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="one JSON object per run instead of a table")
     args = parser.parse_args(argv)
+    if args.sweep:
+        for workload in args.workload or WORKLOADS:
+            routers = ["cache-aware", *[r for r in args.router if r != "cache-aware"]]
+            rate, results = sweep(workload, routers, seeds=args.seed or [0], sizing=args.sizing)
+            print(f"\n### {workload}\n")
+            print(sweep_table(rate, results, "cache-aware"), flush=True)
+        return 0
+    if not args.rate:
+        parser.error("--rate is required without --sweep")
     if not args.json:
         print(HEADER)
     for workload in args.workload or WORKLOADS:
         for rate in args.rate:
-            for router in args.router:
-                result = run_probe(
-                    workload,
-                    rate,
-                    router,
-                    duration=args.duration,
-                    seed=args.seed,
-                    replicas=args.replicas,
-                    kv_blocks=args.kv_blocks,
-                    scrape_interval=args.scrape_interval,
-                )
-                print(json.dumps(asdict(result)) if args.json else _row(result), flush=True)
+            for seed in args.seed or [0]:
+                for router in args.router:
+                    result = run_probe(
+                        workload,
+                        rate,
+                        router,
+                        seed=seed,
+                        sizing=args.sizing,
+                        duration=args.duration,
+                        servers=args.servers,
+                        kv_blocks=args.kv_blocks,
+                    )
+                    print(json.dumps(asdict(result)) if args.json else _row(result), flush=True)
     return 0
 
 
