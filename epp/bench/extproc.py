@@ -97,7 +97,7 @@ def make_exchanges(count: int, prompt_chars: int, groups: int, seed: int) -> lis
         rh = pb.ProcessingRequest()
         for k, v in ((":status", "200"), ("content-type", "application/json"), ("content-length", "180")):
             rh.response_headers.headers.headers.add(key=k, raw_value=v.encode())
-        rh.attributes["envoy.filters.http.ext_proc"].update({"upstream.address": "10.0.0.1:8000"})
+        # the upstream.address attribute (the endpoint that served) is added per stream: see served_headers
         rb = pb.ProcessingRequest()
         rb.response_body.body = json.dumps(
             {
@@ -119,6 +119,28 @@ def make_exchanges(count: int, prompt_chars: int, groups: int, seed: int) -> lis
 
 
 # ---- the load client ----------------------------------------------------------------------------------
+
+#: (routing reply, response headers) -> the response headers naming the routed endpoint as the one that served
+_SERVED: dict[tuple[bytes, bytes], bytes] = {}
+
+
+def served_headers(routing_reply: bytes, response_headers: bytes) -> bytes:
+    """The response-headers message with Envoy's `upstream.address` attribute set to the endpoint the routing
+    reply chose (what Envoy reports when that endpoint served, as it does without retries). Cached per
+    distinct reply, so the client stays cheap."""
+    key = (routing_reply, response_headers)
+    out = _SERVED.get(key)
+    if out is None:
+        from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+        reply = pb.ProcessingResponse.FromString(routing_reply)
+        lb = reply.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+        msg = pb.ProcessingRequest.FromString(response_headers)
+        msg.attributes["envoy.filters.http.ext_proc"].update(
+            {"upstream.address": lb["x-gateway-destination-endpoint"].string_value.split(",")[0]}
+        )
+        out = _SERVED[key] = msg.SerializeToString()
+    return out
 
 
 @dataclass
@@ -174,7 +196,7 @@ async def _one_stream(call_factory: Callable[[], Any], ex: Exchange) -> float:
     body = await call.read()
     if head is _EOF or body is _EOF:
         raise RuntimeError("stream ended before the routing replies")
-    await call.write(ex.response[0])
+    await call.write(served_headers(head, ex.response[0]))
     await call.read()
     await call.write(ex.response[1])
     await call.write(ex.response[2])

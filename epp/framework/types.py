@@ -8,10 +8,11 @@ Score maps and results are keyed by `Endpoint.key` (a string), never by the endp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple, overload
 
 __all__ = [
     "ApiKind",
@@ -22,6 +23,7 @@ __all__ = [
     "ResponseInfo",
     "SchedulingResult",
     "ScoredEndpoint",
+    "ScoredEndpoints",
     "TypedName",
     "format_address",
 ]
@@ -138,12 +140,54 @@ class InferenceRequest:
         return max(1, len(self.prefix_material) // 4)
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredEndpoint:
-    """An endpoint with its weighted total score from one profile run."""
+class ScoredEndpoint(NamedTuple):
+    """An endpoint with its weighted total score from one profile run.
+
+    A NamedTuple (immutable, `.endpoint` / `.score`): cheap to build, and built in bulk from C.
+    """
 
     endpoint: Endpoint
     score: float
+
+
+_make_scored = partial(tuple.__new__, ScoredEndpoint)
+
+
+class ScoredEndpoints(Sequence[ScoredEndpoint]):
+    """What the engine hands a picker: a read-only sequence of `ScoredEndpoint`, stored as two parallel
+    sequences (`endpoints`, `scores`) and built item by item only when read.
+
+    Pickers may use it as any sequence; a picker that only needs the numbers can read `scores` (and
+    `endpoints`) directly and skip building one object per endpoint per request.
+    """
+
+    __slots__ = ("endpoints", "scores")
+
+    def __init__(self, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> None:
+        if len(endpoints) != len(scores):
+            raise ValueError("endpoints and scores differ in length")
+        self.endpoints = endpoints
+        self.scores = scores
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    @overload
+    def __getitem__(self, index: int) -> ScoredEndpoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ScoredEndpoint]: ...
+
+    def __getitem__(self, index: int | slice) -> ScoredEndpoint | list[ScoredEndpoint]:
+        if isinstance(index, slice):
+            return list(map(_make_scored, zip(self.endpoints[index], self.scores[index], strict=True)))
+        return ScoredEndpoint(self.endpoints[index], self.scores[index])
+
+    def __iter__(self) -> Iterator[ScoredEndpoint]:
+        return map(_make_scored, zip(self.endpoints, self.scores, strict=True))
+
+    def __repr__(self) -> str:
+        return f"ScoredEndpoints({list(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -107,15 +108,43 @@ class Director:
         self.rng = rng or random.Random()
         self.clock = clock
         self._rewrites = RewriteIndex()
+        # (datastore version, computed at, oldest fit scrape, fit endpoints): see `_fit_endpoints`
+        self._fit_cache: tuple[int, float, float, tuple[Endpoint, ...]] | None = None
         # an admission that tracks in-flight work (flow control) is told when a scheduled request ends
         finished = getattr(self.admission, "request_finished", None)
         self._admission_finished: Callable[[], None] | None = finished if callable(finished) else None
 
     # ---- candidates ---------------------------------------------------------------------------------
 
+    def _fit_endpoints(self) -> tuple[Endpoint, ...]:
+        """`datastore.candidates(staleness)`, reused while it cannot have changed.
+
+        Filtering every endpoint by health and metrics age costs ~10 µs per request at 64 endpoints. The
+        answer only changes when the datastore changes (its version) or when time makes a fit endpoint
+        stale, so it is kept until one of those: `now - oldest scrape among the fit ones <= staleness` is
+        the datastore's own test for the oldest, hence for all of them.
+        """
+        datastore = self.datastore
+        now = datastore.clock()
+        cached = self._fit_cache
+        if (
+            cached is not None
+            and cached[0] == datastore.version
+            and cached[1] <= now
+            and now - cached[2] <= self.options.metrics_staleness
+        ):
+            return cached[3]
+        staleness = self.options.metrics_staleness
+        found = datastore.candidates(staleness, now)
+        times = [e.metrics.update_time for e in found if e.healthy and e.metrics.age(now) <= staleness]
+        # fail-open (what was returned is unfit) or empty: only a datastore change alters the answer
+        oldest = min(times) if times and len(times) == len(found) else math.inf
+        self._fit_cache = (datastore.version, now, oldest, found)
+        return found
+
     def candidates(self, ctx: RequestContext) -> tuple[Endpoint, ...]:
         """Fit endpoints narrowed by the subset hint; raises 503 when none is left."""
-        found = self.datastore.candidates(self.options.metrics_staleness)
+        found = self._fit_endpoints()
         hint = ctx.subset_hint
         if hint is not None and not self.options.disable_endpoint_subset_filter:
             found = subset_filter(found, hint)

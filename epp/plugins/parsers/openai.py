@@ -89,10 +89,16 @@ def _parse_float(text: str) -> float:
     return value
 
 
+#: One decoder for every request (`json.loads` with hooks would build a new JSONDecoder per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+
+
 def _decode(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        if text.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except UnicodeDecodeError:
         raise bad_request("error unmarshaling request body: body is not valid UTF-8") from None
     except RecursionError:

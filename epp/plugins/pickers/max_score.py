@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from epp.framework.cycle import CycleState
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
-from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, ScoredEndpoint, TypedName
+from epp.framework.types import (
+    Endpoint,
+    InferenceRequest,
+    ProfileRunResult,
+    ScoredEndpoint,
+    ScoredEndpoints,
+    TypedName,
+)
 from epp.plugins.common import derive_rng
 from epp.plugins.pickers.params import PickerParams
 from epp.registry import PluginType
@@ -43,6 +50,8 @@ class MaxScorePicker:
         return ProfileRunResult(tuple(s.endpoint for s in shuffled[: self.count]))
 
     def _best(self, scored: Sequence[ScoredEndpoint]) -> Endpoint:
+        if isinstance(scored, ScoredEndpoints):
+            return self._best_of(scored.endpoints, scored.scores)
         best = scored[0]
         top = best.score
         ties: list[ScoredEndpoint] | None = None
@@ -57,6 +66,17 @@ class MaxScorePicker:
         if ties is not None:
             best = ties[self._rng.randrange(len(ties))]
         return best.endpoint
+
+    def _best_of(self, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> Endpoint:
+        """`_best` on the engine's parallel lists, without building a ScoredEndpoint per endpoint: the
+        same winner and the same random draw (only when several endpoints share the best score)."""
+        top = max(scores)
+        if top != top:  # NaN first: max() and the loop agree only on well-ordered values
+            return self._best([ScoredEndpoint(e, s) for e, s in zip(endpoints, scores, strict=True)])
+        if scores.count(top) == 1:
+            return endpoints[scores.index(top)]
+        ties = [i for i, s in enumerate(scores) if s == top]
+        return endpoints[ties[self._rng.randrange(len(ties))]]
 
 
 def _neg_score(s: ScoredEndpoint) -> float:
