@@ -1,6 +1,6 @@
 """`precise-prefix-cache-producer`: prefix matches from the engines' own KV-cache events.
 
-Per request (`prepare_data`, no I/O): the prompt's token ids (`tokens.request_tokens`) are cut into
+Per request (`prepare_data`, no I/O): the prompt's token ids (see `tokens.py`) are cut into
 chained block keys at each candidate's block size, and matched
 - for endpoints with a *live* event feed, against the precise index (what the engine reported it holds,
   plus unexpired speculative entries), counting the leading blocks held without a gap;
@@ -55,7 +55,7 @@ from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.params import PrecisePrefixParams
 from epp.plugins.kvevents.sources import parse_discovery, resolve_address
 from epp.plugins.kvevents.subscriber import KVEventSubscriber
-from epp.plugins.kvevents.tokens import BASE_SEED, block_keys, lora_seed, request_tokens
+from epp.plugins.kvevents.tokens import BASE_SEED, Char4BlockKeys, block_keys, lora_seed, render_llama3_chat
 from epp.plugins.prefix.hashing import AVERAGE_CHARS_PER_TOKEN, block_hashes, seed_hash
 from epp.plugins.prefix.index import PrefixIndex
 from epp.registry import PluginType
@@ -130,6 +130,7 @@ class PrecisePrefixCacheProducer:
             on_stored=self._confirm,
         )
         self.history = PrefixIndex()
+        self._char4 = Char4BlockKeys()
         self.subscriber = KVEventSubscriber(self.index, topic_filter=self.params.topicFilter)
         self._lock = threading.Lock()
         self._agreement: dict[str, _Agreement] = {}
@@ -200,13 +201,18 @@ class PrecisePrefixCacheProducer:
 
     def _keys(self, request: InferenceRequest, sizes: set[int]) -> tuple[dict[int, tuple[int, ...]], bool]:
         p = self.params
-        tokens = None
         if not request.cache_salt:
-            tokens = request_tokens(request.token_ids, request.prompt, request.messages, p.tokenizer)
-        if tokens is not None:
             lora = request.target_model if request.target_model in self.index.lora_names else None
             seed = lora_seed(lora) if lora else BASE_SEED
-            return {s: block_keys(tokens, s, seed, p.maxPrefixBlocksToMatch) for s in sizes}, True
+            if request.token_ids is not None:
+                tokens = request.token_ids
+                return {s: block_keys(tokens, s, seed, p.maxPrefixBlocksToMatch) for s in sizes}, True
+            if p.tokenizer == "char4":
+                text = request.prompt
+                if text is None and request.messages is not None:
+                    text = render_llama3_chat(request.messages)
+                if text is not None:
+                    return {s: self._char4.keys(text, s, seed, p.maxPrefixBlocksToMatch) for s in sizes}, True
         seed = seed_hash(request.target_model, request.cache_salt)
         material = request.prefix_material
         return {

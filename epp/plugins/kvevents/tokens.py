@@ -24,7 +24,15 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["BASE_SEED", "block_keys", "char4_tokens", "lora_seed", "render_llama3_chat", "request_tokens"]
+__all__ = [
+    "BASE_SEED",
+    "Char4BlockKeys",
+    "block_keys",
+    "char4_tokens",
+    "lora_seed",
+    "render_llama3_chat",
+    "request_tokens",
+]
 
 BASE_SEED = 0
 _RESERVED_IDS = 256
@@ -48,9 +56,11 @@ def block_keys(tokens: Sequence[int], block_size: int, seed: int, max_blocks: in
         n = min(n, max_blocks)
     if n == 0:
         return ()
-    data = array("I", (t & _MASK32 for t in tokens[: n * block_size])).tobytes()
-    if array("I").itemsize != 4:  # pragma: no cover - every supported platform has 32-bit "I"
-        raise RuntimeError("array('I') is not 32 bits wide on this platform")
+    head = tokens[: n * block_size]
+    try:
+        data = array("I", head).tobytes()
+    except (OverflowError, TypeError):  # ids outside uint32: keep their low 32 bits
+        data = array("I", (int(t) & _MASK32 for t in head)).tobytes()
     step = block_size * 4
     out: list[int] = []
     prev = seed
@@ -60,6 +70,10 @@ def block_keys(tokens: Sequence[int], block_size: int, seed: int, max_blocks: in
     return tuple(out)
 
 
+if array("I").itemsize != 4:  # pragma: no cover - every supported platform has a 32-bit "I"
+    raise ImportError("array('I') is not 32 bits wide on this platform")
+
+
 def char4_tokens(text: str) -> list[int]:
     """`epp sim`'s default tokenizer: 4-character pieces, each mapped to a stable id."""
     span = _VOCAB - _RESERVED_IDS
@@ -67,6 +81,51 @@ def char4_tokens(text: str) -> list[int]:
         _RESERVED_IDS + _xxh32(text[i : i + 4].encode("utf-8", "surrogatepass")) % span
         for i in range(0, len(text), 4)
     ]
+
+
+def _char4_packed(chunk: str) -> bytes:
+    span = _VOCAB - _RESERVED_IDS
+    ids = [
+        _RESERVED_IDS + _xxh32(chunk[i : i + 4].encode("utf-8", "surrogatepass")) % span
+        for i in range(0, len(chunk), 4)
+    ]
+    return array("I", ids).tobytes()
+
+
+class Char4BlockKeys:
+    """`block_keys(char4_tokens(text), ...)` without tokenizing the whole text on every request.
+
+    A block of `b` char4 tokens is exactly `4 b` characters of the text, so its packed token ids depend
+    on those characters only and are cached (shared system prompts are tokenized once). The cache is a
+    plain dict emptied when it holds `max_chunks` chunks. Thread-safe enough: a lost insert only costs a
+    recomputation.
+    """
+
+    def __init__(self, max_chunks: int = 65_536) -> None:
+        self._cache: dict[str, bytes] = {}
+        self._max = max_chunks
+
+    def keys(self, text: str, block_size: int, seed: int, max_blocks: int = 0) -> tuple[int, ...]:
+        if block_size <= 0:
+            return ()
+        n = ((len(text) + 3) // 4) // block_size
+        if max_blocks > 0:
+            n = min(n, max_blocks)
+        step = block_size * 4
+        cache = self._cache
+        out: list[int] = []
+        prev = seed
+        for start in range(0, n * step, step):
+            chunk = text[start : start + step]
+            packed = cache.get(chunk)
+            if packed is None:
+                packed = _char4_packed(chunk)
+                if len(cache) >= self._max:
+                    cache.clear()
+                cache[chunk] = packed
+            prev = _xxh64(prev.to_bytes(8, "little") + packed)
+            out.append(prev)
+        return tuple(out)
 
 
 def render_llama3_chat(messages: Sequence[Mapping[str, Any]]) -> str | None:

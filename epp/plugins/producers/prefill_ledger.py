@@ -12,7 +12,7 @@ Thread-safe (one lock); every operation is O(pending entries of one endpoint).
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from epp.framework.types import ResponseInfo
@@ -105,6 +105,18 @@ class PrefillLedger:
                 return NO_LOAD
             self._promote(state)
             return EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+
+    def loads(self, keys: Iterable[str]) -> dict[str, EndpointLoad]:
+        """`load` for several endpoints under one lock; endpoints without requests are left out."""
+        out: dict[str, EndpointLoad] = {}
+        with self._lock:
+            endpoints = self._endpoints
+            for key in keys:
+                state = endpoints.get(key)
+                if state is not None:
+                    self._promote(state)
+                    out[key] = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+        return out
 
     def retain(self, keys: Collection[str]) -> list[str]:
         """Forget every endpoint not in `keys`; returns the forgotten ones."""

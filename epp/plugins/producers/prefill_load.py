@@ -29,6 +29,7 @@ __all__ = [
     "PREFILL_LOAD_PRODUCER",
     "PrefillLoadProducer",
     "PrefillLoadSnapshot",
+    "matched_tokens",
     "uncached_tokens",
 ]
 
@@ -57,6 +58,20 @@ _NO_LOAD = EndpointLoad()
 PREFILL_LOAD_KEY: StateKey[PrefillLoadSnapshot] = StateKey(PREFILL_LOAD)
 
 
+def matched_tokens(info: PrefixCacheMatchInfo | None) -> dict[str, int]:
+    """Prompt tokens each endpoint with a match holds (matched blocks x its block size); absent = 0."""
+    if info is None:
+        return {}
+    out: dict[str, int] = {}
+    overrides = info.block_size_overrides
+    default = info.default_block_size
+    for size, group in info.groups.items():
+        for key, blocks in group.matches.items():
+            if overrides.get(key, default) == size:
+                out[key] = blocks * size
+    return out
+
+
 def uncached_tokens(input_tokens: int, info: PrefixCacheMatchInfo | None, endpoint_key: str) -> int:
     """Prompt tokens the endpoint would have to prefill: the input minus its matched blocks."""
     if info is None:
@@ -80,8 +95,8 @@ class PrefillLoadProducer:
         return self._mean_uncached
 
     def snapshot(self, endpoints: Sequence[Endpoint]) -> PrefillLoadSnapshot:
-        load = self.ledger.load
-        return PrefillLoadSnapshot({e.key: load(e.key) for e in endpoints}, self._mean_uncached)
+        """Loads of the endpoints with requests in flight (absent = none), and the mean uncached tokens."""
+        return PrefillLoadSnapshot(self.ledger.loads(e.key for e in endpoints), self._mean_uncached)
 
     def prepare_data(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]

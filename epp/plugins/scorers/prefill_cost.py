@@ -45,7 +45,7 @@ from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO, PREFIX_CACHE_MATCH_INFO_KEY
 from epp.plugins.producers.prefill_ledger import NO_LOAD
-from epp.plugins.producers.prefill_load import PREFILL_LOAD, PREFILL_LOAD_KEY, uncached_tokens
+from epp.plugins.producers.prefill_load import PREFILL_LOAD, PREFILL_LOAD_KEY, matched_tokens
 from epp.registry import PluginType
 
 __all__ = ["PREFILL_COST_SCORER", "PrefillCostParams", "PrefillCostScorer"]
@@ -107,31 +107,43 @@ class PrefillCostScorer:
     ) -> dict[str, float]:
         """The estimated cost of serving `request` on each endpoint, in prompt-token equivalents."""
         p = self.params
-        info = cycle.read(PREFIX_CACHE_MATCH_INFO_KEY)
+        matched = matched_tokens(cycle.read(PREFIX_CACHE_MATCH_INFO_KEY))
         snapshot = cycle.read(PREFILL_LOAD_KEY)
+        loads = snapshot.loads if snapshot is not None else {}
         mean_uncached = snapshot.mean_uncached_tokens if snapshot is not None else 0.0
         tokens = request.estimated_input_tokens
+        miss_weight, per_queued = p.prefillWeight, p.missPenaltyPerQueued
+        queue_weight, per_decoding = p.queueWeight, p.decodeTokensPerRequest
+        use_metrics = p.useMetrics
+        kv_start, kv_tokens = p.kvPressureStart, p.kvPressureTokens
         out: dict[str, float] = {}
         for e in endpoints:
-            uncached = uncached_tokens(tokens, info, e.key)
-            load = snapshot.load(e.key) if snapshot is not None else NO_LOAD
+            key = e.key
+            held = matched.get(key, 0)
+            uncached = tokens - held if held < tokens else 0
+            load = loads.get(key, NO_LOAD)
             pending = float(load.pending_prefill_tokens)
             queued = float(load.pending_requests)
             decoding = float(load.decoding_requests)
             m = e.metrics
-            if p.useMetrics:
-                pending = max(pending, m.waiting_queue_size * mean_uncached)
-                queued = max(queued, float(m.waiting_queue_size))
-                decoding = max(decoding, float(m.running_requests_size))
+            if use_metrics:
+                waiting = m.waiting_queue_size
+                if waiting * mean_uncached > pending:
+                    pending = waiting * mean_uncached
+                if waiting > queued:
+                    queued = float(waiting)
+                if m.running_requests_size > decoding:
+                    decoding = float(m.running_requests_size)
             cost = (
-                (p.prefillWeight + p.missPenaltyPerQueued * queued) * uncached
-                + p.queueWeight * pending
-                + p.decodeTokensPerRequest * decoding
+                (miss_weight + per_queued * queued) * uncached
+                + queue_weight * pending
+                + per_decoding * decoding
             )
-            if p.kvPressureTokens > 0.0 and m.kv_cache_usage > p.kvPressureStart:
-                pressure = (m.kv_cache_usage - p.kvPressureStart) / (1.0 - p.kvPressureStart)
-                cost += p.kvPressureTokens * min(1.0, pressure)
-            out[e.key] = cost
+            usage = m.kv_cache_usage
+            if kv_tokens > 0.0 and usage > kv_start:
+                pressure = (usage - kv_start) / (1.0 - kv_start)
+                cost += kv_tokens * (pressure if pressure < 1.0 else 1.0)
+            out[key] = cost
         return out
 
     def score(

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from epp.plugins.kvevents.tokens import (
     BASE_SEED,
+    Char4BlockKeys,
     block_keys,
     char4_tokens,
     lora_seed,
@@ -130,3 +131,20 @@ def test_chat_that_is_not_text_cannot_be_tokenized(messages: list[dict]) -> None
 def test_request_tokens_by_mode(token_ids, prompt, messages, mode, expected) -> None:
     got = request_tokens(token_ids, prompt, messages, mode)
     assert (None if got is None else tuple(got)) == (None if expected is None else tuple(expected))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(alphabet="abcdé €\n", max_size=400),
+    st.sampled_from([1, 4, 16]),
+    st.integers(0, 5),
+    st.integers(1, 3),
+)
+def test_cached_char4_keys_equal_tokenizing_then_keying(
+    text: str, size: int, max_blocks: int, cap: int
+) -> None:
+    keys = Char4BlockKeys(max_chunks=cap)  # a tiny cache: clearing must not change anything
+    expected = block_keys(char4_tokens(text), size, 7, max_blocks)
+    assert keys.keys(text, size, 7, max_blocks) == expected
+    assert keys.keys(text, size, 7, max_blocks) == expected  # from the cache
+    assert keys.keys(text, 0, 7) == ()
