@@ -136,9 +136,11 @@ class Director:
             return cached[3]
         staleness = self.options.metrics_staleness
         found = datastore.candidates(staleness, now)
-        times = [e.metrics.update_time for e in found if e.healthy and e.metrics.age(now) <= staleness]
-        # fail-open (what was returned is unfit) or empty: only a datastore change alters the answer
-        oldest = min(times) if times and len(times) == len(found) else math.inf
+        if not found or found is datastore.snapshot():
+            # fail-open (every endpoint, none fit) or empty: only a datastore change alters the answer
+            oldest = math.inf
+        else:  # the fit endpoints (expiring early would only cost a recomputation)
+            oldest = min([e.metrics.update_time for e in found])
         self._fit_cache = (datastore.version, now, oldest, found)
         return found
 
