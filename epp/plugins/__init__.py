@@ -12,8 +12,7 @@ from epp.plugins.datakeys import INFLIGHT_LOAD, PREFIX_CACHE_MATCH_INFO
 from epp.plugins.filters.decision_tree import DECISION_TREE_FILTER
 from epp.plugins.filters.header_based_testing import HEADER_BASED_TESTING_FILTER
 from epp.plugins.filters.hot_prefix_spill import HOT_PREFIX_SPILL_FILTER
-from epp.plugins.filters.least_kv_cache import LEAST_KV_CACHE_FILTER
-from epp.plugins.filters.least_queue import LEAST_QUEUE_FILTER
+from epp.plugins.filters.least_band import LEAST_KV_CACHE_FILTER, LEAST_QUEUE_FILTER
 from epp.plugins.filters.lora_affinity import LORA_AFFINITY_FILTER
 from epp.plugins.filters.low_queue import LOW_QUEUE_FILTER
 from epp.plugins.filters.prefix_cache_affinity import PREFIX_CACHE_AFFINITY_FILTER

@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from epp.plugins.conformance.served_verifier import ServedEndpointVerifier
     from epp.plugins.filters.decision_tree import DecisionTreeFilter
     from epp.plugins.filters.header_based_testing import HeaderBasedTestingFilter
-    from epp.plugins.filters.least_kv_cache import LeastKvCacheFilter
-    from epp.plugins.filters.least_queue import LeastQueueFilter
+    from epp.plugins.filters.least_band import LeastKvCacheFilter, LeastQueueFilter
     from epp.plugins.filters.lora_affinity import LoraAffinityFilter
     from epp.plugins.filters.low_queue import LowQueueFilter
     from epp.plugins.filters.prefix_cache_affinity import PrefixCacheAffinityFilter

@@ -6,36 +6,25 @@ random number only when several endpoints share the best score.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from epp.framework.cycle import CycleState
-from epp.framework.handle import Handle
-from epp.framework.plugins import PluginKind
 from epp.framework.types import (
     Endpoint,
     InferenceRequest,
     ProfileRunResult,
     ScoredEndpoint,
     ScoredEndpoints,
-    TypedName,
 )
-from epp.plugins.common import derive_rng
-from epp.plugins.pickers.params import PickerParams
-from epp.registry import PluginType
+from epp.plugins.pickers.base import CountedPicker, picker_type
 
 __all__ = ["MAX_SCORE_PICKER", "MaxScorePicker"]
 
 TYPE_NAME = "max-score-picker"
 
 
-class MaxScorePicker:
-    __slots__ = ("_rng", "count", "typed_name")
-
-    def __init__(self, typed_name: TypedName, count: int = 1, rng: random.Random | None = None) -> None:
-        self.typed_name = typed_name
-        self.count = max(1, count)
-        self._rng = rng or random.Random()
+class MaxScorePicker(CountedPicker):
+    __slots__ = ()
 
     def pick(
         self, cycle: CycleState, request: InferenceRequest, scored: Sequence[ScoredEndpoint]
@@ -83,14 +72,6 @@ def _neg_score(s: ScoredEndpoint) -> float:
     return -s.score
 
 
-def _factory(name: str, params: PickerParams, handle: Handle) -> MaxScorePicker:
-    return MaxScorePicker(TypedName(TYPE_NAME, name), params.count, derive_rng(handle))
-
-
-MAX_SCORE_PICKER = PluginType(
-    type_name=TYPE_NAME,
-    params_model=PickerParams,
-    factory=_factory,
-    kinds=frozenset({PluginKind.PICKER}),
-    description="Picks the highest weighted totals, breaking ties at random.",
+MAX_SCORE_PICKER = picker_type(
+    TYPE_NAME, MaxScorePicker, "Picks the highest weighted totals, breaking ties at random."
 )

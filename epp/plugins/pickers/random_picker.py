@@ -6,25 +6,16 @@ import random
 from collections.abc import Sequence
 
 from epp.framework.cycle import CycleState
-from epp.framework.handle import Handle
-from epp.framework.plugins import PluginKind
-from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, ScoredEndpoint, TypedName
-from epp.plugins.common import derive_rng
-from epp.plugins.pickers.params import PickerParams
-from epp.registry import PluginType
+from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, ScoredEndpoint
+from epp.plugins.pickers.base import CountedPicker, picker_type
 
 __all__ = ["RANDOM_PICKER", "RandomPicker", "random_targets"]
 
 TYPE_NAME = "random-picker"
 
 
-class RandomPicker:
-    __slots__ = ("_rng", "count", "typed_name")
-
-    def __init__(self, typed_name: TypedName, count: int = 1, rng: random.Random | None = None) -> None:
-        self.typed_name = typed_name
-        self.count = max(1, count)
-        self._rng = rng or random.Random()
+class RandomPicker(CountedPicker):
+    __slots__ = ()
 
     def pick(
         self, cycle: CycleState, request: InferenceRequest, scored: Sequence[ScoredEndpoint]
@@ -42,14 +33,4 @@ def random_targets(rng: random.Random, scored: Sequence[ScoredEndpoint], count: 
     return tuple(s.endpoint for s in rng.sample(list(scored), min(count, n)))
 
 
-def _factory(name: str, params: PickerParams, handle: Handle) -> RandomPicker:
-    return RandomPicker(TypedName(TYPE_NAME, name), params.count, derive_rng(handle))
-
-
-RANDOM_PICKER = PluginType(
-    type_name=TYPE_NAME,
-    params_model=PickerParams,
-    factory=_factory,
-    kinds=frozenset({PluginKind.PICKER}),
-    description="Picks endpoints uniformly at random, ignoring scores.",
-)
+RANDOM_PICKER = picker_type(TYPE_NAME, RandomPicker, "Picks endpoints uniformly at random, ignoring scores.")

@@ -7,17 +7,12 @@ only to fill up the count); when nothing scores above 0 the pick is uniform.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from epp.framework.cycle import CycleState
-from epp.framework.handle import Handle
-from epp.framework.plugins import PluginKind
-from epp.framework.types import InferenceRequest, ProfileRunResult, ScoredEndpoint, TypedName
-from epp.plugins.common import derive_rng
-from epp.plugins.pickers.params import PickerParams
+from epp.framework.types import InferenceRequest, ProfileRunResult, ScoredEndpoint
+from epp.plugins.pickers.base import CountedPicker, picker_type
 from epp.plugins.pickers.random_picker import random_targets
-from epp.registry import PluginType
 
 __all__ = ["WEIGHTED_RANDOM_PICKER", "WeightedRandomPicker"]
 
@@ -26,13 +21,8 @@ TYPE_NAME = "weighted-random-picker"
 _MIN_U = 1e-10
 
 
-class WeightedRandomPicker:
-    __slots__ = ("_rng", "count", "typed_name")
-
-    def __init__(self, typed_name: TypedName, count: int = 1, rng: random.Random | None = None) -> None:
-        self.typed_name = typed_name
-        self.count = max(1, count)
-        self._rng = rng or random.Random()
+class WeightedRandomPicker(CountedPicker):
+    __slots__ = ()
 
     def pick(
         self, cycle: CycleState, request: InferenceRequest, scored: Sequence[ScoredEndpoint]
@@ -58,14 +48,8 @@ class WeightedRandomPicker:
         return ProfileRunResult(tuple(picked))
 
 
-def _factory(name: str, params: PickerParams, handle: Handle) -> WeightedRandomPicker:
-    return WeightedRandomPicker(TypedName(TYPE_NAME, name), params.count, derive_rng(handle))
-
-
-WEIGHTED_RANDOM_PICKER = PluginType(
-    type_name=TYPE_NAME,
-    params_model=PickerParams,
-    factory=_factory,
-    kinds=frozenset({PluginKind.PICKER}),
-    description="Picks endpoints at random with probability proportional to their weighted totals (A-Res).",
+WEIGHTED_RANDOM_PICKER = picker_type(
+    TYPE_NAME,
+    WeightedRandomPicker,
+    "Picks endpoints at random with probability proportional to their weighted totals (A-Res).",
 )
