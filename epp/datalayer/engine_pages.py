@@ -237,6 +237,15 @@ def _http_instrumentator_metrics(p: _Page) -> None:
     )
 
 
+# latency buckets the engines share between their histograms
+_VLLM_TTFT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+_VLLM_TTFT_BUCKETS += (0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
+_VLLM_E2E_BUCKETS: tuple[float, ...] = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0)
+_VLLM_E2E_BUCKETS += (40.0, 50.0, 60.0, 120.0, 240.0, 480.0)
+_SGLANG_LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0)
+_SGLANG_LATENCY_BUCKETS += (40.0, 60.0, 80.0, 100.0, 200.0, 400.0)
+
+
 def _one_two_five(max_value: int) -> list[float]:
     out: list[float] = []
     mantissas = (1, 2, 5)
@@ -383,8 +392,7 @@ def vllm_page(
         1024,
         n,
     )
-    ttft = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0]
-    ttft += [40.0, 80.0, 160.0, 640.0, 2560.0]
+    ttft = [*_VLLM_TTFT_BUCKETS, 80.0, 160.0, 640.0, 2560.0]
     p.histogram(
         "vllm:time_to_first_token_seconds",
         "Histogram of time to first token in seconds.",
@@ -430,26 +438,7 @@ def vllm_page(
         0.03,
         n * 200,
     )
-    e2e = [
-        0.3,
-        0.5,
-        0.8,
-        1.0,
-        1.5,
-        2.0,
-        2.5,
-        5.0,
-        10.0,
-        15.0,
-        20.0,
-        30.0,
-        40.0,
-        50.0,
-        60.0,
-        120.0,
-        240.0,
-        480.0,
-    ]
+    e2e = list(_VLLM_E2E_BUCKETS)
     e2e += [960.0, 1920.0, 7680.0]
     for name, help_text, scale in (
         ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", 6.0),
@@ -563,26 +552,7 @@ def sglang_page(state: ServerState, *, seed: int = 0) -> str:
         ],
     )
     n = state.served_requests
-    ttft = [
-        0.1,
-        0.2,
-        0.4,
-        0.6,
-        0.8,
-        1.0,
-        2.0,
-        4.0,
-        6.0,
-        8.0,
-        10.0,
-        20.0,
-        40.0,
-        60.0,
-        80.0,
-        100.0,
-        200.0,
-        400.0,
-    ]
+    ttft = list(_SGLANG_LATENCY_BUCKETS)
     p.histogram(
         "sglang:time_to_first_token_seconds",
         "Histogram of time to first token in seconds.",
@@ -601,27 +571,7 @@ def sglang_page(state: ServerState, *, seed: int = 0) -> str:
         0.02,
         n * 200,
     )
-    e2e = [
-        0.1,
-        0.2,
-        0.4,
-        0.6,
-        0.8,
-        1.0,
-        2.0,
-        4.0,
-        6.0,
-        8.0,
-        10.0,
-        20.0,
-        40.0,
-        60.0,
-        80.0,
-        100.0,
-        200.0,
-        400.0,
-        800.0,
-    ]
+    e2e = [*_SGLANG_LATENCY_BUCKETS, 800.0]
     p.histogram(
         "sglang:e2e_request_latency_seconds",
         "Histogram of End-to-end request latency in seconds",
@@ -663,26 +613,7 @@ def trtllm_serve_page(state: ServerState, *, seed: int = 0) -> str:
         [([*base, ("finished_reason", r)], float(rng.randint(0, 10**5))) for r in ("stop", "length")],
     )
     n = state.served_requests
-    ttft = [
-        0.001,
-        0.005,
-        0.01,
-        0.02,
-        0.04,
-        0.06,
-        0.08,
-        0.1,
-        0.25,
-        0.5,
-        0.75,
-        1.0,
-        2.5,
-        5.0,
-        7.5,
-        10.0,
-        20.0,
-        40.0,
-    ]
+    ttft = list(_VLLM_TTFT_BUCKETS)
     p.histogram(
         "trtllm_time_to_first_token_seconds",
         "Histogram of time to first token in seconds.",
@@ -691,26 +622,7 @@ def trtllm_serve_page(state: ServerState, *, seed: int = 0) -> str:
         0.1,
         n,
     )
-    e2e = [
-        0.3,
-        0.5,
-        0.8,
-        1.0,
-        1.5,
-        2.0,
-        2.5,
-        5.0,
-        10.0,
-        15.0,
-        20.0,
-        30.0,
-        40.0,
-        50.0,
-        60.0,
-        120.0,
-        240.0,
-        480.0,
-    ]
+    e2e = list(_VLLM_E2E_BUCKETS)
     p.histogram(
         "trtllm_e2e_request_latency_seconds",
         "Histogram of end to end request latency in seconds.",
