@@ -329,13 +329,13 @@ def _pin(cpu: int | None) -> None:
             os.sched_setaffinity(0, {cpu})
 
 
-async def _serve_noop(port_file: Path) -> None:
+async def _serve_noop(port_file: Path, destination: str = "10.0.0.1:8000") -> None:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
     from epp.extproc import messages as m
 
-    dest = b"10.0.0.1:8000"
+    dest = destination.encode()
     head = m.headers_response(
         False,
         [("x-gateway-destination-endpoint", dest)],
@@ -519,7 +519,7 @@ def serve_main(args: argparse.Namespace) -> None:
         gc.set_threshold(*(int(x) for x in os.environ["EPP_BENCH_GC"].split(",")))
     port_file = Path(args.port_file)
     if args.kind == "noop":
-        coro: Any = _serve_noop(port_file)
+        coro: Any = _serve_noop(port_file, args.endpoint_list.split(",")[0] or "10.0.0.1:8000")
     elif args.kind == "backend":
         coro = _serve_backend(port_file, args.count)
     else:
@@ -689,14 +689,30 @@ async def run_envoy(args: argparse.Namespace, epp_cpu: int | None) -> list[LoadR
         epp = ServerProcess(
             "epp", epp_cpu, ["--endpoint-list", ",".join(addresses), "--churn", str(args.churn)]
         )
+        # the floor of the protocol in Python: the no-op ext_proc server (prebuilt replies, routing every
+        # request to the first backend) behind the same Envoy, pinned like the EPP
+        noop = ServerProcess("noop", epp_cpu, ["--endpoint-list", addresses[0]])
         try:
             (epp_port,) = await epp.ports()
+            (noop_port,) = await noop.ports()
             body = json.dumps({"model": "bench-model", "prompt": "p" * args.prompt_chars}).encode()
             # the baseline: the same Envoy routing to a fixed endpoint (no ext_proc at all)
             baseline = EnvoyProcess(EnvoyConfig(routing="round_robin", static_endpoints=addresses[:1]))
             routed = EnvoyProcess(EnvoyConfig(ext_proc_port=epp_port, ext_proc_tls=False))
-            async with baseline, routed:
+            floor = EnvoyProcess(EnvoyConfig(ext_proc_port=noop_port, ext_proc_tls=False))
+            async with baseline, routed, floor:
                 for rate in args.envoy_rates:
+                    results.append(
+                        await _http_load(
+                            f"{floor.url}/v1/completions",
+                            body,
+                            rate,
+                            args.duration,
+                            args.warmup,
+                            "envoy+noop",
+                            noop.proc.pid,
+                        )
+                    )
                     results.append(
                         await _http_load(
                             f"{baseline.url}/v1/completions",
@@ -720,6 +736,7 @@ async def run_envoy(args: argparse.Namespace, epp_cpu: int | None) -> list[LoadR
                     )
         finally:
             epp.stop()
+            noop.stop()
     finally:
         backend.stop()
     return results
