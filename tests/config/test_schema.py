@@ -21,7 +21,11 @@ from epp.registry import PluginType
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "schemas" / "endpointpickerconfig.schema.json"
 HERE = Path(__file__).parent
-DOCS = sorted((ROOT / "profiles").glob("*.yaml")) + sorted((HERE / "valid").glob("*.yaml"))
+DOCS = (
+    sorted((ROOT / "profiles").glob("*.yaml"))
+    + sorted((ROOT / "benchmarks" / "profiles").glob("*.yaml"))
+    + sorted((HERE / "valid").glob("*.yaml"))
+)
 
 needs_catalogue = pytest.mark.skipif(
     not hasattr(epp.plugins, "register_builtins"), reason="the built-in plugin catalogue is not there yet"
