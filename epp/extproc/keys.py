@@ -67,10 +67,12 @@ UPSTREAM_ADDRESS_ATTRIBUTE = "upstream.address"
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
-#: Request headers only the gateway/EPP may set. A client's copy is removed, never forwarded
-#: (upstream only skips echoing them, so the proxy still forwards the client's value).
+#: Request headers only the gateway/EPP may set, or meant for the EPP alone. A client's copy is removed,
+#: never forwarded to the model server (upstream only skips echoing them, so the proxy still forwards the
+#: client's value).
 SYSTEM_OWNED_REQUEST_HEADERS: frozenset[str] = frozenset(
     {
+        DECISION_HEADER,
         FAIRNESS_ID_HEADER,
         OBJECTIVE_HEADER,
         MODEL_REWRITE_HEADER,

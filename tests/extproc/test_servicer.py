@@ -113,6 +113,7 @@ async def test_client_system_owned_headers_are_removed_not_forwarded() -> None:
         "x-gateway-model-name-rewrite": "m1",
         "x-gateway-inference-objective": "nope",
         "x-gateway-inference-fairness-id": "tenant",
+        "x-epp-decision": "1",
         "authorization": "Bearer secret",
     }
     async with harness() as h:
@@ -124,6 +125,7 @@ async def test_client_system_owned_headers_are_removed_not_forwarded() -> None:
             "x-gateway-model-name-rewrite",
             "x-gateway-inference-objective",
             "x-gateway-inference-fairness-id",
+            "x-epp-decision",
         }
         # ordinary headers are neither echoed nor removed
         assert "authorization" not in set_headers(head)
