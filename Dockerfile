@@ -1,5 +1,9 @@
-# Container image of the EPP daemon. Build: docker build -t epp:0.1.0 .
+# Container image of the EPP daemon.
+# Build: docker build --build-arg EPP_COMMIT=$(git rev-parse --short HEAD) -t epp:0.1.0 .
 FROM python:3.11-slim
+ARG EPP_COMMIT=unknown
+# reported as inference_extension_info{commit=...}
+ENV EPP_COMMIT=${EPP_COMMIT}
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY epp ./epp
