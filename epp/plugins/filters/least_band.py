@@ -10,7 +10,6 @@ for N candidates.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from epp.framework.cycle import CycleState
 from epp.framework.handle import Handle
@@ -21,36 +20,55 @@ from epp.registry import EmptyParams, PluginType
 __all__ = ["LEAST_KV_CACHE_FILTER", "LEAST_QUEUE_FILTER", "LeastKvCacheFilter", "LeastQueueFilter"]
 
 
-def _lowest_band(endpoints: Sequence[Endpoint], values: Sequence[float], limit: float) -> list[Endpoint]:
-    return [e for e, v in zip(endpoints, values, strict=True) if v <= limit]
+class _LowestBandFilter:
+    """Keeps the endpoints whose metric is at most `min + width(max - min, N)`."""
 
+    __slots__ = ("typed_name",)
 
-@dataclass(frozen=True, slots=True)
-class LeastQueueFilter:
-    typed_name: TypedName
+    def __init__(self, typed_name: TypedName) -> None:
+        self.typed_name = typed_name
 
-    def filter(
-        self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
-    ) -> Sequence[Endpoint]:
-        if not endpoints:
-            return []
-        queues = [e.metrics.waiting_queue_size for e in endpoints]
-        lo = min(queues)
-        return _lowest_band(endpoints, queues, lo + (max(queues) - lo) // len(queues))
+    @staticmethod
+    def _values(endpoints: Sequence[Endpoint]) -> list[float]:
+        raise NotImplementedError
 
-
-@dataclass(frozen=True, slots=True)
-class LeastKvCacheFilter:
-    typed_name: TypedName
+    @staticmethod
+    def _width(span: float, n: int) -> float:
+        raise NotImplementedError
 
     def filter(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Sequence[Endpoint]:
         if not endpoints:
             return []
-        usage = [e.metrics.kv_cache_usage for e in endpoints]
-        lo = min(usage)
-        return _lowest_band(endpoints, usage, lo + (max(usage) - lo) / len(usage))
+        values = self._values(endpoints)
+        lo = min(values)
+        limit = lo + self._width(max(values) - lo, len(values))
+        return [e for e, v in zip(endpoints, values, strict=True) if v <= limit]
+
+
+class LeastQueueFilter(_LowestBandFilter):
+    __slots__ = ()
+
+    @staticmethod
+    def _values(endpoints: Sequence[Endpoint]) -> list[float]:
+        return [e.metrics.waiting_queue_size for e in endpoints]
+
+    @staticmethod
+    def _width(span: float, n: int) -> float:
+        return span // n
+
+
+class LeastKvCacheFilter(_LowestBandFilter):
+    __slots__ = ()
+
+    @staticmethod
+    def _values(endpoints: Sequence[Endpoint]) -> list[float]:
+        return [e.metrics.kv_cache_usage for e in endpoints]
+
+    @staticmethod
+    def _width(span: float, n: int) -> float:
+        return span / n
 
 
 def _band_filter_type(
