@@ -320,12 +320,16 @@ class Bench:
         self.children = children
         self.workdir = workdir
         sizing = options.sizing
+        # KV-cache events (ZMQ on a free port, announced at /kv_event_sources) only when a profile
+        # subscribes to them: the other routers then see exactly the fleet they always did
+        kv_events = "tcp://127.0.0.1:0" if any(r.needs_kv_events for r in options.router_specs) else None
         configs = [
             SimConfig(
                 name=f"sim-{i}",
                 time_scale=sizing.time_scale,
                 kv_blocks=sizing.kv_blocks,
                 seed=options.seed + i,
+                kv_events_endpoint=kv_events,
             )
             for i in range(sizing.servers)
         ]

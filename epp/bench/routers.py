@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import aiohttp
+import yaml
 
 from epp.bench.harness import Children
 from epp.bench.rivals import ensure_tool, offline_env
@@ -63,6 +64,15 @@ class RouterSpec:
     @property
     def is_rival(self) -> bool:
         return self.kind in ("sglang", "vllm")
+
+    @property
+    def needs_kv_events(self) -> bool:
+        """An EPP profile that subscribes to the model servers' KV-cache events."""
+        if self.profile is None:
+            return False
+        doc = yaml.safe_load(self.profile.read_text()) or {}
+        plugins = doc.get("plugins") or [] if isinstance(doc, dict) else []
+        return any(isinstance(p, dict) and p.get("type") == "precise-prefix-cache-producer" for p in plugins)
 
 
 def parse_router(text: str) -> RouterSpec:

@@ -72,3 +72,17 @@ def test_smoke_options_and_saturation_scaling(tmp_path) -> None:
     assert again.saturation == {"zipf": 33.0, "mixed": 5.0}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--saturation", "zipf=-1"])
+
+
+def test_only_profiles_subscribing_to_kv_events_make_the_fleet_publish_them() -> None:
+    from epp.bench.routers import parse_router
+
+    assert parse_router("epp:benchmarks/profiles/recommended-precise.yaml").needs_kv_events
+    assert not parse_router("epp:recommended").needs_kv_events
+    assert not parse_router("sglang").needs_kv_events
+    with_precise = options_from_args(
+        build_parser().parse_args(
+            ["--routers", "epp:default,epp:benchmarks/profiles/recommended-precise.yaml"]
+        )
+    )
+    assert [r.needs_kv_events for r in with_precise.router_specs] == [False, True]
