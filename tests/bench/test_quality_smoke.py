@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.envoy
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _bench(*args: str) -> list[str]:
     return [sys.executable, "-m", "epp", "bench", "quality", *args]
 
@@ -81,6 +85,8 @@ def test_interrupt_stops_everything(tmp_path, rivals_available, marker) -> None:
         text=True,
         cwd=ROOT,
         env=marked_env(marker),
+        # a shell running the suite in the background starts it with SIGINT ignored; Ctrl-C must be live
+        preexec_fn=_sigint_default,
     )
     try:
         deadline = time.monotonic() + 120

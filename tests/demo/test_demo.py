@@ -19,6 +19,10 @@ from epp.demo.orchestrate import resolve_profile
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _epp(*args: str) -> list[str]:
     return [sys.executable, "-m", "epp", "demo", *args]
 
@@ -107,6 +111,8 @@ def test_ctrl_c_or_sigterm_stops_everything_it_started(sig, code, word) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # a shell running the suite in the background starts it with SIGINT ignored; Ctrl-C must be live
+        preexec_fn=_sigint_default,
     )
     try:
         assert proc.stdout is not None
