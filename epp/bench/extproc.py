@@ -345,22 +345,27 @@ async def _serve_noop(port_file: Path, destination: str = "10.0.0.1:8000") -> No
     cont = m.continue_headers(True)
 
     class Noop(pbg.ExternalProcessorServicer):  # type: ignore[misc]
-        async def Process(self, request_iterator: Any, context: Any) -> Any:
+        # reads and writes on the context, as the EPP's servicer does, so the two differ only in the work
+        async def Process(self, request_iterator: Any, context: Any) -> None:
             body = b""
-            async for msg in request_iterator:
+            eof = grpc.aio.EOF  # type: ignore[attr-defined]
+            while True:
+                msg = await context.read()
+                if msg is eof:
+                    return
                 kind = msg.WhichOneof("request")
                 if kind == "request_body":
                     body += msg.request_body.body
                     if msg.request_body.end_of_stream:
-                        yield head
+                        await context.write(head)
                         r = pb.ProcessingResponse()
                         sr = r.request_body.response.body_mutation.streamed_response
                         sr.body = body
                         sr.end_of_stream = True
                         body = b""
-                        yield r
+                        await context.write(r)
                 elif kind == "response_headers":
-                    yield cont
+                    await context.write(cont)
                 elif kind == "response_body":
                     body += msg.response_body.body
                     if msg.response_body.end_of_stream:
@@ -368,7 +373,7 @@ async def _serve_noop(port_file: Path, destination: str = "10.0.0.1:8000") -> No
                         sr = r.response_body.response.body_mutation.streamed_response
                         sr.body = body
                         sr.end_of_stream = True
-                        yield r
+                        await context.write(r)
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pbg.add_ExternalProcessorServicer_to_server(Noop(), server)
