@@ -5,6 +5,7 @@ A router is named by a spec string (`parse_router`):
 | spec | what runs |
 |---|---|
 | `epp:NAME` / `epp:FILE` | the EPP daemon (own process), `profiles/NAME.yaml` or FILE, behind a real Envoy |
+| `epp-plaintext:NAME` | the same with a plaintext ext_proc stream (`--secure-serving=false`) instead of TLS |
 | `envoy-rr`, `envoy-lr` | Envoy alone, a static cluster with `ROUND_ROBIN` / `LEAST_REQUEST` (no EPP) |
 | `sglang` | `sglang-router` (`smg launch`) with `--policy cache_aware` and its defaults |
 | `vllm` | `vllm-router` with `--policy cache_aware` and its defaults |
@@ -78,11 +79,12 @@ class RouterSpec:
 def parse_router(text: str) -> RouterSpec:
     """A spec from its string form (see the module docstring); raises ValueError."""
     t = text.strip()
-    if t.startswith("epp:"):
-        ref = t[4:]
-        path = resolve_profile(ref)
-        label = Path(ref).stem if ref.endswith(".yaml") or "/" in ref else ref
-        return RouterSpec(name=f"epp:{label}", kind="epp", profile=path)
+    for prefix, policy in (("epp:", ""), ("epp-plaintext:", "plaintext")):
+        if t.startswith(prefix):
+            ref = t[len(prefix) :]
+            path = resolve_profile(ref)
+            label = Path(ref).stem if ref.endswith(".yaml") or "/" in ref else ref
+            return RouterSpec(name=f"{prefix}{label}", kind="epp", profile=path, policy=policy)
     aliases: dict[str, RouterSpec] = {
         "envoy-rr": RouterSpec("envoy-rr", "envoy", policy="round_robin"),
         "envoy-lr": RouterSpec("envoy-lr", "envoy", policy="least_request"),
@@ -93,7 +95,9 @@ def parse_router(text: str) -> RouterSpec:
     }
     if t in aliases:
         return aliases[t]
-    raise ValueError(f"unknown router {text!r}: use epp:PROFILE, envoy-rr, envoy-lr, sglang or vllm")
+    raise ValueError(
+        f"unknown router {text!r}: use epp:PROFILE, epp-plaintext:PROFILE, envoy-rr, envoy-lr, sglang or vllm"
+    )
 
 
 class RunningRouter(Protocol):
@@ -284,6 +288,7 @@ async def start_router(
             workdir=workdir,
             epp_mode="subprocess",
             extra_args=epp_args,
+            secure_serving=spec.policy != "plaintext",  # TLS to Envoy as deployed, unless asked not to
         )
         try:
             await gateway.start()

@@ -86,3 +86,12 @@ def test_only_profiles_subscribing_to_kv_events_make_the_fleet_publish_them() ->
         )
     )
     assert [r.needs_kv_events for r in with_precise.router_specs] == [False, True]
+
+
+def test_plaintext_epp_router_spec() -> None:
+    from epp.bench.routers import parse_router
+
+    tls, plain = parse_router("epp:default"), parse_router("epp-plaintext:default")
+    assert (tls.name, tls.policy) == ("epp:default", "")
+    assert (plain.name, plain.kind, plain.policy) == ("epp-plaintext:default", "epp", "plaintext")
+    assert plain.profile == tls.profile
