@@ -54,7 +54,7 @@ from epp.plugins.datakeys import (
 from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.params import PrecisePrefixParams
 from epp.plugins.kvevents.sources import parse_discovery, resolve_address
-from epp.plugins.kvevents.subscriber import KVEventSubscriber
+from epp.plugins.kvevents.subscriber import KVEventSubscriber, sleep_or_wake
 from epp.plugins.kvevents.tokens import BASE_SEED, Char4BlockKeys, block_keys, lora_seed, render_llama3_chat
 from epp.plugins.prefix.hashing import AVERAGE_CHARS_PER_TOKEN, block_hashes, seed_hash
 from epp.plugins.prefix.index import PrefixIndex
@@ -136,6 +136,11 @@ class PrecisePrefixCacheProducer:
         self._agreement: dict[str, _Agreement] = {}
         self._known: dict[str, Endpoint] = {}
         self._seen: Sequence[Endpoint] = ()
+        # set when endpoints or addresses appear, so subscriptions start at once rather than at the next
+        # resync (events published before a subscription connects are lost to the index)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._discover_wake = asyncio.Event()
+        self._subscribe_wake = asyncio.Event()
         self._discovered: dict[str, str] = {}
         self._discovery_due: dict[str, float] = {}
         self._state_key: StateKey[_Request] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
@@ -322,11 +327,15 @@ class PrecisePrefixCacheProducer:
                 del self._known[gone]
                 self._discovered.pop(gone, None)
                 self._agreement.pop(gone, None)
+            added = False
             for key in keys:
                 if key not in self._known:
                     host, port = split_host_port(key)
                     if port is not None and host:
                         self._known[key] = Endpoint(key=key, ip=host, port=port)
+                        added = True
+        if added:
+            self._poke()
 
     def index_size(self) -> int:
         return self.index.size() + self.history.size()
@@ -349,8 +358,24 @@ class PrecisePrefixCacheProducer:
                 out[e.key] = address
         return out
 
+    def _poke(self) -> None:
+        """Wake the discovery and subscription loops now (callable from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for wake in (self._discover_wake, self._subscribe_wake):
+            loop.call_soon_threadsafe(wake.set)
+
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self.subscriber.run(self.desired_sources, self.params.resyncSeconds))]
+        # fresh events: an asyncio.Event is bound to the loop it is first awaited in
+        self._discover_wake = asyncio.Event()
+        self._subscribe_wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        tasks = [
+            asyncio.create_task(
+                self.subscriber.run(self.desired_sources, self.params.resyncSeconds, self._subscribe_wake)
+            )
+        ]
         if self.params.discoverKvEventSources:
             tasks.append(asyncio.create_task(self._discover_loop()))
         try:
@@ -384,7 +409,8 @@ class PrecisePrefixCacheProducer:
                     if address:
                         self._discovered[e.key] = address
                         log.info("KV events of %s: discovered %s", e.key, address)
-                await asyncio.sleep(self.params.resyncSeconds)
+                        self._subscribe_wake.set()
+                await sleep_or_wake(self._discover_wake, self.params.resyncSeconds)
 
 
 def _reorder(

@@ -22,9 +22,19 @@ import zmq.asyncio
 from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.wire import decode_message
 
-__all__ = ["KVEventSubscriber"]
+__all__ = ["KVEventSubscriber", "sleep_or_wake"]
 
 log = logging.getLogger(__name__)
+
+
+async def sleep_or_wake(wake: asyncio.Event | None, timeout: float) -> None:
+    """Sleep `timeout` seconds, or less if `wake` gets set (and clear it)."""
+    if wake is None:
+        await asyncio.sleep(timeout)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout)
+    wake.clear()
 
 
 class KVEventSubscriber:
@@ -38,7 +48,14 @@ class KVEventSubscriber:
         self.connected: dict[str, str] = {}
         self._warned: set[str] = set()
 
-    async def run(self, desired: Callable[[], Mapping[str, str]], interval: float) -> None:
+    async def run(
+        self,
+        desired: Callable[[], Mapping[str, str]],
+        interval: float,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        """Reconcile every `interval` seconds, and at once whenever `wake` is set (new endpoints or
+        addresses: every event published before the subscription connects is lost to the index)."""
         ctx = zmq.asyncio.Context()
         tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}
         try:
@@ -52,7 +69,7 @@ class KVEventSubscriber:
                 for key, address in want.items():
                     if key not in tasks:
                         tasks[key] = (address, asyncio.create_task(self._read(ctx, key, address)))
-                await asyncio.sleep(interval)
+                await sleep_or_wake(wake, interval)
         finally:
             for _, task in tasks.values():
                 task.cancel()

@@ -191,3 +191,15 @@ async def test_an_unreachable_address_is_retried_not_fatal() -> None:
         await asyncio.sleep(0.1)
         assert "e" not in producer.subscriber.connected
         assert not producer.live("e")
+
+
+async def test_a_new_endpoint_is_subscribed_at_once_not_at_the_next_resync(sims) -> None:
+    # events published before the subscription connects are lost to the index, so waiting for the next
+    # resync tick (here 60 s) would blind the producer for the first requests after a (re)start
+    sim = await sims()
+    params = PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=60.0)
+    producer = PrecisePrefixCacheProducer(tn("precise-prefix-cache-producer"), params)
+    async with running(producer):
+        await asyncio.sleep(0.1)  # both loops are now asleep for a minute
+        producer.endpoints_changed(frozenset({sim.address}))
+        await until(lambda: sim.address in producer.subscriber.connected, timeout=5.0, what="subscription")
