@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from epp.framework.handle import Handle
 from epp.framework.types import Endpoint
@@ -13,6 +13,7 @@ __all__ = [
     "canonical_ip",
     "clamp01",
     "derive_rng",
+    "endpoint_scores",
     "header_value",
     "same_address",
     "split_host_port",
@@ -22,6 +23,14 @@ __all__ = [
 def derive_rng(handle: Handle) -> random.Random:
     """A random source of the plugin's own, seeded once from the handle's (deterministic when it is)."""
     return random.Random(handle.rng.getrandbits(64))
+
+
+def endpoint_scores(endpoints: Sequence[Endpoint], scores: Mapping[str, float] | None) -> dict[str, float]:
+    """Each endpoint's score from a producer's per-key scores (0 for endpoints it did not score)."""
+    if not scores:
+        return dict.fromkeys((e.key for e in endpoints), 0.0)
+    get = scores.get
+    return {e.key: get(e.key, 0.0) for e in endpoints}
 
 
 def clamp01(value: float) -> float:

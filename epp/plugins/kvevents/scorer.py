@@ -16,6 +16,7 @@ from epp.framework.cycle import CycleState
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
+from epp.plugins.common import endpoint_scores
 from epp.plugins.kvevents.params import PreciseParamOverrides
 from epp.plugins.kvevents.producer import PRECISE_PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_MATCH_INFO_KEY
 from epp.registry import PluginType
@@ -38,11 +39,7 @@ class PrecisePrefixCacheScorer:
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         info = cycle.read(PRECISE_PREFIX_CACHE_MATCH_INFO_KEY)
-        scores = info.scores if info is not None else None
-        if not scores:
-            return dict.fromkeys((e.key for e in endpoints), 0.0)
-        get = scores.get
-        return {e.key: get(e.key, 0.0) for e in endpoints}
+        return endpoint_scores(endpoints, info.scores if info is not None else None)
 
 
 def _factory(name: str, params: PreciseParamOverrides, handle: Handle) -> PrecisePrefixCacheScorer:

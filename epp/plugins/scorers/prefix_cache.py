@@ -16,6 +16,7 @@ from epp.framework.cycle import CycleState
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
+from epp.plugins.common import endpoint_scores
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO, PREFIX_CACHE_MATCH_INFO_KEY
 from epp.plugins.prefix.params import PrefixIndexParamOverrides
 from epp.registry import PluginType
@@ -52,11 +53,7 @@ class PrefixCacheScorer:
         info = cycle.read(PREFIX_CACHE_MATCH_INFO_KEY)
         if info is None:
             log.debug("no PrefixCacheMatchInfo for request %s; prefix scores are 0", request.request_id)
-        scores = info.scores if info is not None else None
-        if not scores:
-            return dict.fromkeys((e.key for e in endpoints), 0.0)
-        get = scores.get
-        return {e.key: get(e.key, 0.0) for e in endpoints}
+        return endpoint_scores(endpoints, info.scores if info is not None else None)
 
 
 def _factory(name: str, params: PrefixCacheScorerParams, handle: Handle) -> PrefixCacheScorer:
