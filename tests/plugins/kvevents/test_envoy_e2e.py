@@ -17,10 +17,9 @@ import pytest
 from epp.app import App
 from epp.framework.cycle import CycleState
 from epp.framework.types import ApiKind, InferenceRequest
+from epp.loadgen.gateway import EppServer, Gateway
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
 from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
-from epp.proxy import EnvoyConfig, EnvoyProcess
-from epp.settings import parse_settings
 from epp.sim.config import SimConfig
 from epp.sim.server import SimServer
 
@@ -58,28 +57,14 @@ async def stack(tmp_path: Path):
     ]
     for sim in sims:
         await sim.start()
-    (tmp_path / "epp.yaml").write_text(CONFIG)
-    settings = parse_settings(
-        [
-            f"--static-endpoints={','.join(s.address for s in sims)}",
-            f"--config-file={tmp_path / 'epp.yaml'}",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
-        ],
-        environ={},
-    )
-    app = App(settings)
-    await app.start()
-    envoy = EnvoyProcess(EnvoyConfig(ext_proc_port=app.grpc_port, ext_proc_tls=False), tmp_path)
-    await envoy.start()
+    # the daemon in-process (plaintext, loopback) behind a real Envoy
+    gateway = Gateway([s.address for s in sims], config_text=CONFIG, secure_serving=False, workdir=tmp_path)
     try:
-        yield app, envoy, {s.name: s for s in sims}
+        await gateway.start()
+        assert isinstance(gateway.epp, EppServer) and gateway.epp.app is not None
+        yield gateway.epp.app, gateway, {s.name: s for s in sims}
     finally:
-        await envoy.stop()
-        await app.stop()
+        await gateway.stop()
         for sim in sims:
             await sim.stop()
 
@@ -110,7 +95,7 @@ def matched(producer: PrecisePrefixCacheProducer, app: App, sim: SimServer) -> i
 
 
 async def test_routing_follows_the_engines_kv_events(stack) -> None:
-    app, envoy, sims = stack
+    app, gateway, sims = stack
     producer = next(
         p for p in app.holder.current.plugins.values() if isinstance(p, PrecisePrefixCacheProducer)
     )
@@ -120,12 +105,12 @@ async def test_routing_follows_the_engines_kv_events(stack) -> None:
         while not all(producer.live(s.address) for s in sims.values()):
             i += 1
             assert i < 400, f"event feeds never went live: {producer.subscriber.connected}"
-            await send(http, envoy.url, f"warm-up request {i} " * 8)
+            await send(http, gateway.url, f"warm-up request {i} " * 8)
             await asyncio.sleep(0.02)
-        holder = sims[await send(http, envoy.url, PROMPT)]
+        holder = sims[await send(http, gateway.url, PROMPT)]
         await until(lambda: matched(producer, app, holder) > 0, what="BlockStored of the prompt")
         for n in range(6):
-            assert await send(http, envoy.url, PROMPT + f" Question {n}?") == holder.config.name
+            assert await send(http, gateway.url, PROMPT + f" Question {n}?") == holder.config.name
         other = next(s for s in sims.values() if s is not holder)
         assert matched(producer, app, other) == 0
         holder.reset_cache()
