@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from epp.bench.harness import Children, machine_info, run_async_main
+from epp.bench.harness import Children, machine_info, run_async_main, tidy_workdir, write_report
 from epp.bench.quality import FULL, Bench, QualityOptions, RunRecord
 from epp.bench.rivals import InstallError, cache_root, ensure_tool, offline_env
 from epp.bench.routers import parse_router
@@ -312,10 +312,7 @@ async def run_crosscheck(options: CrossOptions, say: Say, children: Children) ->
         ok = True
     finally:
         await bench.stop()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"logs kept in {workdir}")
+        tidy_workdir(workdir, ok, say)
     result.tools = {"inference-perf": "inference-perf==0.7.0"}
     result.total_s = time.perf_counter() - begin
     return result
@@ -416,11 +413,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         return status
     result.machine = {**machine, "load_average_end": machine_info()["load_average"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "crosscheck.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
-    text = render_markdown(result)
-    (out_dir / "crosscheck.md").write_text(text)
-    print()
-    print(text)
-    print(f"results in {out_dir}/ (crosscheck.json, crosscheck.md)")
+    write_report(out_dir, "crosscheck", result.to_json(), render_markdown(result))
     return 1 if any(r.failed for r in result.rows) else 0

@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Children", "cpu_seconds", "load_average", "machine_info", "run_async_main"]
+__all__ = [
+    "Children",
+    "cpu_seconds",
+    "load_average",
+    "machine_info",
+    "run_async_main",
+    "tidy_workdir",
+    "write_report",
+]
 
 T = TypeVar("T")
 
@@ -75,6 +85,24 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
+
+
+def tidy_workdir(workdir: Path, ok: bool, say: Callable[[str], None]) -> None:
+    """Delete a benchmark's working directory after a clean run; after a failure keep it and say where."""
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"logs kept in {workdir}")
+
+
+def write_report(out_dir: Path, stem: str, doc: Mapping[str, Any], markdown: str) -> None:
+    """Write `<stem>.json` and `<stem>.md` into `out_dir` and print the markdown and where it went."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown)
+    print()
+    print(markdown)
+    print(f"results in {out_dir}/ ({stem}.json, {stem}.md)")
 
 
 def cpu_seconds(pid: int) -> float:

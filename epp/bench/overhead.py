@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -31,7 +30,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from epp.bench.harness import Children, cpu_seconds, load_average, machine_info, run_async_main
+from epp.bench.harness import (
+    Children,
+    cpu_seconds,
+    load_average,
+    machine_info,
+    run_async_main,
+    tidy_workdir,
+    write_report,
+)
 from epp.bench.instant import LeanClient, Timing, completion_request
 from epp.bench.routers import RunningRouter, parse_router, start_router
 from epp.loadgen.runner import poisson_arrivals
@@ -348,10 +355,7 @@ async def _part2(options: OverheadOptions, say: Say, children: Children, result:
             if t.router is not None:
                 await t.router.stop()
         await backends.stop()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"logs kept in {workdir}")
+        tidy_workdir(workdir, ok, say)
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -507,13 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         return status
     result.machine = {**machine, "load_average_end": machine_info()["load_average"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "overhead.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
-    text = render_markdown(result)
-    (out_dir / "overhead.md").write_text(text)
-    print()
-    print(text)
-    print(f"results in {out_dir}/ (overhead.json, overhead.md)")
+    write_report(out_dir, "overhead", result.to_json(), render_markdown(result))
     errors = sum(r.errors for r in result.http.values()) + sum(int(e["errors"]) for e in result.ext)
     if errors:
         print(f"epp bench overhead: {errors} requests failed", file=sys.stderr)

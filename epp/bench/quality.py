@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from epp.bench.harness import Children, cpu_seconds, load_average
+from epp.bench.harness import Children, cpu_seconds, load_average, tidy_workdir
 from epp.bench.oracle import RecordingClient, oracle_hit_ratio, workload_bodies
 from epp.bench.routers import RouterSpec, RunningRouter, parse_router, start_router
 from epp.bench.saturation import Probe, SaturationSearch, search_saturation
@@ -631,10 +631,7 @@ async def run_quality(
         ok = True
     finally:
         await bench.stop()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"logs kept in {workdir}")
+        tidy_workdir(workdir, ok, say)
     for name, tool in TOOLS.items():
         if installed_tool(name) is not None:
             result.tools[name] = tool.requirement
