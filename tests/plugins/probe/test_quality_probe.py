@@ -7,12 +7,17 @@ import math
 
 import pytest
 
-from epp.bench.probe_routers import CacheAware, LeastRequest, RoundRobin
+from dataclasses import dataclass, field
+
+from epp.bench.probe_routers import CacheAware, Clairvoyant, LeastRequest, RoundRobin
 from epp.bench.probe_workloads import probe_workload
 from epp.bench.quality import SMOKE, make_workload
 from epp.bench.quality_probe import make_router, run_probe
 from epp.loadgen.client import build_body
 from epp.loadgen.runner import poisson_arrivals
+from epp.sim.config import SimConfig
+from epp.sim.engine import Engine
+from epp.sim.tokenizer import CharTokenizer
 
 RECOMMENDED = "epp:profiles/recommended.yaml"
 
@@ -92,3 +97,73 @@ def _req(rid: str, prompt: str = "p"):
 def test_unknown_router_spec() -> None:
     with pytest.raises(ValueError, match="unknown router"):
         make_router("nginx", 0)
+
+
+@dataclass
+class _View:
+    config: SimConfig
+    engines: list[Engine]
+    tokenizer: CharTokenizer = field(default_factory=lambda: CharTokenizer(128256))
+    busy: list[bool] = field(default_factory=list)
+    step_end: list[float] = field(default_factory=list)
+
+
+def _first_token_at(engine: Engine, rid: str, start: float) -> float:
+    t = start
+    while True:
+        result = engine.step(t)
+        assert result.duration > 0.0
+        t = result.end
+        if any(o.request_id == rid and o.index == 0 for o in result.outputs):
+            return t
+
+
+def test_clairvoyant_predicts_the_engines_exact_first_token_time() -> None:
+    config = SimConfig(kv_blocks=256)
+    engines = [Engine(config), Engine(config)]
+    # engine 0 is mid-way through a long prefill step; engine 1 is idle but holds the prompt's prefix
+    engines[0].add_request("long", list(range(1, 1500)), 4, None, 0.0)
+    step = engines[0].step(0.0)
+    prefix = list(range(2000, 2800))
+    engines[1].add_request("warm", prefix + [7], 1, None, 0.0)
+    _first_token_at(engines[1], "warm", 0.0)
+    while engines[1].has_work:
+        engines[1].step(1.0)
+    view = _View(config, engines, busy=[True, False], step_end=[step.end, 0.0])
+    router = Clairvoyant(2)
+    router.bind(view)
+    now = step.start + step.duration / 4
+    prompt = prefix + [9, 9, 9]
+    predicted = [router.predict_ttft(i, prompt, 2, now) for i in range(2)]
+    assert predicted[1] < predicted[0]  # the idle holder beats the busy stranger
+    for i, engine in enumerate(engines):
+        engine.add_request(f"new{i}", prompt, 2, None, now)
+        start = step.end if i == 0 else now
+        assert _first_token_at(engine, f"new{i}", start) - now == pytest.approx(predicted[i])
+    body = {"model": config.model, "prompt": "".join(chr(t % 90 + 32) for t in prompt), "max_tokens": 2}
+    assert router.route(_probe_req(body), [], now) == 1
+
+
+def _probe_req(body: dict[str, object]):
+    from epp.bench.probe_workloads import ProbeRequest
+
+    return ProbeRequest("r", 0.0, "/v1/completions", body, "g", "shared", 0)
+
+
+def test_clairvoyant_is_a_lower_bound_the_rivals_do_not_beat() -> None:
+    bound = run_probe("zipf", 16.0, "clairvoyant", seed=1, sizing="smoke", duration=1.5)
+    rr = run_probe("zipf", 16.0, "round-robin", seed=1, sizing="smoke", duration=1.5)
+    assert bound.requests == bound.finished > 10
+    assert bound.ttft_p90 <= rr.ttft_p90
+    assert bound.ttft_p50 < rr.ttft_p50
+
+
+def test_warm_p90_counts_only_the_requests_after_the_cold_start_window() -> None:
+    everything = run_probe(
+        "zipf", 16.0, "round-robin", seed=1, sizing="smoke", duration=1.5, warm_after_s=0.0
+    )
+    later = run_probe("zipf", 16.0, "round-robin", seed=1, sizing="smoke", duration=1.5, warm_after_s=0.75)
+    assert everything.ttft_p90_warm == everything.ttft_p90
+    assert not math.isnan(later.ttft_p90_warm) and later.ttft_p90_warm != later.ttft_p90
+    none = run_probe("zipf", 16.0, "round-robin", seed=1, sizing="smoke", duration=1.5, warm_after_s=5.0)
+    assert math.isnan(none.ttft_p90_warm)
