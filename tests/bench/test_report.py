@@ -31,6 +31,7 @@ def _run(workload: str, router: str, mult: float, p90: float, hit: float = 0.8, 
         balance_busy=1.2,
         duration_s=8.0,
         server_ttft_p90_ms=p90 * 0.9,
+        ttft_p90_warm_ms=p90 * 0.8,
     )
     base.update(kw)
     return RunRecord(**base)
@@ -87,8 +88,8 @@ def test_markdown_and_files(tmp_path) -> None:
     text = render_markdown(result)
     assert "## zipf" in text and "## mixed" in text and "## Goals (issue 10)" in text
     assert (
-        "| 40 (1x) | epp:default | 50 | 100 | 200 | 90 | 300 | 500 | 0.850 / 0.900 | 1.50 | 1.20 | 0 / 0 |"
-        in text
+        "| 40 (1x) | epp:default | 50 | 100 | 80 | 200 | 90 | 300 | 500 | 0.850 / 0.900 | 1.50 | 1.20 "
+        "| 0 / 0 |" in text
     )
     assert "| 50 / 400 |" in text  # mixed: p90 of the shared-prefix and of the unique requests
     assert text.count("| 40 (1x) | sglang-router") == 2  # the search probe is not in the tables
@@ -124,3 +125,24 @@ def test_merge_keeps_earlier_rows_of_other_routers_and_their_saturation(tmp_path
     text = render_markdown(now)
     assert "## mixed" in text and "come from earlier.json" in text
     assert now.merged["routers"] == ["envoy-rr", "epp:default", "sglang-router", "vllm-router"]
+
+
+def test_warm_p90_counts_only_requests_sent_after_the_cold_start_window() -> None:
+    from epp.bench.quality import WARM_AFTER_S, _record
+    from epp.bench.routers import parse_router
+    from epp.loadgen.client import RequestResult
+    from epp.loadgen.fleet import fleet_stats
+    from epp.loadgen.runner import RunResult
+
+    def result(start: float, ttft: float, error: str | None = None) -> RequestResult:
+        return RequestResult("s", "g", 0, start, 200, ttft, ttft + 0.1, "b", error=error)
+
+    cold = [result(0.1 * i, 5.0) for i in range(20)]  # all before the window ends
+    warm = [result(WARM_AFTER_S + 0.1 * i, 0.01 * (i + 1)) for i in range(10)]
+    failed = [result(WARM_AFTER_S + 1.0, 9.0, error="status 503")]
+    run = RunResult("zipf", cold + warm + failed, duration_s=5.0)
+    server = {"name": "s0", "prefix_cache_queries": 10, "prefix_cache_hits": 5, "requests_finished": 30}
+    record = _record("zipf", parse_router("envoy-rr"), 10.0, 1.0, "sweep", run, fleet_stats([server]), 0.5)
+    assert record.ttft_p90_ms == 5000.0
+    # interpolated between the 9th and 10th of the 10 warm ones (90, 100 ms); the failed one is not counted
+    assert record.ttft_p90_warm_ms == 91.0
