@@ -4,10 +4,9 @@ routers it compares behave as documented."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pytest
-
-from dataclasses import dataclass, field
 
 from epp.bench.probe_routers import CacheAware, Clairvoyant, LeastRequest, RoundRobin
 from epp.bench.probe_workloads import probe_workload
@@ -125,7 +124,7 @@ def test_clairvoyant_predicts_the_engines_exact_first_token_time() -> None:
     engines[0].add_request("long", list(range(1, 1500)), 4, None, 0.0)
     step = engines[0].step(0.0)
     prefix = list(range(2000, 2800))
-    engines[1].add_request("warm", prefix + [7], 1, None, 0.0)
+    engines[1].add_request("warm", [*prefix, 7], 1, None, 0.0)
     _first_token_at(engines[1], "warm", 0.0)
     while engines[1].has_work:
         engines[1].step(1.0)
@@ -133,7 +132,7 @@ def test_clairvoyant_predicts_the_engines_exact_first_token_time() -> None:
     router = Clairvoyant(2)
     router.bind(view)
     now = step.start + step.duration / 4
-    prompt = prefix + [9, 9, 9]
+    prompt = [*prefix, 9, 9, 9]
     predicted = [router.predict_ttft(i, prompt, 2, now) for i in range(2)]
     assert predicted[1] < predicted[0]  # the idle holder beats the busy stranger
     for i, engine in enumerate(engines):
