@@ -1,8 +1,10 @@
-"""Builders shared by the plugin tests: endpoints, requests, handles and cycles."""
+"""Builders shared by the plugin tests: endpoints, requests, handles and cycles; a poll-until."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 from epp.framework.cycle import CycleState
@@ -96,3 +98,13 @@ def response(served: str = "", **kw: Any) -> ResponseInfo:
 
 def tn(type_name: str, name: str | None = None) -> TypedName:
     return TypedName(type_name, name or type_name)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `predicate` every 20 ms until it is true; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

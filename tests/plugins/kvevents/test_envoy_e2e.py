@@ -23,6 +23,8 @@ from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
 from epp.sim.config import SimConfig
 from epp.sim.server import SimServer
 
+from .._kit import until
+
 pytestmark = pytest.mark.envoy
 
 CONFIG = """\
@@ -77,14 +79,6 @@ async def send(http: aiohttp.ClientSession, url: str, prompt: str) -> str:
         return resp.headers["x-sim-server"]
 
 
-async def until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def matched(producer: PrecisePrefixCacheProducer, app: App, sim: SimServer) -> int:
     endpoint = app.datastore.get(sim.address)
     assert endpoint is not None
@@ -108,10 +102,12 @@ async def test_routing_follows_the_engines_kv_events(stack) -> None:
             await send(http, gateway.url, f"warm-up request {i} " * 8)
             await asyncio.sleep(0.02)
         holder = sims[await send(http, gateway.url, PROMPT)]
-        await until(lambda: matched(producer, app, holder) > 0, what="BlockStored of the prompt")
+        await until(
+            lambda: matched(producer, app, holder) > 0, timeout=15.0, what="BlockStored of the prompt"
+        )
         for n in range(6):
             assert await send(http, gateway.url, PROMPT + f" Question {n}?") == holder.config.name
         other = next(s for s in sims.values() if s is not holder)
         assert matched(producer, app, other) == 0
         holder.reset_cache()
-        await until(lambda: matched(producer, app, holder) == 0, what="AllBlocksCleared")
+        await until(lambda: matched(producer, app, holder) == 0, timeout=15.0, what="AllBlocksCleared")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import aiohttp
 import msgpack
@@ -21,7 +20,7 @@ from epp.plugins.kvevents.tokens import char4_tokens
 from epp.sim.config import SimConfig
 from epp.sim.server import SimServer
 
-from .._kit import tn
+from .._kit import tn, until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TEXT = "a shared system prompt that is long enough to fill several blocks of sixteen tokens. " * 3
@@ -59,14 +58,6 @@ async def running(producer: PrecisePrefixCacheProducer):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def endpoint_of(sim: SimServer) -> Endpoint:
