@@ -36,6 +36,7 @@ from typing import Any
 
 from epp.bench.probe_routers import CacheAware, Clairvoyant, EppRouter, LeastRequest, RoundRobin, Router
 from epp.bench.probe_workloads import SIZINGS, WORKLOADS, ProbeRequest, ProbeWorkload, probe_workload
+from epp.bench.quality import WARM_AFTER_S
 from epp.bench.saturation import search_saturation
 from epp.framework.types import Endpoint, EndpointMetrics
 from epp.sim.config import SimConfig
@@ -273,7 +274,7 @@ def run_probe(
     scrape_interval: float = 0.05,
     events_delay: float = 0.002,
     shape: Mapping[str, Any] | None = None,
-    warm_after_s: float = 3.0,
+    warm_after_s: float = WARM_AFTER_S,
 ) -> ProbeResult:
     """One run: `rate` requests per wall-clock second of the benchmark, for its duration (or `duration`).
 
