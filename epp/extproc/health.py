@@ -75,9 +75,13 @@ class ReadinessState:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
-    async def wait_changed(self) -> None:
-        """Return at the next change of any input."""
-        await self._changed.wait()
+    def next_change(self) -> asyncio.Event:
+        """An event set at the next change of any input.
+
+        Take it *before* reading the state, then wait on it: a change made between the read and the
+        wait still wakes the waiter (waiting for "the next change" after the read would miss it).
+        """
+        return self._changed
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -111,11 +115,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
+            changed = self.readiness.next_change()
             current = self.status(request.service)
             if current != last:
                 last = current
-                yield health_pb2.HealthCheckResponse(status=current)
-            await self.readiness.wait_changed()
+                yield health_pb2.HealthCheckResponse(status=current)  # the stream may suspend here
+            await changed.wait()
 
 
 class HealthServer:

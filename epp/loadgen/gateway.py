@@ -94,10 +94,13 @@ class EppServer:
         try:
             await app.start()
             async with asyncio.timeout(timeout):
-                while not app.readiness.ready:
+                while True:
+                    changed = app.readiness.next_change()
+                    if app.readiness.ready:
+                        break
                     if app.stopping.is_set():
                         raise RuntimeError("the EPP stopped during start-up (see its log)")
-                    waiter = asyncio.create_task(app.readiness.wait_changed())
+                    waiter = asyncio.create_task(changed.wait())
                     stopping = asyncio.create_task(app.stopping.wait())
                     try:
                         await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -190,6 +193,13 @@ class EppProcess:
                             raise RuntimeError(
                                 f"the EPP could not bind its ports:\n{self.log_text()[-2000:]}"
                             ) from None
+        except TimeoutError:
+            pid = self.pid
+            await self.stop()
+            raise TimeoutError(
+                f"the EPP (pid {pid}) did not report ready on its health port within {timeout:g}s; "
+                f"its log ends:\n{self.log_text()[-2000:]}"
+            ) from None
         except BaseException:
             await self.stop()
             raise

@@ -13,7 +13,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.errors import SettingsError
-from epp.extproc.health import HealthServer, ReadinessState
+from epp.extproc.health import HealthServer, HealthServicer, ReadinessState
 from epp.extproc.tls import TlsOptions, generate_self_signed
 
 from .helpers import (
@@ -86,6 +86,17 @@ async def test_health_watch_streams_changes() -> None:
             call.cancel()
     finally:
         await server.stop(0)
+
+
+async def test_health_watch_sees_a_change_made_while_its_stream_was_suspended() -> None:
+    """A change that lands while `Watch` is parked at its `yield` (gRPC still sending) is not lost."""
+    state = ReadinessState()
+    stream = HealthServicer(state).Watch(health_pb2.HealthCheckRequest(service="readiness"), None)
+    assert (await asyncio.wait_for(anext(stream), 5)).status == NOT_SERVING
+    state.set_synced()  # the generator is suspended at its yield: nobody is waiting yet
+    state.set_scraped()
+    assert (await asyncio.wait_for(anext(stream), 5)).status == SERVING
+    await stream.aclose()
 
 
 def test_self_signed_certificate_covers_loopback() -> None:

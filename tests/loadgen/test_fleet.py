@@ -124,6 +124,19 @@ async def test_epp_process_reports_a_bad_config_and_leaves_nothing_behind(tmp_pa
     assert epp.process is None
 
 
+async def test_epp_process_that_never_gets_ready_times_out_with_its_log_and_is_stopped(tmp_path) -> None:
+    # a stand-in "python" that logs a line and then neither serves health nor exits
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\necho 'stuck before listening'\nexec sleep 600\n")
+    hang.chmod(0o755)
+    epp = EppProcess(["127.0.0.1:1"], python=str(hang), log_path=tmp_path / "epp.log")
+    with pytest.raises(
+        TimeoutError, match=r"did not report ready (.|\n)*within 1s(.|\n)*stuck before listening"
+    ):
+        await epp.start(timeout=1.0)
+    assert epp.process is None
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize(
     ("tls", "epp_mode"), [(True, "inprocess"), (False, "inprocess"), (True, "subprocess")]
