@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +29,21 @@ def rivals_available() -> bool:
 
 
 @pytest.fixture
-def marker() -> str:
-    """A unique environment marker: every process a benchmark starts inherits it."""
-    return f"epp-bench-test-{uuid.uuid4().hex}"
+def marker() -> Iterator[str]:
+    """A unique environment marker: every process a benchmark starts inherits it.
+
+    Whatever still carries it after the test (a benchmark killed by its timeout leaves its simulators,
+    Envoy and routers orphaned) is stopped, so that it does not load the rest of the suite.
+    """
+    mark = f"epp-bench-test-{uuid.uuid4().hex}"
+    yield mark
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in marked_pids(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while marked_pids(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def marked_pids(marker: str) -> list[int]:

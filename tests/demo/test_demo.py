@@ -48,6 +48,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _run_stopping_on_timeout(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run`, except that a timeout sends SIGTERM (the demo then stops its simulators, EPP
+    and Envoy) before SIGKILL, so that a hung run does not leave them loading the rest of the suite."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_sigint_default
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"the demo did not finish within {timeout:g}s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _table(stdout: str) -> dict[str, list[str]]:
     """The printed table as {row label: cells} (cells split on runs of 2+ spaces)."""
     lines = stdout.splitlines()
@@ -66,12 +85,9 @@ def _table(stdout: str) -> dict[str, list[str]]:
 def test_demo_runs_end_to_end_and_the_default_profile_beats_random(tmp_path) -> None:
     out_json = tmp_path / "demo.json"
     started = time.monotonic()
-    res = subprocess.run(
+    res = _run_stopping_on_timeout(
         _epp("--groups", "4", "--prompts-per-group", "8", "--compare", "random", "--json", str(out_json)),
-        capture_output=True,
-        text=True,
         timeout=90,
-        cwd=ROOT,
     )
     took = time.monotonic() - started
     assert res.returncode == 0, res.stdout + res.stderr
