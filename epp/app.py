@@ -271,14 +271,17 @@ class App:
         await reloader.reload(data)
 
     async def stop(self) -> None:
-        """Graceful shutdown: stop being ready, drain in-flight streams, stop loops, release the lease."""
-        self.readiness.set_leader(False)
+        """Graceful shutdown: stop being ready, release the lease, drain in-flight streams, stop loops.
+
+        The lease goes first so that the standby takes over while this replica drains, rather than after.
+        """
+        self.readiness.set_draining()
         if self._watcher is not None:
             self._watcher.stop()
-        if self.extproc is not None:
-            await self.extproc.stop(grace=5.0)
         if self._elector is not None:
             await self._elector.stop()
+        if self.extproc is not None:
+            await self.extproc.stop(grace=5.0)
         if self._scraper is not None:
             await self._scraper.stop()
         if self._source is not None:

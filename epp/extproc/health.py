@@ -10,7 +10,8 @@ election, so a standby replica is never restarted for being a standby):
 | anything else | leader election on: SERVICE_UNKNOWN; off: as readiness (upstream ignores the name) |
 
 Ready = the endpoint source has synced ∧ the first scrape round is done ∧ (with leader election) leader ∧
-the parser supports the pool's protocol. `Watch` streams changes; `List` reports the known services.
+the parser supports the pool's protocol ∧ not shutting down. `Watch` streams changes; `List` reports the
+known services.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ class ReadinessState:
         self.scraped = False
         self.leader = not leader_election
         self.protocol_ok = True
+        self.draining = False
         self._changed = asyncio.Event()  # binds to a loop only when first awaited
 
     @property
     def ready(self) -> bool:
-        return self.synced and self.scraped and self.leader and self.protocol_ok
+        return self.synced and self.scraped and self.leader and self.protocol_ok and not self.draining
 
     def set_synced(self, value: bool = True) -> None:
         self.synced = value
@@ -68,6 +70,11 @@ class ReadinessState:
 
     def set_protocol_ok(self, value: bool) -> None:
         self.protocol_ok = value
+        self._notify()
+
+    def set_draining(self) -> None:
+        """Shutting down: not ready from now on, whatever the other inputs do meanwhile."""
+        self.draining = True
         self._notify()
 
     def _notify(self) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from kubernetes import client
 
@@ -98,3 +99,67 @@ async def test_crashed_leader_is_replaced_after_lease_duration(kmock_api: KmockT
     assert waited >= FAST["lease_duration"] - 0.2
     assert _holder(kmock_api) == "pod-b"
     await b.stop()
+
+
+async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_looks_ready_again(
+    kmock_api: KmockThread, monkeypatch
+) -> None:
+    """SIGTERM on the leader: the standby may take over while in-flight streams drain; meanwhile this
+    replica's readiness stays NOT_SERVING even though its lease loop would otherwise still be renewing."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+
+    from epp.app import App
+    from epp.settings import parse_settings
+    from epp.sim.config import SimConfig
+    from epp.sim.server import SimServer
+
+    monkeypatch.setenv("POD_NAME", "pool-a-7d9f8b6c5-x2x4z")  # the lease is named after its Deployment
+    sim = SimServer(SimConfig(model="m", name="s0", time_scale=0.01))
+    await sim.start()
+    settings = parse_settings(
+        [
+            f"--static-endpoints={sim.address}",
+            "--secure-serving=false",
+            "--bind-address=127.0.0.1",
+            "--grpc-port=0",
+            "--grpc-health-port=0",
+            "--metrics-port=0",
+            "--pool-namespace=ns1",
+            "--ha-enable-leader-election",
+            "--ha-lease-duration=2s",
+            "--ha-renew-deadline=1s",
+            "--ha-retry-period=100ms",
+        ],
+        environ={},
+    )
+    app = App(settings)
+    app.k8s_api_client = kmock_api.api_client()
+    await app.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await _until(lambda: app.readiness.ready)
+        assert _holder(kmock_api).startswith("pool-a-7d9f8b6c5-x2x4z_")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            call = pbg.ExternalProcessorStub(channel).Process()
+            # request headers only: the stream stays open, waiting for its body, so the drain waits
+            msg = pb.ProcessingRequest()
+            msg.request_headers.headers.CopyFrom(
+                base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":path", raw_value=b"/v1/completions")])
+            )
+            await call.write(msg)
+            stopping = asyncio.create_task(app.stop())
+            await _until(lambda: _holder(kmock_api) == "", timeout=5)
+            assert not stopping.done()  # released while the stream is still draining
+            for _ in range(10):  # several retry periods of the (now stopped) lease loop
+                assert not app.readiness.ready
+                await asyncio.sleep(FAST["retry_period"])
+            assert not stopping.done()
+            call.cancel()
+        await asyncio.wait_for(stopping, 10)
+        assert not app.readiness.ready
+    finally:
+        if stopping is None:
+            await app.stop()
+        await sim.stop()
