@@ -26,7 +26,12 @@ __all__ = ["StaticEndpointSource", "StaticTarget", "parse_static_endpoints"]
 
 log = logging.getLogger(__name__)
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+
+
+def _is_host_name(host: str) -> bool:
+    """DNS rules the resolver enforces: 1-63 character labels, 253 characters in all."""
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,7 @@ def _parse_entry(entry: str) -> StaticTarget:
         is_ip = True
     except ValueError:
         is_ip = False
-        if not _HOSTNAME.match(host):
+        if not _is_host_name(host):
             raise SettingsError(
                 f"--static-endpoints: {host!r} in {entry!r} is not a host name or IP"
             ) from None
@@ -171,7 +176,7 @@ class StaticEndpointSource:
                 asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
                 self._resolve_timeout,
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name IDNA rejects
             log.warning("cannot resolve static endpoint %s yet (%s); will retry", target.key, exc)
             return None
         addresses = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]

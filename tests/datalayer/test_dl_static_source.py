@@ -52,12 +52,20 @@ def test_parse_accepts_a_list_and_drops_duplicates():
         ("[fd00::1]8000", r"is not \[ipv6\]:port"),
         ("[not-v6]:8000", "is not an IPv6 address"),
         ("bad host:80", "is not a host name or IP"),
+        ("a..b:80", "is not a host name or IP"),  # an empty label: the resolver would raise UnicodeError
+        ("x" * 64 + ".svc:80", "is not a host name or IP"),  # a label over 63 characters
+        ("-lead.svc:80", "is not a host name or IP"),
         (":80", "has no port"),
     ],
 )
 def test_parse_errors_are_settings_errors(value, fragment):
     with pytest.raises(SettingsError, match=fragment):
         parse_static_endpoints(value)
+
+
+def test_long_but_valid_host_names_parse():
+    name = ".".join(["x" * 63] * 3) + ".svc"
+    assert parse_static_endpoints(f"{name}:80,vllm_0.ns.svc.cluster.local:8000")[0].host == name
 
 
 async def test_static_source_publishes_resolves_and_labels_the_engine():
