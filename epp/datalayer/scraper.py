@@ -225,12 +225,15 @@ class Scraper:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, ScrapeError) as exc:
             stats.last_duration = time.perf_counter() - started
-            self._failed(endpoint, stats, url, _describe(exc))
+            if self._still_at(endpoint):
+                self._failed(endpoint, stats, url, _describe(exc))
             return False
+        current = self._ds.get(endpoint.key)
+        if current is None or not self._still_at(endpoint):
+            return False  # the key moved to another address (or left) while the scrape was in flight
         mapping = extractor.mapping_for(endpoint.labels)
         found = scan(body, mapping.names)
-        current = self._ds.get(endpoint.key)
-        previous = (current or endpoint).metrics
+        previous = current.metrics
         result = extractor.extract(mapping, found.samples, previous, self._clock())
         self._ds.update_metrics(endpoint.key, result.metrics, healthy=True)
         stats.last_duration = time.perf_counter() - started
@@ -257,6 +260,11 @@ class Scraper:
             log.log(level, "model server %s (%s) is reachable", endpoint.key, url)
             stats.reachable = True
         return True
+
+    def _still_at(self, endpoint: Endpoint) -> bool:
+        """Whether `endpoint.key` still names the address that was scraped."""
+        current = self._ds.get(endpoint.key)
+        return current is not None and (current.ip, current.port) == (endpoint.ip, endpoint.port)
 
     async def _fetch(self, url: str, source: MetricsDataSource) -> bytes:
         session = self._session

@@ -199,6 +199,30 @@ async def test_hung_server_times_out_and_does_not_delay_the_others(servers, scra
     await eventually(lambda: ds.get("hung").healthy)
 
 
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+async def test_a_scrape_that_lands_after_its_key_moved_is_dropped(servers, scraper_factory, outcome):
+    """A StatefulSet pod recreated under the same key at a new address (or reordered targetPorts): the
+    answer of the old address must not become the new one's metrics or health."""
+    old = await servers(vllm_page(ServerState(waiting=7)))
+    new = await servers(vllm_page(ServerState(waiting=2)))
+    old.hang = new.hang = True
+    ds = Datastore()
+    ds.set_endpoints([endpoint_for(old, key="pod-rank-0")])
+    ds.mark_synced()
+    scraper = scraper_factory(ds, timeout=0.3 if outcome == "failure" else 5.0)
+    await scraper.start()
+    await eventually(lambda: old.requests == 1)  # the scrape of the old address is in flight
+    ds.set_endpoints([endpoint_for(new, key="pod-rank-0")])
+    if outcome == "success":
+        old.release()
+    await eventually(lambda: new.requests >= 1)  # the loop is done with the old address
+    now = ds.get("pod-rank-0")
+    assert now.port == new.port
+    assert now.healthy and now.metrics.waiting_queue_size == 0
+    new.release()
+    await eventually(lambda: ds.get("pod-rank-0").metrics.waiting_queue_size == 2)
+
+
 async def test_http_error_status_is_a_failed_scrape(servers, scraper_factory):
     server = await servers(vllm_page(ServerState(waiting=6)))
     ds = Datastore()
