@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from epp.framework.notify import notify_all
 from epp.framework.types import Endpoint, EndpointMetrics
 
 __all__ = ["Datastore", "ModelRewriteRule", "RewriteTarget"]
@@ -103,8 +104,7 @@ class Datastore:
             return
         self._synced = True
         listeners, self._sync_listeners = self._sync_listeners, []
-        for listener in listeners:
-            listener()
+        notify_all(listeners, what="the first endpoint sync")
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
         """Replace the membership; endpoints whose key and address are unchanged keep their metrics."""
@@ -156,6 +156,6 @@ class Datastore:
         self.version += 1
 
     def _notify_membership(self) -> None:
-        keys = frozenset(self._endpoints)
-        for listener in self._membership_listeners:
-            listener(keys)
+        notify_all(
+            self._membership_listeners, frozenset(self._endpoints), what="an endpoint membership change"
+        )

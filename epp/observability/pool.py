@@ -65,6 +65,7 @@ class PoolMetricsRefresher:
         self.refreshes = 0  # how many times the pool averages were recomputed
         self._kick = asyncio.Event()
         self._last_debug = -math.inf
+        self._failing: set[str] = set()
 
     def refresh_now(self) -> None:
         """Recompute the pool averages at the loop's next turn instead of at the end of the interval."""
@@ -98,6 +99,20 @@ class PoolMetricsRefresher:
                 size += int(index_size())
         self.metrics.set_prefix_indexer_size(size)
 
+    def _guarded(self, refresh: Callable[[], None]) -> None:
+        """Run one refresh; a failure is logged (once until it succeeds again), never the loop's end."""
+        name = refresh.__name__
+        try:
+            refresh()
+        except Exception:
+            if name not in self._failing:
+                log.exception("%s failed; the gauges keep their last values until it succeeds", name)
+            self._failing.add(name)
+        else:
+            if name in self._failing:
+                self._failing.discard(name)
+                log.info("%s works again", name)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_pool = loop.time()
@@ -106,10 +121,10 @@ class PoolMetricsRefresher:
             now = loop.time()
             if self._kick.is_set() or now >= next_pool:
                 self._kick.clear()
-                self.refresh_pool()
+                self._guarded(self.refresh_pool)
                 next_pool = now + self.interval
             if now >= next_size:
-                self.refresh_prefix_size()
+                self._guarded(self.refresh_prefix_size)
                 next_size = now + self.size_interval
             wait = max(0.0, min(next_pool, next_size) - loop.time())
             with contextlib.suppress(TimeoutError):

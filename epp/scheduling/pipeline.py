@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.framework.notify import notify_all
 from epp.framework.plugins import (
     Admitter,
     DataProducer,
@@ -71,6 +72,5 @@ class PipelineHolder:
     def swap(self, new: Pipeline) -> Pipeline:
         old = self.current
         self.current = new
-        for listener in self._listeners:
-            listener(old, new)
+        notify_all(self._listeners, old, new, what="a pipeline swap")
         return old

@@ -139,3 +139,39 @@ def test_debug_snapshot_of_the_endpoints(caplog) -> None:
         "b[queue=0 running=0 kv=0.000 age=9.00s STALE], c[queue=0 running=0 kv=0.000 never scraped]"
     )
     assert describe_endpoints([], 0.0, 1.0) == "(none)"
+
+
+class _Broken:
+    def __init__(self) -> None:
+        self.fail = True
+
+    def index_size(self) -> int:
+        if self.fail:
+            raise RuntimeError("index corrupted")
+        return 3
+
+
+async def test_a_failing_refresh_is_logged_once_and_the_loop_goes_on(caplog) -> None:
+    ds = Datastore(clock=lambda: 100.0)
+    ds.set_endpoints([_ep("a", 2, 0.5, at=100.0)])
+    m = EppMetrics(CollectorRegistry(), pool_name="p")
+    broken = _Broken()
+    r = PoolMetricsRefresher(m, ds, lambda: [broken], interval=0.02, staleness=2.0, size_interval=0.02)
+    task = asyncio.create_task(r.run())
+    loop = asyncio.get_running_loop()
+    try:
+        with caplog.at_level(logging.INFO, logger="epp.observability.pool"):
+            start = loop.time()
+            while r.refreshes < 5:  # the pool averages keep refreshing although the size fails each time
+                assert not task.done(), task
+                assert loop.time() - start < 5.0
+                await asyncio.sleep(0.01)
+            failures = [rec for rec in caplog.records if "refresh_prefix_size failed" in rec.getMessage()]
+            assert len(failures) == 1 and failures[0].exc_info is not None
+            broken.fail = False
+            while _value(m, "inference_extension_prefix_indexer_size") != 3:
+                assert loop.time() - start < 5.0
+                await asyncio.sleep(0.01)
+            assert any("refresh_prefix_size works again" in rec.getMessage() for rec in caplog.records)
+    finally:
+        task.cancel()
