@@ -106,6 +106,7 @@ class App:
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._plugin_tasks: dict[int, asyncio.Task[None]] = {}
+        self._retired_tasks: set[asyncio.Task[None]] = set()  # of plugins a reload dropped
         self._source: EndpointSource | None = None
         self._scraper: Scraper | None = None
         self._watcher: ConfigWatcher | None = None
@@ -288,9 +289,10 @@ class App:
             await self._source.stop()
         if self.admission is not None:
             await self.admission.close()
-        for task in [*self._tasks, *self._plugin_tasks.values()]:
+        tasks = [*self._tasks, *self._plugin_tasks.values(), *self._retired_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._plugin_tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.health is not None:
             await self.health.stop()
         if self.metrics_http is not None:
@@ -305,6 +307,8 @@ class App:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)  # one-shot tasks (a SIGHUP reload) must not pile up
         if task.cancelled() or self.stopping.is_set():
             return
         exc = task.exception()
@@ -350,13 +354,29 @@ class App:
                 plugin.endpoints_changed(keys)
         live = {id(p) for p in new.plugins.values()}
         for pid in [pid for pid in self._plugin_tasks if pid not in live]:
-            self._plugin_tasks.pop(pid).cancel()
+            retired = self._plugin_tasks.pop(pid)
+            retired.cancel()
+            self._retired_tasks.add(retired)  # awaited by stop() if it has not finished by then
+            retired.add_done_callback(self._retired_tasks.discard)
         self._start_plugin_tasks(new)
 
     def _start_plugin_tasks(self, pipeline: Pipeline) -> None:
         for name, plugin in pipeline.plugins.items():
             if isinstance(plugin, BackgroundTask) and id(plugin) not in self._plugin_tasks:
-                self._plugin_tasks[id(plugin)] = asyncio.create_task(plugin.run(), name=f"plugin-{name}")
+                task = asyncio.create_task(plugin.run(), name=f"plugin-{name}")
+                task.add_done_callback(_log_plugin_task_end)
+                self._plugin_tasks[id(plugin)] = task
+
+
+def _log_plugin_task_end(task: asyncio.Task[None]) -> None:
+    """A plugin's background loop is meant to run until cancelled: say so when one ends on its own."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("%s died: %r; what it feeds is no longer updated", task.get_name(), exc, exc_info=exc)
+    else:
+        log.warning("%s returned; what it feeds is no longer updated", task.get_name())
 
 
 async def serve(settings: EppSettings, *, ready: Callable[[App], None] | None = None) -> int:
