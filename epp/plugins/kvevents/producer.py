@@ -345,9 +345,8 @@ class PrecisePrefixCacheProducer:
     def desired_sources(self) -> dict[str, str]:
         """Endpoint key → ZMQ address, for every known endpoint with an address."""
         p = self.params
+        self._absorb_seen()
         with self._lock:
-            for e in self._seen:
-                self._known[e.key] = e
             known = list(self._known.values())
         out: dict[str, str] = {}
         for e in known:
@@ -357,6 +356,16 @@ class PrecisePrefixCacheProducer:
             if address:
                 out[e.key] = address
         return out
+
+    def _absorb_seen(self) -> None:
+        """Take in the endpoints the last request saw; a key now at another address is rediscovered."""
+        with self._lock:
+            for e in self._seen:
+                before = self._known.get(e.key)
+                if before is not None and before.address != e.address:
+                    self._discovered.pop(e.key, None)
+                    self._discovery_due.pop(e.key, None)
+                self._known[e.key] = e
 
     def _poke(self) -> None:
         """Wake the discovery and subscription loops now (callable from any thread)."""
@@ -392,24 +401,26 @@ class PrecisePrefixCacheProducer:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 loop_now = asyncio.get_running_loop().time()
+                p = self.params
+                self._absorb_seen()
                 with self._lock:
-                    for e in self._seen:
-                        self._known[e.key] = e
                     todo = [
                         e
                         for e in self._known.values()
                         if e.key not in self._discovered and self._discovery_due.get(e.key, 0.0) <= loop_now
                     ]
-                p = self.params
                 for e in todo:
                     if resolve_address(e, p.kvEventsAddresses, p.kvEventsAddress, p.kvEventsPortOffset):
                         continue
                     self._discovery_due[e.key] = loop_now + _DISCOVERY_RETRY
                     address = await _discover(session, e)
-                    if address:
+                    with self._lock:
+                        now_known = self._known.get(e.key)
+                        if not address or now_known is None or now_known.address != e.address:
+                            continue  # nothing found, or the endpoint left or moved during the request
                         self._discovered[e.key] = address
-                        log.info("KV events of %s: discovered %s", e.key, address)
-                        self._subscribe_wake.set()
+                    log.info("KV events of %s: discovered %s", e.key, address)
+                    self._subscribe_wake.set()
                 await sleep_or_wake(self._discover_wake, self.params.resyncSeconds)
 
 

@@ -135,6 +135,27 @@ async def test_discovery_and_two_replicas_agree_without_talking(sims, http) -> N
         await until(lambda: matched(by_template, ep) == total == matched(by_discovery, ep), what="agreement")
 
 
+async def test_a_key_that_moves_to_another_address_is_rediscovered(sims) -> None:
+    """A StatefulSet pod recreated at a new IP under the same key: its old event source is forgotten."""
+    old, new = await sims(), await sims()
+    producer = PrecisePrefixCacheProducer(
+        tn("precise-prefix-cache-producer"),
+        PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=0.05),
+    )
+    at_old = Endpoint("pod-rank-0", "127.0.0.1", old.port)
+    producer.prepare_data(CycleState(), InferenceRequest("x", MODEL, MODEL), [at_old])
+    async with running(producer):
+        await until(
+            lambda: producer.desired_sources().get("pod-rank-0") == old.publisher.endpoint, what="old"
+        )
+        at_new = Endpoint("pod-rank-0", "127.0.0.1", new.port)
+        producer.prepare_data(CycleState(), InferenceRequest("y", MODEL, MODEL), [at_new])
+        assert "pod-rank-0" not in producer.desired_sources()  # not the old pod's publisher meanwhile
+        await until(
+            lambda: producer.desired_sources().get("pod-rank-0") == new.publisher.endpoint, what="new"
+        )
+
+
 async def test_malformed_messages_are_counted_and_skipped(sims) -> None:
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
