@@ -223,9 +223,25 @@ class _Stream:
                     f"request body exceeds {self.max_body} bytes",
                 )
             self.chunks.append(chunk)
-        if not body.end_of_stream:
-            return [w.continue_body(False)] if self.request_mode == BUFFERED_PARTIAL else []
-        return await self._route(end_of_stream=True)
+        if body.end_of_stream:
+            return await self._route(end_of_stream=True)
+        if self.request_mode == FULL_DUPLEX:
+            return []  # more chunks, or trailers, follow
+        # BUFFERED sends the whole body in one message, with end_of_stream false when trailers follow;
+        # BUFFERED_PARTIAL sends one message only (the rest, if any, bypasses the EPP): route on it now.
+        if self.request_mode == BUFFERED_PARTIAL:
+            try:
+                return await self._route(end_of_stream=False)
+            except RequestError as exc:
+                if exc.code != ErrorCode.BAD_REQUEST:
+                    raise
+                raise RequestError(
+                    ErrorCode.BODY_TOO_LARGE,
+                    f"{exc.message} (in BUFFERED_PARTIAL mode the proxy sent only the first {self.body_len} "
+                    "bytes of the body, what fits its buffer: raise its buffer limit or use "
+                    "FULL_DUPLEX_STREAMED)",
+                ) from exc
+        return await self._route(end_of_stream=False)
 
     async def _route(self, end_of_stream: bool) -> list[Reply]:
         ctx = self.ctx

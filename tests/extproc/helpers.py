@@ -36,6 +36,7 @@ from epp.scheduling.pipeline import Pipeline, PipelineHolder
 
 FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = pm.ProcessingMode.BUFFERED
+BUFFERED_PARTIAL = pm.ProcessingMode.BUFFERED_PARTIAL
 NONE = pm.ProcessingMode.NONE
 STREAMED = pm.ProcessingMode.STREAMED
 

@@ -17,6 +17,7 @@ from epp.requestcontrol.context import RequestOptions
 
 from .helpers import (
     BUFFERED,
+    BUFFERED_PARTIAL,
     DEFAULT_CONFIG,
     NONE,
     Harness,
@@ -237,6 +238,39 @@ async def test_buffered_mode_rewrite_sets_body_and_content_length_both_ways() ->
         restored = out.response_body.response.body_mutation.body
         assert restored == resp.replace(b"longer-model", b"m1")
         assert set_headers(out)["content-length"] == str(len(restored))
+        s.cancel()
+
+
+async def test_buffered_body_followed_by_trailers_is_routed_on_the_body_message() -> None:
+    """Envoy sends a BUFFERED body with end_of_stream false when trailers follow (HTTP/2, gRPC clients)."""
+    async with harness() as h:
+        s = h.stream()
+        await s.send(request_headers(mode=BUFFERED))
+        await s.recv()
+        await s.send(request_body(BODY, eos=False))
+        (routed,) = await s.recv()
+        assert routed.WhichOneof("response") == "request_body"
+        assert set_headers(routed)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+        await s.send(request_trailers())
+        (trailers,) = await s.recv()
+        assert trailers.WhichOneof("response") == "request_trailers"
+        s.cancel()
+
+
+@pytest.mark.parametrize("complete", [True, False])
+async def test_buffered_partial_routes_on_its_one_message_or_says_the_body_was_cut(complete) -> None:
+    async with harness() as h:
+        s = h.stream()
+        await s.send(request_headers(mode=BUFFERED_PARTIAL))
+        await s.recv()
+        # the only body message this mode sends: the whole body (trailers follow) or what fit the buffer
+        await s.send(request_body(BODY if complete else BODY[:10], eos=False))
+        (reply,) = await s.recv()
+        if complete:
+            assert set_headers(reply)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+        else:
+            assert reply.immediate_response.status.code == 413
+            assert b"only the first 10 bytes" in reply.immediate_response.body
         s.cancel()
 
 
