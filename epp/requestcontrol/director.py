@@ -175,6 +175,8 @@ class Director:
         if not model and parsed:
             # JSON payloads must name a model (a non-JSON parser may legitimately have none)
             raise RequestError(ErrorCode.BAD_REQUEST, "model not found in request body")
+        if not model.isascii():
+            _check_utf8_model(model)
         ctx.model = model
         bind_request(ctx.request_id, model)
 
@@ -371,3 +373,14 @@ class Director:
             info.prompt_tokens,
             info.completion_tokens,
         )
+
+
+def _check_utf8_model(model: str) -> None:
+    """A JSON `\\ud800` escape decodes to a lone surrogate, which no UTF-8 text can carry: as a metric
+    label it would make every later /metrics exposition fail."""
+    try:
+        model.encode()
+    except UnicodeEncodeError:
+        raise RequestError(
+            ErrorCode.BAD_REQUEST, f"model {model!r} is not valid Unicode (a lone surrogate escape)"
+        ) from None

@@ -334,6 +334,7 @@ async def _rejected(
         ("/v1/chat/completions", b'{"model": "m", "messages": []}', 400, "must have valid messages field"),
         ("/v1/completions", b'{"model": "", "prompt": "x"}', 400, "model not found in request body"),
         ("/v1/completions", b"[1, 2, 3]", 400, "must be a JSON object"),
+        ("/v1/completions", b'{"model": "m\\ud800", "prompt": "x"}', 400, "is not valid Unicode"),
     ],
 )
 async def test_bad_bodies_get_400_with_reason(path: str, body: bytes, status: int, why: str) -> None:
@@ -343,6 +344,17 @@ async def test_bad_bodies_get_400_with_reason(path: str, body: bytes, status: in
         assert text.startswith("inference error: BadRequest - ") and why in text
         assert h.sample("inference_objective_request_error_total", {
             "model_name": "", "target_model_name": "", "error_code": "BadRequest"}) == 1  # fmt: skip
+
+
+async def test_a_lone_surrogate_model_cannot_break_the_metrics_exposition() -> None:
+    from prometheus_client import generate_latest
+
+    async with harness() as h:
+        code, _ = await _rejected(h, b'{"model": "\\udc80x", "prompt": "x"}')
+        assert code == 400
+        s, _ = await route(h)  # a good request after it is metered as usual
+        s.cancel()
+        assert b'model_name="m1"' in generate_latest(h.metrics.registry)
 
 
 async def test_body_over_limit_gets_413_before_the_end() -> None:
