@@ -427,17 +427,26 @@ class _Stream:
             self.copy.append(chunk)
             self.copy_len += len(chunk)
 
+    # Usage is accounting: a body it cannot read is logged, never a reason to lose the response (the
+    # held body is already out of `self.held` when these run, so an exception here would drop it).
+
     def _usage_from(self, body: bytes) -> None:
-        self._set_usage(usage_from_json_body(body))
+        try:
+            self._set_usage(usage_from_json_body(body))
+        except Exception:
+            log.exception("reading usage from the response body failed")
 
     def _finish_usage(self) -> None:
-        if self.sse is not None:
-            self.sse.finish()
-            self._set_usage(self.sse.usage)
-        elif self.copy:
-            copy = self.copy
-            self.copy = []
-            self._set_usage(usage_from_json_body(copy[0] if len(copy) == 1 else b"".join(copy)))
+        try:
+            if self.sse is not None:
+                self.sse.finish()
+                self._set_usage(self.sse.usage)
+            elif self.copy:
+                copy = self.copy
+                self.copy = []
+                self._set_usage(usage_from_json_body(copy[0] if len(copy) == 1 else b"".join(copy)))
+        except Exception:
+            log.exception("reading usage from the response body failed")
 
     def _set_usage(self, usage: Usage | None) -> None:
         if usage is None or self.ctx is None:
@@ -456,13 +465,23 @@ class _Stream:
         self.director.response_complete(ctx)
 
     def _with_hook_metadata(self, reply: Reply) -> Reply:
-        """Attach the dynamic metadata response hooks set to the last reply (copying shared constants)."""
+        """Attach the dynamic metadata response hooks set to the last reply (copying shared constants).
+
+        A namespace whose values a protobuf Struct cannot hold is left out (and logged): the response
+        itself must reach the client whatever a hook wrote.
+        """
         ctx = self.ctx
         if ctx is None or not ctx.response.dynamic_metadata:
             return reply
         md = struct_pb2.Struct()
         for namespace, values in ctx.response.dynamic_metadata.items():
-            md.fields[namespace].struct_value.update(values)
+            try:
+                md.fields[namespace].struct_value.update(values)
+            except (ValueError, TypeError, AttributeError) as exc:
+                del md.fields[namespace]
+                log.error("response metadata %r from a hook left out: %s", namespace, exc)
+        if not md.fields:
+            return reply
         if isinstance(reply, bytes):
             return w.with_metadata(reply, md.SerializeToString())
         out = m.ProcessingResponse()
@@ -484,7 +503,11 @@ class _Stream:
             held = b"".join(self.held)
             self.held = []
             self.held_len = 0
-            return self._pass_body(held + msg.response_body.body, msg.response_body.end_of_stream)
+            body = msg.response_body
+            data = held + body.body
+            if self.sse is not None and self.restorer is not None:
+                data = self.restorer.flush() + data  # the partial line it was holding back
+            return self._pass_body(data, body.end_of_stream)
         return []
 
     def finish(self) -> None:

@@ -71,7 +71,7 @@ def usage_from_json_body(body: bytes) -> Usage | None:
     if rest.startswith(b":"):
         try:
             value, _ = _DECODER.raw_decode(rest[1:].lstrip().decode("utf-8", "replace"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a pathologically nested value
             value = None
         if isinstance(value, dict):
             found = usage_from_object({"usage": value})

@@ -702,3 +702,32 @@ async def test_request_id_and_model_are_bound_for_logging_in_hooks() -> None:
         s.cancel()
     assert seen[0] == ("rid-42", "m1")
     assert seen[1] == (set_headers(head)["x-request-id"], "m1")  # the generated id is the forwarded one
+
+
+# ---- the response always gets through ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trouble", ["nested-usage", "bad-hook-metadata"])
+async def test_accounting_trouble_never_costs_the_client_its_response_body(trouble, caplog) -> None:
+    rec = Recorder(metadata={"epp.test": {"raw": b"\x00bytes are not a Struct value"}, "epp.ok": {"n": 1}})
+    if trouble == "nested-usage":
+        rec = Recorder()
+        body = b'{"id": "x", "usage": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    else:
+        body = json.dumps({"id": "x", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    async with harness(recorder=rec) as h:
+        s, _ = await route(h)
+        await s.send(response_headers())
+        await s.recv()
+        await s.send(response_body(body[:7]))
+        await s.send(response_body(body[7:]))
+        await s.send(response_body(b"", eos=True))
+        replies = await s.recv(-(-len(body) // BODY_CHUNK_LIMIT))
+        got = b"".join(streamed(r)[0] for r in replies)
+        assert got == body and streamed(replies[-1])[1]
+        if trouble == "bad-hook-metadata":  # the good namespace still goes out, the bad one is logged
+            assert "epp.ok" in replies[-1].dynamic_metadata.fields
+            assert "epp.test" not in replies[-1].dynamic_metadata.fields
+            assert any("'epp.test' from a hook left out" in r.getMessage() for r in caplog.records)
+        assert rec.completed and rec.completed[0].complete
+        s.cancel()
