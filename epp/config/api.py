@@ -175,7 +175,11 @@ class ProfilePluginRef(_Strict):
     """A plugin used by a scheduling profile; `weight` applies to scorers (default 1.0)."""
 
     plugin_ref: str = Field(min_length=1)
-    weight: float | None = Field(default=None, description="scorer weight; default 1.0")
+    # The rule itself (>= 0, finite) is checked with the profile, which reports every problem at once;
+    # `minimum` tells schema-driven tools the same.
+    weight: float | None = Field(
+        default=None, description="scorer weight; default 1.0", json_schema_extra={"minimum": 0}
+    )
 
 
 class SchedulingProfile(_Strict):

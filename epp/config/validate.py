@@ -7,6 +7,7 @@ weights, more than one picker, and warn about plugins in a profile that do nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -99,6 +100,8 @@ def _check_refs(ctx: LoadContext, view: ProfileView, ppath: YamlPath) -> list[Pr
         seen[name] = ctx.line(rpath)
         if ref.weight is not None and ref.weight < 0:
             ctx.error((*rpath, "weight"), f"weight must not be negative (got {ref.weight:g})")
+        elif ref.weight is not None and not math.isfinite(ref.weight):
+            ctx.error((*rpath, "weight"), f"weight must be a finite number (got {ref.weight})")
         kinds = ctx.kinds(name)
         if kinds is not None:
             if not kinds & _SLOTS:
