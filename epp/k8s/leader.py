@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -59,6 +60,20 @@ def _now_micro() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_CALL_TIMEOUT = 5.0  # seconds per lease API call
+
+
+def _without_retries(api_client: Any) -> Any:
+    """A CoordinationV1Api on its own connection pool with urllib3's retries off: the client's default
+    3 retries would turn one unanswered call into four, and a leader into one for ~20 s past its
+    renew deadline."""
+    from kubernetes import client
+
+    cfg = copy.copy(api_client.configuration)
+    cfg.retries = False
+    return client.CoordinationV1Api(client.ApiClient(cfg))
+
+
 class LeaderElector:
     """Runs the election loop; `is_leader` and the sink follow the lease."""
 
@@ -70,9 +85,7 @@ class LeaderElector:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from kubernetes import client
-
-        self._api: Any = client.CoordinationV1Api(api_client)
+        self._api: Any = _without_retries(api_client)
         self.lease = lease
         self.sink = sink
         self.clock = clock
@@ -86,12 +99,12 @@ class LeaderElector:
 
     # ---- API calls (worker threads) -------------------------------------------------------------
 
-    def _read(self) -> dict[str, Any] | None:
+    def _read(self, timeout: float = _CALL_TIMEOUT) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
             resp = self._api.read_namespaced_lease(
-                self.lease.name, self.lease.namespace, _preload_content=False, _request_timeout=5
+                self.lease.name, self.lease.namespace, _preload_content=False, _request_timeout=timeout
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -100,19 +113,21 @@ class LeaderElector:
         data: dict[str, Any] = json.loads(resp.data)
         return data
 
-    def _create(self, spec: dict[str, Any]) -> None:
+    def _create(self, spec: dict[str, Any], timeout: float) -> None:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": self.lease.name, "namespace": self.lease.namespace},
             "spec": spec,
         }
-        self._api.create_namespaced_lease(self.lease.namespace, body, _request_timeout=5)
+        self._api.create_namespaced_lease(self.lease.namespace, body, _request_timeout=timeout)
 
-    def _replace(self, current: dict[str, Any], spec: dict[str, Any]) -> None:
+    def _replace(self, current: dict[str, Any], spec: dict[str, Any], timeout: float = _CALL_TIMEOUT) -> None:
         body = dict(current)
         body["spec"] = spec
-        self._api.replace_namespaced_lease(self.lease.name, self.lease.namespace, body, _request_timeout=5)
+        self._api.replace_namespaced_lease(
+            self.lease.name, self.lease.namespace, body, _request_timeout=timeout
+        )
 
     # ---- election -------------------------------------------------------------------------------
 
@@ -126,12 +141,21 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
 
+    def _call_timeout(self) -> float:
+        """Per API call: a leader's attempt (two calls) must end before its renew deadline passes, so that
+        it steps down in time even when the API server accepts connections and never answers."""
+        if not self.is_leader:
+            return _CALL_TIMEOUT
+        left = self._last_renew + self.lease.renew_deadline - self.clock()
+        return max(0.2, min(_CALL_TIMEOUT, left / 2))
+
     def _try_acquire_or_renew(self) -> bool:
         """One attempt (in a worker thread); True when we hold the lease afterwards."""
         now = self.clock()
-        current = self._read()
+        timeout = self._call_timeout()
+        current = self._read(timeout)
         if current is None:
-            self._create(self._spec(0, None))
+            self._create(self._spec(0, None), timeout)
             self._observed_at = now
             return True
         spec = current.get("spec") or {}
@@ -145,7 +169,7 @@ class LeaderElector:
             return False  # someone else holds a live lease
         transitions = record[2] if holder == self.lease.identity else record[2] + 1
         acquire = spec.get("acquireTime") if holder == self.lease.identity else None
-        self._replace(current, self._spec(transitions, acquire))
+        self._replace(current, self._spec(transitions, acquire), timeout)
         self._observed_at = now
         return True
 

@@ -7,6 +7,7 @@ the other takes over within a retry period; readiness (the sink) follows leaders
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -163,3 +164,82 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
         if stopping is None:
             await app.stop()
         await sim.stop()
+
+
+class _SwitchableProxy:
+    """A TCP proxy to kmock that can turn into a black hole: connections accepted, never answered (an
+    API server behind a partition or overloaded)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.black_hole = False
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.black_hole:
+            while await reader.read(65536):
+                pass
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    if self.black_hole:
+                        continue  # swallow: the client waits for an answer that never comes
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for t in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_leader_cut_off_from_the_api_server_steps_down_by_its_renew_deadline(
+    kmock_api: KmockThread,
+) -> None:
+    """A partitioned leader must stop being ready before a follower can take the lease (lease duration),
+    however long the API calls hang: no retries, per-call timeouts within the renew deadline."""
+    proxy = _SwitchableProxy(kmock_api.url)
+    cfg = client.Configuration()
+    cfg.host = await proxy.start()
+    ready = ReadinessState(leader_election=True)
+    ready.set_synced(True)
+    ready.set_scraped(True)
+    settings = LeaseSettings(
+        name=lease_name("ns1", "pool-a"),
+        namespace="ns1",
+        identity="pod-a",
+        lease_duration=4.0,
+        renew_deadline=2.0,
+        retry_period=0.2,
+    )
+    a = LeaderElector(client.ApiClient(cfg), settings, ready)
+    await a.start()
+    try:
+        await _until(lambda: a.is_leader)
+        proxy.black_hole = True
+        loop = asyncio.get_running_loop()
+        cut = loop.time()
+        await _until(lambda: not ready.ready, timeout=10)
+        # stepped down within the renew deadline (+ one retry period and scheduling slack), well before
+        # the lease (4 s since its last renew) could pass to a follower
+        assert loop.time() - cut < settings.renew_deadline + settings.retry_period + 0.8
+    finally:
+        proxy.black_hole = False
+        await a.stop()
+        await proxy.stop()
