@@ -218,19 +218,25 @@ def test_inferencepool_schema_rejects_invalid_pools(helm: Helm) -> None:
         ("single.yaml", ("inferenceExtension.replicas=2",), 2),
         ("ha.yaml", ("inferenceExtension.replicas=1",), 1),
         ("single.yaml", ("inferenceExtension.replicas=0",), 0),
+        # one replica, but leader election asked for by flag (also upstream v1.0's misspelt flag name)
+        ("single.yaml", ("inferenceExtension.flags.ha-enable-leader-election=true",), 1),
+        ("single.yaml", ("inferenceExtension.flags.has-enable-leader-election=true",), 1),
+        ("ha.yaml", ("inferenceExtension.flags.ha-enable-leader-election=false",), 3),
     ],
 )
-def test_leader_election_iff_more_than_one_replica(
+def test_leader_election_iff_more_than_one_replica_or_asked_for(
     helm: Helm, name: str, sets: tuple[str, ...], replicas: int
 ) -> None:
     objs = helm.template(values(name), sets=sets)
     dep = one(objs, "Deployment", EPP)
-    ha = replicas > 1
+    asked = any("leader-election=" in s for s in sets)
+    ha = replicas > 1 or any(s.endswith("leader-election=true") for s in sets)
     assert dep["spec"]["replicas"] == replicas
     flags = flag_map(args_of(objs))
-    assert ("ha-enable-leader-election" in flags) == ha
-    if ha:
-        assert flags["ha-enable-leader-election"] == "true"
+    assert ("ha-enable-leader-election" in flags) == (ha or asked)
+    if ha or asked:  # the user's value when given, else the chart's
+        expected = next((s.rsplit("=", 1)[1] for s in sets if "leader-election=" in s), "true")
+        assert flags["ha-enable-leader-election"] == expected
     assert (dep["spec"]["strategy"]["type"] == "Recreate") == ha
     lease_roles = [
         r for r in objects(objs, "Role") if any("leases" in rule.get("resources", []) for rule in r["rules"])

@@ -34,9 +34,13 @@ inference.networking.k8s.io/igw-mode: inferencepool
 {{- if kindIs "invalid" $r -}}1{{- else -}}{{- int $r -}}{{- end -}}
 {{- end -}}
 
-{{/* "true" when more than one replica: active-passive HA with leader election. */}}
+{{/*
+"true" for active-passive HA with leader election: more than one replica, or the user's own
+ha-enable-leader-election flag (then the lease Role and the Recreate strategy are needed all the same).
+*/}}
 {{- define "epp.ha" -}}
-{{- if gt (include "epp.replicas" . | int) 1 -}}true{{- end -}}
+{{- $flag := get (include "epp.userFlags" . | fromYaml) "ha-enable-leader-election" | toString | lower -}}
+{{- if or (gt (include "epp.replicas" . | int) 1) (has $flag (list "true" "1" "t" "yes" "on")) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "epp.image" -}}
