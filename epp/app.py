@@ -75,8 +75,13 @@ def _names(keys: frozenset[str], limit: int = 20) -> str:
 def _kubeconfig_client(path: str) -> Any:
     from kubernetes import client, config
 
+    from kubernetes.config.config_exception import ConfigException
+
     cfg = client.Configuration()
-    config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    try:
+        config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError) as exc:
+        raise SettingsError(f"--kubeconfig {path}: {exc}") from None
     return client.ApiClient(cfg)
 
 
@@ -401,6 +406,10 @@ async def serve(settings: EppSettings, *, ready: Callable[[App], None] | None = 
         print(f"epp: {exc}", file=sys.stderr)
         await app.stop()
         return 2
+    except Exception:
+        log.exception("start-up failed")
+        await app.stop()  # the servers already listening are closed cleanly
+        return 1
     if ready is not None:
         ready(app)
     await app.stopping.wait()

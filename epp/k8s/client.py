@@ -12,6 +12,8 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
+from epp.errors import SettingsError
+
 __all__ = ["load_api_client", "resolve_namespace"]
 
 
@@ -24,8 +26,15 @@ def load_api_client(pool_size: int = 8) -> client.ApiClient:
     loader = cast(Any, config)  # the kubernetes package has no type hints
     try:
         loader.load_incluster_config(client_configuration=cfg)
-    except ConfigException:
-        loader.load_kube_config(client_configuration=cfg)
+    except ConfigException as in_cluster:
+        try:
+            loader.load_kube_config(client_configuration=cfg)
+        except (ConfigException, OSError) as kubeconfig:
+            raise SettingsError(
+                "no Kubernetes credentials: not in a cluster "
+                f"({in_cluster}) and no usable kubeconfig ({kubeconfig}); pass --kubeconfig, "
+                "or --static-endpoints to run without Kubernetes"
+            ) from None
     cfg.connection_pool_maxsize = max(pool_size, cfg.connection_pool_maxsize or 0)
     return client.ApiClient(cfg)
 

@@ -143,6 +143,7 @@ class InferencePoolSource:
         self._next_pods: _PodWatch | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._started = False
+        self._reported_missing = False
         self._stopped = asyncio.Event()
 
     @property
@@ -180,6 +181,15 @@ class InferencePoolSource:
             return
         pools = self._pool_informer.objects()
         if not pools:
+            if self.spec is None and not self._reported_missing:
+                self._reported_missing = True
+                log.warning(
+                    "InferencePool %s/%s (group %s) not found; not ready until it exists "
+                    "(check --pool-name, --pool-namespace and --pool-group)",
+                    self.namespace,
+                    self.pool_name,
+                    self.pool_group,
+                )
             if self.spec is not None:
                 log.warning(
                     "InferencePool %s/%s is gone; no endpoints until it is back",
@@ -230,8 +240,9 @@ class InferencePoolSource:
     def _publish(self) -> None:
         if self._pods is None or self.spec is None:
             return
+        # the pods' own selector: until the watch of a changed selector has listed, the old one serves
         endpoints = pods_to_endpoints(
-            self._pods.informer.objects(), self.spec.match_labels, self.spec.target_ports, self.namespace
+            self._pods.informer.objects(), self._pods.selector, self.spec.target_ports, self.namespace
         )
         self._ds.set_endpoints(endpoints)
         if not self._ds.synced:

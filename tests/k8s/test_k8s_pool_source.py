@@ -8,6 +8,7 @@ filtering is what these tests exercise).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import kmock
 import pytest
@@ -58,14 +59,19 @@ async def test_pool_pods_become_endpoints(kube, pool_source, kube_server):
     assert pool_lists and pool_lists[0].params.get("fieldSelector") == "metadata.name=pool"
 
 
-async def test_not_synced_until_the_pool_exists(kube, pool_source):
-    """kmock stands in for the API server: without the pool there is no sync; creating it syncs."""
+async def test_not_synced_until_the_pool_exists(kube, pool_source, caplog):
+    """kmock stands in for the API server: without the pool there is no sync (and one warning naming
+    what was looked for); creating it syncs."""
     await kube.create_pod("vllm-a", "10.0.0.1")
     ds = Datastore()
     source = pool_source(ds)
-    await source.start()
-    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="epp.k8s.pool_source"):
+        await source.start()
+        await eventually(lambda: any("not found" in r.getMessage() for r in caplog.records))
+        await asyncio.sleep(0.2)
     assert not ds.synced and len(ds) == 0
+    (missing,) = [r.getMessage() for r in caplog.records if "not found" in r.getMessage()]
+    assert "default/pool (group inference.networking.k8s.io)" in missing
     await kube.create_pool("pool", {"app": "vllm"}, [8000])
     await eventually(lambda: ds.synced and len(ds) == 1)
 
@@ -127,6 +133,42 @@ async def test_selector_change_swaps_the_pods(kube, pool_source, kube_server):
     await eventually(lambda: set(endpoints(ds)) == {"s1-rank-0", "v1-rank-0"})
     await kube.patch_pod("s1", {"metadata": {"labels": {"app": "gone"}}})
     await eventually(lambda: set(endpoints(ds)) == {"v1-rank-0"})
+
+
+async def test_old_pods_serve_until_the_new_selector_has_listed(kube, pool_source, kube_server):
+    """kmock stands in for the API server: while the pod listing of a changed selector fails, an event on
+    the old watch must not empty the endpoints (they are the old selector's pods, filtered by it)."""
+
+    def fail():
+        raise kmock.KubernetesError(status=500, reason="InternalError", message="etcd is sad")
+
+    kube_server.react(
+        lambda k8s: (
+            k8s[kmock.action.LIST, kmock.resource("v1/pods"), kmock.params(labelSelector="app=sglang")]
+            << fail
+        )
+    )
+    await kube.create_pod("v1", "10.0.0.1", labels={"app": "vllm"})
+    await kube.create_pool("pool", {"app": "vllm"}, [8000])
+    ds = Datastore()
+    source = pool_source(ds)
+    await source.start()
+    await eventually(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
+    await kube.patch_pool("pool", {"selector": {"matchLabels": {"app": "sglang"}}})
+    await eventually(
+        lambda: source._next_pods is not None and "500" in source._next_pods.informer.list_watch.last_error
+    )
+    await kube.patch_pod("v1", {"metadata": {"annotations": {"touched": "yes"}}})  # an event on the old watch
+    await eventually(
+        lambda: (
+            source._pods is not None
+            and any(
+                (p.get("metadata") or {}).get("annotations", {}).get("touched")
+                for p in source._pods.informer.objects()
+            )
+        )
+    )
+    assert endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"}
 
 
 async def test_multiple_target_ports_active_ports_and_declared_ports(kube, pool_source):
