@@ -118,3 +118,25 @@ async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_
 
 async def _is(port: int, service: str, status: int) -> bool:
     return await _health(port, service) == status
+
+
+def test_kubernetes_mode_without_credentials_is_a_clear_usage_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    ports = [
+        f"--grpc-port={_free_port()}",
+        f"--grpc-health-port={_free_port()}",
+        f"--metrics-port={_free_port()}",
+    ]
+    for extra in ([], [f"--kubeconfig={tmp_path / 'missing'}"]):
+        res = subprocess.run(
+            [EPP, "--pool-name=p", "--bind-address=127.0.0.1", *ports, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr
+        said = [line for line in res.stderr.splitlines() if line.startswith("epp: ")]
+        assert said and ("no Kubernetes credentials" in said[0] or "--kubeconfig" in said[0]), res.stderr
