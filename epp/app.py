@@ -74,7 +74,6 @@ def _names(keys: frozenset[str], limit: int = 20) -> str:
 
 def _kubeconfig_client(path: str) -> Any:
     from kubernetes import client, config
-
     from kubernetes.config.config_exception import ConfigException
 
     cfg = client.Configuration()

@@ -15,7 +15,7 @@ import logging
 
 from epp.config.build import build_pipeline
 from epp.config.loader import load_config
-from epp.errors import ConfigError
+from epp.errors import ConfigError, ConfigProblem
 from epp.framework.handle import PluginMetrics
 from epp.observability.metrics import EppMetrics
 from epp.registry import PluginRegistry
@@ -49,6 +49,20 @@ class ConfigReloader:
 
     def _build(self, data: bytes, previous: Pipeline) -> Pipeline:
         config = load_config(data, registry=self.registry, source=self.source)
+        if config.is_default:
+            # At start-up an empty file means "the built-in default"; on a running daemon it is far more
+            # often an edit caught half-written (truncate, then write) than a wish to drop every setting.
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        self.source,
+                        1,
+                        "",
+                        "the file is empty (or only comments): not applied on a running daemon; "
+                        "write the config out in full, or restart to run the built-in default",
+                    )
+                ]
+            )
         return build_pipeline(
             config,
             self.registry,

@@ -59,6 +59,7 @@ class ConfigWatcher:
     async def run(self) -> None:
         """Watch until `stop()`; errors reading the file are logged and retried on the next change."""
         kick_task = asyncio.create_task(self._kick_loop(), name="config-watcher-kick")
+        attached = False
         try:
             async for _changes in watchfiles.awatch(
                 self.directory,
@@ -71,7 +72,10 @@ class ConfigWatcher:
                 yield_on_timeout=True,
             ):
                 self.ready.set()
-                if _changes:
+                if _changes or not attached:
+                    # once attached, compare with what was loaded: an edit made before the watch
+                    # existed (during start-up) raised no event
+                    attached = True
                     await self._check()
         finally:
             kick_task.cancel()

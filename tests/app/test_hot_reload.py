@@ -157,6 +157,16 @@ async def test_reload_moves_traffic_and_bad_edit_keeps_old_pipeline(stack, caplo
         assert f"{cm.path}:6: plugins[0].parameters.nosuchparam" in errors
         assert registry.get_sample_value("epp_config_generation") == 2.0
 
+        # an emptied file (an edit caught half-written) is refused too, not run as the built-in default
+        cm.update("# being edited\n")
+        deadline = loop.time() + 5
+        while registry.get_sample_value("epp_config_reload_total", {"result": "error"}) != 2.0:
+            assert loop.time() < deadline, "the emptied file was not reported"
+            await asyncio.sleep(0.02)
+        assert app.holder.current.generation == 2
+        assert await _served_by(http, envoy.url, 6000) == (200, "lowkv")
+        assert "the file is empty (or only comments)" in "\n".join(r.getMessage() for r in caplog.records)
+
 
 async def test_repeated_reloads_under_traffic_fail_no_request(stack) -> None:
     app, envoy, cm = stack

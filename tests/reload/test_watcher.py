@@ -92,3 +92,24 @@ async def test_in_place_edit_and_manual_trigger(tmp_path: Path) -> None:
     finally:
         watcher.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_an_edit_made_before_the_watch_attached_is_applied(tmp_path: Path) -> None:
+    """The daemon reads its config, then starts servers and sources, and only then watches: an edit in
+    that window raised no event the watch could see."""
+    path = tmp_path / "epp.yaml"
+    path.write_text("a: 2\n")  # what the file says now
+    seen: list[bytes] = []
+
+    async def on_change(data: bytes) -> None:
+        seen.append(data)
+
+    # ...while the daemon loaded "a: 1" a moment ago
+    watcher = ConfigWatcher(path, on_change, initial_hash=content_hash(b"a: 1\n"), debounce=0.05)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await _collect(watcher, seen, 1)
+        assert seen == [b"a: 2\n"]
+    finally:
+        watcher.stop()
+        await asyncio.wait_for(task, 5)
