@@ -78,7 +78,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
             return YamlDocument(None, LineMap({(): 1}))
         lines: dict[YamlPath, int] = {(): 1}
         problems: list[ConfigProblem] = []
-        _walk(loader, node, (), lines, problems, file, set())
+        _walk(loader, node, (), lines, problems, file, _Walk())
         if problems:
             raise ConfigError(problems)
         data = loader.construct_document(node)
@@ -137,6 +137,21 @@ def _merged_pairs(node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node
                 yield from _merged_pairs(source)
 
 
+MAX_EXPANDED_NODES = 250_000
+"""A config of a few thousand lines has tens of thousands of nodes; aliases of aliases can make a few
+hundred bytes expand to billions (every later pass — validation, building — walks the expansion)."""
+
+
+class _Walk:
+    """What a walk carries across nodes: the aliases being expanded and how many nodes it visited."""
+
+    __slots__ = ("nodes", "stack")
+
+    def __init__(self) -> None:
+        self.stack: set[int] = set()
+        self.nodes = 0
+
+
 def _walk(
     loader: yaml.SafeLoader,
     node: yaml.Node,
@@ -144,10 +159,24 @@ def _walk(
     lines: dict[YamlPath, int],
     problems: list[ConfigProblem],
     file: str,
-    stack: set[int],
+    walk: _Walk,
 ) -> None:
+    stack = walk.stack
     if id(node) in stack:  # a recursive alias; safe_load builds a cyclic object, we stop here
         return
+    walk.nodes += 1
+    if walk.nodes > MAX_EXPANDED_NODES:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    node.start_mark.line + 1,
+                    format_path(path),
+                    f"the document expands to more than {MAX_EXPANDED_NODES:,} values "
+                    "(aliases of aliases?); a config is far smaller",
+                )
+            ]
+        )
     stack.add(id(node))
     try:
         if isinstance(node, yaml.MappingNode):
@@ -171,7 +200,7 @@ def _walk(
                     continue
                 seen[key] = line
                 lines[(*path, key)] = line
-                _walk(loader, value_node, (*path, key), lines, problems, file, stack)
+                _walk(loader, value_node, (*path, key), lines, problems, file, walk)
             for key_node, value_node in _merged_pairs(node):
                 key = _key_value(loader, key_node)
                 if key is None or key in seen:
@@ -179,10 +208,10 @@ def _walk(
                 seen[key] = key_node.start_mark.line + 1
                 lines[(*path, key)] = seen[key]
                 # merged values may hold duplicates of their own; those are reported at the anchor
-                _walk(loader, value_node, (*path, key), lines, [], file, stack)
+                _walk(loader, value_node, (*path, key), lines, [], file, walk)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 lines[(*path, index)] = item.start_mark.line + 1
-                _walk(loader, item, (*path, index), lines, problems, file, stack)
+                _walk(loader, item, (*path, index), lines, problems, file, walk)
     finally:
         stack.discard(id(node))

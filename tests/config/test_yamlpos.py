@@ -90,6 +90,16 @@ def test_recursive_alias_does_not_hang() -> None:
     assert doc.data["a"][0] == 1
 
 
+def test_aliases_of_aliases_that_expand_without_bound_are_refused() -> None:
+    """A few hundred bytes ("billion laughs") must not hang the loader or a reload."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    with pytest.raises(ConfigError, match=r"expands to more than 250,000 values"):
+        parse_yaml("\n".join(lines) + "\n", "f")
+    # the same shape a few levels shallower is an ordinary document
+    assert len(parse_yaml("\n".join(lines[:4]) + "\n", "f").data["a3"]) == 10
+
+
 def test_format_path() -> None:
     assert (
         format_path(("schedulingProfiles", 0, "plugins", 2, "weight"))
