@@ -245,7 +245,8 @@ def ensure_profile_handler(ctx: LoadContext, profiles: list[ProfileDecl], profil
 
 
 def ensure_pickers(ctx: LoadContext, profiles: list[ProfileDecl]) -> list[ProfileDecl]:
-    """Every profile without a picker gets `max-score-picker` (a declared one is reused)."""
+    """Every profile without a picker gets the first picker declared in the file (as upstream, which takes
+    whichever its map yields first), else an added `max-score-picker`."""
     out: list[ProfileDecl] = []
     picker: str | None = None
     for prof in profiles:
@@ -256,7 +257,11 @@ def ensure_pickers(ctx: LoadContext, profiles: list[ProfileDecl]) -> list[Profil
             out.append(prof)
             continue
         if picker is None:
-            declared = [d.name for d in ctx.plugins.values() if d.type == DEFAULT_PICKER and d.declared]
+            declared = [
+                d.name
+                for d in ctx.plugins.values()
+                if d.declared and PluginKind.PICKER in (ctx.kinds(d.name) or ())
+            ]
             picker = declared[0] if declared else None
         if picker is None:
             picker = ctx.add_default(

@@ -169,6 +169,19 @@ def test_missing_picker_reuses_a_declared_max_score_picker(registry: PluginRegis
     assert not any(p.name == "max-score-picker" for p in config.plugins)
 
 
+@pytest.mark.parametrize("picker", ["random-picker", "weighted-random-picker"])
+def test_missing_picker_reuses_the_first_declared_picker_of_any_type(
+    registry: PluginRegistry, picker
+) -> None:
+    config = load(
+        f"plugins:\n- type: queue-scorer\n- type: {picker}\n- name: top2\n  type: max-score-picker\n"
+        "schedulingProfiles:\n- name: p\n  plugins: [{pluginRef: queue-scorer}]\n",
+        registry,
+    )
+    assert entries(config, "p") == [("queue-scorer", 1.0), (picker, 1.0)]
+    assert not any(p.name == "max-score-picker" for p in config.plugins)
+
+
 def test_declared_picker_is_not_doubled(registry: PluginRegistry) -> None:
     config = load(
         "plugins: [{type: queue-scorer}, {type: weighted-random-picker}]\n"
