@@ -83,7 +83,10 @@ def pod_endpoints(pod: Obj, target_ports: Sequence[int], namespace: str = "") ->
     ip = str((pod.get("status") or {}).get("podIP") or "")
     labels = dict(meta.get("labels") or {})
     active = _active_ports(pod, target_ports)
-    declared = _declared_ports(pod)
+    # Declared container ports narrow the target ports only when the pod declares some of them: a pod
+    # whose model server declares none (ports are informational) but whose sidecar does (Istio's
+    # 15090) still serves every target port.
+    declared = _declared_ports(pod) & set(target_ports)
     out: list[Endpoint] = []
     for rank, port in enumerate(target_ports):
         if port not in active or (declared and port not in declared):

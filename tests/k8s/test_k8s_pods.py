@@ -56,6 +56,8 @@ def test_endpoint_naming_ranks_and_ports():
         ("", None, []),
         (None, [8000, 8002], [0, 2]),
         ("8000,8001", [8001], [1]),
+        (None, [15090], [0, 1, 2]),  # only a sidecar declares a port (Istio): every target port serves
+        (None, [15090, 8001], [1]),
     ],
 )
 def test_active_ports_and_declared_ports(annotation, declared, ranks):
