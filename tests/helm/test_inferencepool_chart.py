@@ -661,6 +661,15 @@ def test_upstream_v1_0_values(helm: Helm) -> None:
     assert one(objs, "InferencePool")["spec"]["targetPorts"] == [{"number": 8080}]
 
 
+def test_istio_destination_rule_follows_secure_serving(helm: Helm) -> None:
+    objs = helm.template(
+        values("upstream-latest.yaml"), sets=("inferenceExtension.flags.secure-serving=false",)
+    )
+    rule = one(objs, "DestinationRule", EPP)
+    assert rule["spec"]["trafficPolicy"]["tls"] == {"mode": "DISABLE"}
+    assert flag_map(args_of(objs))["secure-serving"] == "false"
+
+
 def test_upstream_latest_values(helm: Helm) -> None:
     objs = helm.template(values("upstream-latest.yaml"))
     rule = one(objs, "DestinationRule", EPP)
