@@ -307,6 +307,11 @@ class EppSettings(BaseSettings):
                 "exactly one endpoint source is required: --static-endpoints (no Kubernetes), --pool-name "
                 f"(an InferencePool) or --endpoint-selector (pods by label); {got}"
             )
+        if self.pool_name and self.pool_group == "inference.networking.x-k8s.io":
+            raise SettingsError(
+                "--pool-group inference.networking.x-k8s.io is the v1alpha2 InferencePool, which this EPP "
+                "does not serve (deprecated upstream); use inference.networking.k8s.io (v1)"
+            )
         if self.config_file and self.config_text:
             raise SettingsError("--config-file and --config-text are mutually exclusive; set only one")
         if self.endpoint_target_ports and not self.endpoint_selector:

@@ -198,6 +198,7 @@ def test_unknown_environment_variable_is_warned(caplog: pytest.LogCaptureFixture
         (["--pool-name", "p", "--static-endpoints", "a:1"], {}, "got --static-endpoints and --pool-name"),
         (["--pool-name", "p", "--endpoint-selector", "a=b"], {}, "got --pool-name and --endpoint-selector"),
         ([*POOL, "--config-file", "a", "--config-text", "b"], {}, "mutually exclusive"),
+        ([*POOL, "--pool-group", "inference.networking.x-k8s.io"], {}, "v1alpha2 InferencePool"),
         ([*POOL, "--refresh-metrics-interval", "5"], {}, "--refresh-metrics-interval: invalid duration '5'"),
         ([*POOL, "--refresh-metrics-interval=0s"], {}, "--refresh-metrics-interval: must be greater than 0"),
         ([*POOL, "--grpc-prot", "1"], {}, "unknown flag --grpc-prot; did you mean --grpc-port?"),
