@@ -9,6 +9,7 @@ with more than one document is an error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +69,24 @@ class YamlDocument:
     lines: LineMap
 
 
+class _Loader(yaml.SafeLoader):
+    """safe_load, plus YAML 1.2's exponent floats without a dot (`1e3`), which upstream's Go YAML reads
+    as numbers and YAML 1.1 as strings."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def parse_yaml(text: str, file: str) -> YamlDocument:
     """Parse one YAML document; raises ConfigError with the parser's line on any syntax problem."""
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, LineMap({(): 1}))

@@ -100,6 +100,12 @@ def test_aliases_of_aliases_that_expand_without_bound_are_refused() -> None:
     assert len(parse_yaml("\n".join(lines[:4]) + "\n", "f").data["a3"]) == 10
 
 
+def test_exponent_floats_are_numbers_as_in_yaml_1_2() -> None:
+    data = parse_yaml("a: 1e3\nb: -2.5E-2\nc: 12\nd: e3\ne: '1e3'\n", "f").data
+    assert data == {"a": 1000.0, "b": -0.025, "c": 12, "d": "e3", "e": "1e3"}
+    assert yaml.safe_load("a: 1e3") == {"a": "1e3"}  # PyYAML's own loader is left as it was
+
+
 def test_format_path() -> None:
     assert (
         format_path(("schedulingProfiles", 0, "plugins", 2, "weight"))
