@@ -14,6 +14,7 @@ from epp.config import builtin_registry
 from epp.framework.cycle import CycleState
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
+from epp.loadgen.gateway import epp_flags
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
 
@@ -91,18 +92,9 @@ async def test_plugin_loops_are_reported_reloads_do_not_pile_up_and_dropped_loop
     cancelled.clear()
     config = tmp_path / "epp.yaml"
     config.write_text(CONFIG % "crash-loop")
+    flags = epp_flags([_dead_address()], config_file=config, secure_serving=False)
     settings = parse_settings(
-        [
-            f"--static-endpoints={_dead_address()}",
-            f"--config-file={config}",
-            "--watch-config-file=false",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
-        ],
-        environ={},
+        [*flags, "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0"], environ={}
     )
     app = App(settings, registry=_registry())
     with caplog.at_level(logging.INFO, logger="epp"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from epp.config.watcher import ConfigWatcher, content_hash
@@ -40,16 +42,26 @@ async def _collect(watcher: ConfigWatcher, seen: list[bytes], want: int, timeout
     await asyncio.wait_for(wait(), timeout)
 
 
-async def test_configmap_symlink_swap_triggers_one_callback_per_new_content(tmp_path: Path) -> None:
-    path = _configmap_dir(tmp_path, "v: 1\n", "2026_01_01")
+@contextlib.asynccontextmanager
+async def _watching(path: Path, loaded: bytes) -> AsyncIterator[tuple[ConfigWatcher, list[bytes]]]:
+    """A running watcher of `path` for a daemon that loaded `loaded`; yields it and what it reported."""
     seen: list[bytes] = []
 
     async def on_change(data: bytes) -> None:
         seen.append(data)
 
-    watcher = ConfigWatcher(path, on_change, initial_hash=content_hash(b"v: 1\n"), debounce=0.05)
+    watcher = ConfigWatcher(path, on_change, initial_hash=content_hash(loaded), debounce=0.05)
     task = asyncio.create_task(watcher.run())
     try:
+        yield watcher, seen
+    finally:
+        watcher.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_configmap_symlink_swap_triggers_one_callback_per_new_content(tmp_path: Path) -> None:
+    path = _configmap_dir(tmp_path, "v: 1\n", "2026_01_01")
+    async with _watching(path, b"v: 1\n") as (watcher, seen):
         await asyncio.wait_for(watcher.ready.wait(), 5)
         _swap(tmp_path, "v: 2\n", "2026_01_02")
         await _collect(watcher, seen, 1)
@@ -59,22 +71,12 @@ async def test_configmap_symlink_swap_triggers_one_callback_per_new_content(tmp_
         _swap(tmp_path, "v: 3\n", "2026_01_04")
         await _collect(watcher, seen, 2)
         assert seen == [b"v: 2\n", b"v: 3\n"]
-    finally:
-        watcher.stop()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_in_place_edit_and_manual_trigger(tmp_path: Path) -> None:
     path = tmp_path / "epp.yaml"
     path.write_text("a: 1\n")
-    seen: list[bytes] = []
-
-    async def on_change(data: bytes) -> None:
-        seen.append(data)
-
-    watcher = ConfigWatcher(path, on_change, initial_hash=content_hash(b"a: 1\n"), debounce=0.05)
-    task = asyncio.create_task(watcher.run())
-    try:
+    async with _watching(path, b"a: 1\n") as (watcher, seen):
         await asyncio.wait_for(watcher.ready.wait(), 5)
         tmp = tmp_path / ".epp.yaml.swp"
         tmp.write_text("a: 2\n")
@@ -89,27 +91,13 @@ async def test_in_place_edit_and_manual_trigger(tmp_path: Path) -> None:
         path.write_text("a: 3\n")
         await _collect(watcher, seen, 3)
         assert seen[-1] == b"a: 3\n"
-    finally:
-        watcher.stop()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_an_edit_made_before_the_watch_attached_is_applied(tmp_path: Path) -> None:
     """The daemon reads its config, then starts servers and sources, and only then watches: an edit in
     that window raised no event the watch could see."""
     path = tmp_path / "epp.yaml"
-    path.write_text("a: 2\n")  # what the file says now
-    seen: list[bytes] = []
-
-    async def on_change(data: bytes) -> None:
-        seen.append(data)
-
-    # ...while the daemon loaded "a: 1" a moment ago
-    watcher = ConfigWatcher(path, on_change, initial_hash=content_hash(b"a: 1\n"), debounce=0.05)
-    task = asyncio.create_task(watcher.run())
-    try:
+    path.write_text("a: 2\n")  # what the file says now, while the daemon loaded "a: 1" a moment ago
+    async with _watching(path, b"a: 1\n") as (watcher, seen):
         await _collect(watcher, seen, 1)
         assert seen == [b"a: 2\n"]
-    finally:
-        watcher.stop()
-        await asyncio.wait_for(task, 5)
