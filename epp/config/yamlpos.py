@@ -87,7 +87,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
     loader: yaml.SafeLoader | None = None
     try:
         loader = _Loader(text)
-        node = loader.get_single_node()
+        node = _single_node(loader, file)
         if node is None:
             return YamlDocument(None, LineMap({(): 1}))
         lines: dict[YamlPath, int] = {(): 1}
@@ -110,6 +110,26 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         if loader is not None:
             loader.dispose()
     return YamlDocument(data, LineMap(lines))
+
+
+def _single_node(loader: yaml.SafeLoader, file: str) -> yaml.Node | None:
+    """The document's node; empty documents after it (a trailing `---`) are ignored, as upstream reads
+    only the first document, but a second document with content is an error."""
+    node = loader.get_node() if loader.check_node() else None
+    while loader.check_node():
+        # reported at the document's start, its `---`
+        line = loader.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
+        extra = loader.get_node()
+        if isinstance(extra, yaml.ScalarNode) and extra.tag == "tag:yaml.org,2002:null" and not extra.value:
+            continue
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file, line, "", "more than one YAML document (---); the config must be a single document"
+                )
+            ]
+        )
+    return node
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:

@@ -106,6 +106,12 @@ def test_exponent_floats_are_numbers_as_in_yaml_1_2() -> None:
     assert yaml.safe_load("a: 1e3") == {"a": "1e3"}  # PyYAML's own loader is left as it was
 
 
+def test_an_empty_document_after_the_config_is_ignored_as_upstream_does() -> None:
+    assert parse_yaml("a: 1\n---\n", "f").data == {"a": 1}
+    assert parse_yaml("a: 1\n---\n# nothing more\n", "f").data == {"a": 1}
+    assert parse_yaml("---\n", "f").data is None
+
+
 def test_format_path() -> None:
     assert (
         format_path(("schedulingProfiles", 0, "plugins", 2, "weight"))
