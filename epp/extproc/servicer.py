@@ -427,26 +427,22 @@ class _Stream:
             self.copy.append(chunk)
             self.copy_len += len(chunk)
 
-    # Usage is accounting: a body it cannot read is logged, never a reason to lose the response (the
-    # held body is already out of `self.held` when these run, so an exception here would drop it).
-
     def _usage_from(self, body: bytes) -> None:
+        # Usage is accounting: a body it cannot read is logged, never a reason to lose the response (a
+        # held body is already out of `self.held` when this runs, so an exception here would drop it).
         try:
             self._set_usage(usage_from_json_body(body))
         except Exception:
             log.exception("reading usage from the response body failed")
 
     def _finish_usage(self) -> None:
-        try:
-            if self.sse is not None:
-                self.sse.finish()
-                self._set_usage(self.sse.usage)
-            elif self.copy:
-                copy = self.copy
-                self.copy = []
-                self._set_usage(usage_from_json_body(copy[0] if len(copy) == 1 else b"".join(copy)))
-        except Exception:
-            log.exception("reading usage from the response body failed")
+        if self.sse is not None:
+            self.sse.finish()
+            self._set_usage(self.sse.usage)
+        elif self.copy:
+            copy = self.copy
+            self.copy = []
+            self._usage_from(copy[0] if len(copy) == 1 else b"".join(copy))
 
     def _set_usage(self, usage: Usage | None) -> None:
         if usage is None or self.ctx is None:
