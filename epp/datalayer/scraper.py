@@ -225,11 +225,11 @@ class Scraper:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, ScrapeError) as exc:
             stats.last_duration = time.perf_counter() - started
-            if self._still_at(endpoint):
+            if self._current_at(endpoint) is not None:
                 self._failed(endpoint, stats, url, _describe(exc))
             return False
-        current = self._ds.get(endpoint.key)
-        if current is None or not self._still_at(endpoint):
+        current = self._current_at(endpoint)
+        if current is None:
             return False  # the key moved to another address (or left) while the scrape was in flight
         mapping = extractor.mapping_for(endpoint.labels)
         found = scan(body, mapping.names)
@@ -261,10 +261,12 @@ class Scraper:
             stats.reachable = True
         return True
 
-    def _still_at(self, endpoint: Endpoint) -> bool:
-        """Whether `endpoint.key` still names the address that was scraped."""
+    def _current_at(self, endpoint: Endpoint) -> Endpoint | None:
+        """The datastore's endpoint of `endpoint.key` if it still names the address that was scraped."""
         current = self._ds.get(endpoint.key)
-        return current is not None and (current.ip, current.port) == (endpoint.ip, endpoint.port)
+        if current is None or (current.ip, current.port) != (endpoint.ip, endpoint.port):
+            return None
+        return current
 
     async def _fetch(self, url: str, source: MetricsDataSource) -> bytes:
         session = self._session

@@ -181,16 +181,17 @@ class InferencePoolSource:
             return
         pools = self._pool_informer.objects()
         if not pools:
-            if self.spec is None and not self._reported_missing:
-                self._reported_missing = True
-                log.warning(
-                    "InferencePool %s/%s (group %s) not found; not ready until it exists "
-                    "(check --pool-name, --pool-namespace and --pool-group)",
-                    self.namespace,
-                    self.pool_name,
-                    self.pool_group,
-                )
-            if self.spec is not None:
+            if self.spec is None:
+                if not self._reported_missing:
+                    self._reported_missing = True
+                    log.warning(
+                        "InferencePool %s/%s (group %s) not found; not ready until it exists "
+                        "(check --pool-name, --pool-namespace and --pool-group)",
+                        self.namespace,
+                        self.pool_name,
+                        self.pool_group,
+                    )
+            else:
                 log.warning(
                     "InferencePool %s/%s is gone; no endpoints until it is back",
                     self.namespace,
