@@ -4,7 +4,7 @@
 1-based line of every mapping key and sequence item, so a problem found later at a path such as
 `("schedulingProfiles", 0, "plugins", 2, "weight")` can be reported at its line. It is stricter than
 PyYAML in two ways: a duplicate mapping key is an error (PyYAML silently keeps the last one) and a stream
-with more than one document is an error.
+with more than one document is an error (empty documents after the first, a trailing `---`, are ignored).
 """
 
 from __future__ import annotations
@@ -137,9 +137,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
     line = mark.line + 1 if mark is not None else 1
     what = exc.problem or "syntax error"
     context = exc.context or ""
-    if "single document" in context:
-        what = "more than one YAML document (---); the config must be a single document"
-    elif context:
+    if context:
         ctx_mark = exc.context_mark
         if ctx_mark is not None and mark is not None and ctx_mark.line != mark.line:
             what = f"{what} ({context} that starts at line {ctx_mark.line + 1})"
