@@ -304,11 +304,14 @@ class Clairvoyant:
     def bind(self, view: EngineView) -> None:
         self._view = view
 
+    def _bound(self) -> EngineView:
+        if self._view is None:
+            raise RuntimeError("Clairvoyant.bind(view) was not called")
+        return self._view
+
     def predict_ttft(self, i: int, prompt: Sequence[int], max_tokens: int, now: float) -> float:
         """Seconds until the first token if the request were added to engine `i` now, no later arrivals."""
-        view = self._view
-        if view is None:
-            raise RuntimeError("Clairvoyant.bind(view) was not called")
+        view = self._bound()
         engine = copy.deepcopy(view.engines[i])
         engine.add_request(self.PROBE_ID, prompt, max_tokens, None, now)
         t = max(now, view.step_end[i]) if view.busy[i] else now
@@ -322,9 +325,7 @@ class Clairvoyant:
         return float("inf")
 
     def route(self, req: ProbeRequest, endpoints: Sequence[Endpoint], now: float) -> int:
-        view = self._view
-        if view is None:
-            raise RuntimeError("Clairvoyant.bind(view) was not called")
+        view = self._bound()
         parsed = parse_request(
             "chat" if "messages" in req.body else "completion", req.body, view.config, view.tokenizer
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from epp.bench.quality import WORKLOADS, QualityResult, RunRecord
+from epp.bench.quality import WARM_AFTER_S, WORKLOADS, QualityResult, RunRecord
 
 __all__ = ["GoalCheck", "check_goals", "render_markdown", "write_outputs", "write_plots"]
 
@@ -114,8 +114,8 @@ def render_workload_table(result: QualityResult, workload: str) -> str:
     if not runs:
         return ""
     by_kind = workload == "mixed"
-    head = "| rate/s (x sat) | router | TTFT p50 | p90 | p90 after 3 s | p99 | p90 at server | e2e p90 "
-    head += "| out tok/s | hit / oracle | max/mean req | max/mean busy | err / unfin |"
+    head = f"| rate/s (x sat) | router | TTFT p50 | p90 | p90 after {WARM_AFTER_S:g} s | p99 | p90 at server "
+    head += "| e2e p90 | out tok/s | hit / oracle | max/mean req | max/mean busy | err / unfin |"
     sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     if by_kind:
         head += " p90 shared / unique |"
@@ -165,8 +165,9 @@ def render_markdown(result: QualityResult) -> str:
         f"Total {result.total_s / 60:.1f} min.",
         "",
         "Times in ms (wall clock); TTFT as the client saw it, p90 at server as the simulators measured it "
-        "(from arrival at the engine, so without the router and the network); p90 after 3 s over the "
-        "requests sent after the run's first 3 s (every run starts with empty caches, so its first "
+        f"(from arrival at the engine, so without the router and the network); p90 after {WARM_AFTER_S:g} s "
+        f"over the requests sent after the run's first {WARM_AFTER_S:g} s (every run starts with empty "
+        "caches, so its first "
         "seconds carry most prompt groups' first, uncached request). "
         "hit = prefix-cache hit ratio from the simulators' counters (tokens); "
         "oracle = one infinite cache seeing every request. max/mean = busiest server / mean, by requests "
