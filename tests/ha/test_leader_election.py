@@ -112,6 +112,7 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
     from epp.app import App
+    from epp.loadgen.gateway import epp_flags
     from epp.settings import parse_settings
     from epp.sim.config import SimConfig
     from epp.sim.server import SimServer
@@ -119,22 +120,10 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     monkeypatch.setenv("POD_NAME", "pool-a-7d9f8b6c5-x2x4z")  # the lease is named after its Deployment
     sim = SimServer(SimConfig(model="m", name="s0", time_scale=0.01))
     await sim.start()
-    settings = parse_settings(
-        [
-            f"--static-endpoints={sim.address}",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
-            "--pool-namespace=ns1",
-            "--ha-enable-leader-election",
-            "--ha-lease-duration=2s",
-            "--ha-renew-deadline=1s",
-            "--ha-retry-period=100ms",
-        ],
-        environ={},
-    )
+    flags = epp_flags([sim.address], secure_serving=False)
+    flags += ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--pool-namespace=ns1"]
+    flags += ["--ha-enable-leader-election", "--ha-lease-duration=2s", "--ha-renew-deadline=1s"]
+    settings = parse_settings([*flags, "--ha-retry-period=100ms"], environ={})
     app = App(settings)
     app.k8s_api_client = kmock_api.api_client()
     await app.start()
