@@ -161,6 +161,7 @@ class App:
             disable_endpoint_subset_filter=s.disable_endpoint_subset_filter,
             decision_header=s.enable_decision_header,
             max_request_body_bytes=s.max_request_body_bytes,
+            track_token_usage=s.track_token_usage,
         )
         if configured_source_kind(s) == "static":
             self.datastore.set_objectives(s.static_objectives)

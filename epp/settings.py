@@ -171,6 +171,11 @@ class EppSettings(BaseSettings):
     enable_decision_header: Bool = Field(
         False, description="allow the x-epp-decision debug response header when a request asks for it"
     )
+    track_token_usage: Bool = Field(
+        True,
+        description="read token usage from responses that carry it (JSON bodies, streams asking "
+        "include_usage) for the token metrics; false: response bodies are never read for it",
+    )
 
     # ---- config
     config_file: str | None = Field(

@@ -29,6 +29,7 @@ from epp.framework.plugins import (
     RequestParser,
     ResponseComplete,
     ResponseReceived,
+    ResponseWatcher,
     SaturationDetector,
     Scorer,
 )
@@ -153,6 +154,7 @@ def build_pipeline(
         feature_gates=config.feature_gates,
         extras={"flowControl": config.flow_control, "dataLayer": config.data_layer},
         effective_config=config.to_document(),
+        reads_first_byte=any(isinstance(p, ResponseWatcher) and p.reads_first_byte for p in plugins.values()),
     )
 
 

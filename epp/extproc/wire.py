@@ -17,6 +17,7 @@ google/protobuf/struct.proto):
     HeaderValue: key=1 raw_value=3
     BodyMutation: streamed_response=3 (StreamedBodyResponse: body=1 end_of_stream=2)
     Struct: fields=1 (map entry: key=1 value=2); Value: string_value=3 struct_value=5
+    ProcessingResponse.mode_override=9 (ProcessingMode: response_body_mode=4 response_trailer_mode=6)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "serialize",
     "streamed_body",
     "with_metadata",
+    "with_response_mode",
 ]
 
 # ProcessingResponse oneof field numbers per phase
@@ -197,3 +199,13 @@ def continue_trailers(response: bool) -> bytes:
 def with_metadata(reply: bytes, struct_bytes: bytes) -> bytes:
     """`reply` plus `dynamic_metadata` (a serialised google.protobuf.Struct); the reply must not have any."""
     return reply + _ld(8, struct_bytes)
+
+
+_TRAILERS_SKIP = b"\x30\x02"  # ProcessingMode.response_trailer_mode = SKIP
+
+
+def with_response_mode(reply: bytes, body_mode: int) -> bytes:
+    """`reply` (a response-headers reply) plus `mode_override`: the response body in `body_mode`
+    (BodySendMode: NONE=0, STREAMED=1, BUFFERED=2) and no response trailers. Envoy honours it only with
+    `allow_mode_override` and neither configured body mode FULL_DUPLEX_STREAMED."""
+    return reply + _ld(9, b"\x20" + _varint(body_mode) + _TRAILERS_SKIP)

@@ -47,6 +47,7 @@ __all__ = [
     "RequestParser",
     "ResponseComplete",
     "ResponseReceived",
+    "ResponseWatcher",
     "SaturationDetector",
     "Scorer",
     "ScorerCategory",
@@ -184,6 +185,19 @@ class EndpointObserver(Protocol):
     """Optional: told the current endpoint keys whenever pool membership changes (to purge state)."""
 
     def endpoints_changed(self, keys: frozenset[str]) -> None: ...
+
+
+@runtime_checkable
+class ResponseWatcher(Protocol):
+    """Optional: a response hook that reads `ResponseInfo.first_byte_at` (the moment the first response
+    byte passed the proxy, e.g. a streamed response's first token).
+
+    Stamping it needs the response body to be observed, which costs the EPP a message per chunk: the
+    pipeline asks for the body only when a plugin says `reads_first_byte` is True (see docs/protocol.md).
+    """
+
+    @property
+    def reads_first_byte(self) -> bool: ...
 
 
 @runtime_checkable

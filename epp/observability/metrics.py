@@ -240,6 +240,16 @@ class EppMetrics:
             ["commit", "build_ref"],
             registry=r,
         )
+        # ---- response path (ours) ----
+        self.response_body_total = Counter(
+            "epp_response_body_total",
+            "Responses by who read their body: none (tokens never crossed the EPP), observer (an "
+            "observability-mode stream, off the critical path), routing-stream (the EPP took it in the "
+            "request's path), full-duplex (the proxy sends it regardless).",
+            ["path"],
+            registry=r,
+        )
+        self._response_body_children: dict[str, Counter] = {}
         # ---- config reload (ours) ----
         self.config_reload_total = Counter(
             "epp_config_reload_total",
@@ -373,6 +383,12 @@ class EppMetrics:
         if completion_tokens > 0:
             self.output_tokens.labels(model, target_model).observe(completion_tokens)
             self.ntpot.labels(model, target_model).observe(duration / completion_tokens)
+
+    def response_body_path(self, path: str) -> None:
+        child = self._response_body_children.get(path)
+        if child is None:
+            child = self._response_body_children[path] = self.response_body_total.labels(path)
+        child.inc()
 
     def running_inc(self, model: str) -> None:
         self.running_requests.labels(model).inc()

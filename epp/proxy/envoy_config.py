@@ -8,9 +8,18 @@ The served endpoint reaches the EPP on the response path as the `upstream.addres
 (verified with Envoy 1.40: it names the host of the last try, so it is right after retries too), or, with
 `served_endpoint="header"`, as a route-added response header the EPP strips.
 
-Body modes: FULL_DUPLEX_STREAMED (upstream's; request and response trailers SEND, as Envoy requires) or
-BUFFERED (request body buffered; response body STREAMED so SSE still streams). `routing="round_robin"`,
-`"least_request"` route over `static_endpoints` without any ext_proc (benchmark baselines).
+Body modes of the routing filter:
+- ON_DEMAND (the default, ours): request body BUFFERED (one message), response headers sent, response body
+  NONE unless the EPP asks for it in its reply to the response headers (`allow_mode_override`; Envoy
+  ignores overrides whenever a configured body mode is FULL_DUPLEX_STREAMED). With `observer` a second
+  ext_proc filter in `observability_mode`, placed before the routing filter, copies the response body to
+  the EPP without holding it, so the EPP reads the first byte and token usage off the critical path
+  (docs/protocol.md, "Response path").
+- FULL_DUPLEX_STREAMED (upstream's): both bodies through the routing filter; request and response
+  trailers SEND, as Envoy requires. Every streamed chunk waits for the EPP's reply.
+- BUFFERED: request body buffered; response body STREAMED so SSE still streams.
+`routing="round_robin"`, `"least_request"` route over `static_endpoints` without any ext_proc (benchmark
+baselines).
 
 Listener and admin ports may be 0: `EnvoyProcess` discovers the bound ports through the admin API.
 """
@@ -30,9 +39,12 @@ from epp.extproc.keys import (
     UPSTREAM_ADDRESS_ATTRIBUTE,
 )
 
-__all__ = ["BodyMode", "EnvoyConfig", "Routing", "ServedEndpoint", "render_bootstrap"]
+__all__ = ["OBSERVER_FILTER", "BodyMode", "EnvoyConfig", "Routing", "ServedEndpoint", "render_bootstrap"]
 
-BodyMode = Literal["FULL_DUPLEX_STREAMED", "BUFFERED"]
+#: Name of the observability-mode ext_proc filter (Envoy scopes attributes and stats by filter name).
+OBSERVER_FILTER = "epp.observer"
+
+BodyMode = Literal["ON_DEMAND", "FULL_DUPLEX_STREAMED", "BUFFERED"]
 Routing = Literal["epp", "round_robin", "least_request"]
 #: How the served endpoint reaches the EPP on the response path: the `upstream.address` ext_proc
 #: attribute, or a response header `x-gateway-destination-endpoint-served: %UPSTREAM_HOST%` added by the
@@ -54,7 +66,9 @@ class EnvoyConfig:
         listener_port / admin_port: 0 = any free port (discovered after start).
         ext_proc_port / ext_proc_host: where the EPP listens (routing "epp").
         ext_proc_tls: TLS to the EPP (no certificate validation, ALPN h2), as upstream's chart.
-        body_mode: FULL_DUPLEX_STREAMED (default) or BUFFERED.
+        body_mode: ON_DEMAND (default), FULL_DUPLEX_STREAMED (upstream's) or BUFFERED (see above).
+        observer: add the observability-mode filter that copies response bodies to the EPP off the
+            critical path (what ON_DEMAND is meant to run with).
         static_endpoints: `ip:port` list for the plain-Envoy baselines.
         route_timeout: whole-request timeout at the route (0 = none).
         failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen).
@@ -67,7 +81,8 @@ class EnvoyConfig:
     ext_proc_port: int = 9002
     ext_proc_host: str = "127.0.0.1"
     ext_proc_tls: bool = True
-    body_mode: BodyMode = "FULL_DUPLEX_STREAMED"
+    body_mode: BodyMode = "ON_DEMAND"
+    observer: bool = True
     routing: Routing = "epp"
     static_endpoints: Sequence[str] = ()
     route_timeout: float = 60.0
@@ -108,9 +123,37 @@ def _processing_mode(mode: BodyMode) -> dict[str, str]:
         "request_header_mode": "SEND",
         "response_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
-        "response_body_mode": "STREAMED",
+        "response_body_mode": "NONE" if mode == "ON_DEMAND" else "STREAMED",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
+    }
+
+
+def _grpc_service(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "envoy_grpc": {"cluster_name": "ext_proc", "authority": f"localhost:{cfg.ext_proc_port}"},
+        "timeout": _seconds(cfg.grpc_timeout),
+    }
+
+
+def _observer_filter(cfg: EnvoyConfig) -> dict[str, Any]:
+    """Copies request headers (for the request id) and the response body to the EPP; never waits."""
+    return {
+        "name": OBSERVER_FILTER,
+        "typed_config": {
+            "@type": _EXT_PROC,
+            "grpc_service": _grpc_service(cfg),
+            "observability_mode": True,
+            "failure_mode_allow": True,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SKIP",
+                "request_body_mode": "NONE",
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+        },
     }
 
 
@@ -119,10 +162,7 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _EXT_PROC,
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": "ext_proc", "authority": f"localhost:{cfg.ext_proc_port}"},
-                "timeout": _seconds(cfg.grpc_timeout),
-            },
+            "grpc_service": _grpc_service(cfg),
             "failure_mode_allow": cfg.failure_mode_allow,
             "allow_mode_override": True,
             "message_timeout": _seconds(cfg.message_timeout),
@@ -191,6 +231,10 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
     """The bootstrap as a dict (see `render_bootstrap`)."""
     if cfg.routing == "epp":
         filters = [_ext_proc_filter(cfg)]
+        if cfg.observer:
+            # first: its request headers reach the EPP before the routing stream's, so the two are paired
+            # long before the response comes (the response path runs the filters in reverse order)
+            filters.insert(0, _observer_filter(cfg))
         clusters = [_ext_proc_cluster(cfg), _original_dst_cluster(cfg)]
         target = "original_destination_cluster"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from epp.framework.cycle import CycleState
@@ -23,12 +24,14 @@ class RequestOptions:
         disable_endpoint_subset_filter: ignore the proxy's `envoy.lb.subset_hint`.
         decision_header: honour the `x-epp-decision` request header (return the decision trace).
         max_request_body_bytes: larger request bodies get a 413 (bounded memory per stream).
+        track_token_usage: read token usage from responses that carry it (for the token metrics).
     """
 
     metrics_staleness: float = 2.0
     disable_endpoint_subset_filter: bool = False
     decision_header: bool = False
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    track_token_usage: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +41,12 @@ class RequestContext:
     `pipeline` is taken once when the stream starts and used to the end (a reload never changes the rules
     under an in-flight request). `result` is set once the request is scheduled; only scheduled requests
     run response hooks, exactly once each.
+
+    Response observation (see `epp.extproc.observer`): `wants_usage` says the response will carry token
+    usage worth reading; `observed` that an observer stream (Envoy's observability mode) watches the body;
+    `usage_pending` that it is still reading it, so the usage metrics wait for it; `body_seen` that some
+    stream saw the whole body (so `ResponseInfo.body_bytes` is its size); `routing_reads_body` that the
+    routing stream took the body itself (no observer may attach any more).
     """
 
     pipeline: Pipeline
@@ -62,3 +71,11 @@ class RequestContext:
     running: bool = False
     error_code: str = ""
     finished: bool = False
+    wants_usage: bool = False
+    observed: bool = False
+    usage_pending: bool = False
+    body_seen: bool = False
+    usage_recorded: bool = False
+    routing_reads_body: bool = False
+    #: set by a routing stream that waits for its observer to finish reading (see `epp.extproc.observer`)
+    observer_waiter: asyncio.Future[None] | None = None

@@ -27,6 +27,7 @@ from typing import Any
 from epp.datalayer.datastore import Datastore
 from epp.errors import ErrorCode, RequestError, SchedulingError, http_status
 from epp.extproc.keys import (
+    CONTENT_LENGTH,
     DECISION_HEADER,
     FAIRNESS_ID_HEADER,
     FORWARDED_PATH_HEADER,
@@ -297,23 +298,45 @@ class Director:
 
     def response_complete(self, ctx: RequestContext) -> None:
         """Run the ResponseComplete hooks once (scheduled requests only); a response that really completed
-        (not a disconnect) is also metered here, before its last reply reaches the proxy."""
+        (not a disconnect) is also metered here, before its last reply reaches the proxy. Its usage
+        metrics wait while an observer stream is still reading the body (`settle_usage`)."""
         if ctx.result is None or ctx.complete_hooks_done or ctx.request is None:
             return
         ctx.complete_hooks_done = True
         self._run_response_hooks(ctx, "ResponseComplete", ctx.pipeline.response_complete, False)
         info = ctx.response
         if info.complete:
-            self.meter.response(
+            self.meter.completed(
                 ctx.model,
                 ctx.target_model,
                 duration=max(0.0, ctx.completed_at - ctx.received_at),
-                response_bytes=info.body_bytes,
-                prompt_tokens=info.prompt_tokens,
-                completion_tokens=info.completion_tokens,
-                cached_tokens=info.cached_tokens,
                 ttft=info.first_byte_at - ctx.received_at if info.streaming and info.first_byte_at else 0.0,
             )
+            if not ctx.usage_pending:
+                self._record_usage(ctx)
+
+    def settle_usage(self, ctx: RequestContext) -> None:
+        """An observer stream finished reading the body: record its usage now if the response already
+        completed (else `response_complete` will)."""
+        ctx.usage_pending = False
+        if ctx.complete_hooks_done and ctx.response.complete:
+            self._record_usage(ctx)
+
+    def _record_usage(self, ctx: RequestContext) -> None:
+        if ctx.usage_recorded:
+            return
+        ctx.usage_recorded = True
+        info = ctx.response
+        size: int | None = info.body_bytes if ctx.body_seen else _content_length(info.headers)
+        self.meter.usage(
+            ctx.model,
+            ctx.target_model,
+            duration=max(0.0, ctx.completed_at - ctx.received_at),
+            response_bytes=size,
+            prompt_tokens=info.prompt_tokens,
+            completion_tokens=info.completion_tokens,
+            cached_tokens=info.cached_tokens,
+        )
 
     def _run_response_hooks(
         self, ctx: RequestContext, point: str, hooks: Sequence[Any], received: bool
@@ -373,6 +396,11 @@ class Director:
             info.prompt_tokens,
             info.completion_tokens,
         )
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get(CONTENT_LENGTH, "")
+    return int(value) if value.isdigit() else None
 
 
 def _check_utf8_model(model: str) -> None:

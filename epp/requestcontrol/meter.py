@@ -97,25 +97,29 @@ class RequestMeter:
     def model_rewrite(self, rule: str, model: str, target: str) -> None:
         self.metrics.record_model_rewrite(rule, model, target)
 
-    def response(
+    def completed(self, model: str, target: str, *, duration: float, ttft: float = 0.0) -> None:
+        """A response completed: its duration, and its TTFT when known (> 0: a first body chunk was seen)."""
+        s = self._model(model, target)
+        s.duration.observe(duration)
+        if ttft > 0.0:
+            s.ttft.observe(ttft)
+
+    def usage(
         self,
         model: str,
         target: str,
         *,
         duration: float,
-        response_bytes: int,
+        response_bytes: int | None,
         prompt_tokens: int,
         completion_tokens: int,
         cached_tokens: int,
-        ttft: float = 0.0,
     ) -> None:
-        """A response completed; token histograms only when the body reported usage, TTFT only when
-        known (> 0: a streamed response's first chunk), as `EppMetrics.record_response`."""
+        """What the response body told: its size (None: unknown, no body was seen nor a Content-Length),
+        token histograms only when it reported usage."""
         s = self._model(model, target)
-        s.duration.observe(duration)
-        if ttft > 0.0:
-            s.ttft.observe(ttft)
-        s.response_sizes.observe(response_bytes)
+        if response_bytes is not None:
+            s.response_sizes.observe(response_bytes)
         if prompt_tokens > 0:
             s.input.observe(prompt_tokens)
             s.cached.observe(cached_tokens)

@@ -5,8 +5,10 @@ Responses and Conversations APIs), cached prompt tokens from `prompt_tokens_deta
 spelling), upstream's `prompt_token_details` and the Responses API's `input_tokens_details`.
 
 SSE: events are reassembled across chunks (upstream scans each chunk on its own and misses an event split
-between two chunks); the first event whose JSON carries a non-empty usage wins, including the Responses
-API's `{"type": "response.completed", "response": {"usage": ...}}`. Scanning stops once usage is found.
+between two chunks); the last event whose JSON carries a non-empty usage wins (with vLLM's
+`continuous_usage_stats` every event carries the running totals), including the Responses API's
+`{"type": "response.completed", "response": {"usage": ...}}`. A chunk of whole events without the word
+`usage` is skipped without being split into lines: most chunks of a stream cost one substring search.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def usage_from_json_body(body: bytes) -> Usage | None:
 
 
 class SseUsageScanner:
-    """Feed it the SSE body chunk by chunk; `usage` is set once an event carrying usage has been seen."""
+    """Feed it the SSE body chunk by chunk; `usage` is the last usage an event carried so far."""
 
     __slots__ = ("_carry", "_data", "usage")
 
@@ -96,8 +98,10 @@ class SseUsageScanner:
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> None:
-        if self.usage is not None or not chunk:
+        if not chunk:
             return
+        if not self._carry and not self._data and chunk.endswith(b"\n\n") and b"usage" not in chunk:
+            return  # whole events, none of which can carry usage
         buf = self._carry + chunk if self._carry else chunk
         end = buf.rfind(b"\n")
         if end < 0:
@@ -110,10 +114,10 @@ class SseUsageScanner:
 
     def finish(self) -> None:
         """End of stream: the last line and event count even without their terminating newlines."""
-        if self.usage is None and self._carry:
+        if self._carry:
             carry, self._carry = self._carry, b""
             self._lines(carry.split(b"\n"))
-        if self.usage is None and self._data:
+        if self._data:
             self._dispatch()
 
     def _lines(self, lines: list[bytes]) -> None:
@@ -123,8 +127,6 @@ class SseUsageScanner:
             if not line:
                 if self._data:
                     self._dispatch()
-                    if self.usage is not None:
-                        return
                 continue
             if line.startswith(b"data:"):
                 value = line[6:] if line.startswith(b"data: ") else line[5:]
@@ -134,8 +136,6 @@ class SseUsageScanner:
                 if len(self._data) == 1 and value.endswith(b"}"):
                     # the common case: one complete JSON object per line; do not wait for the blank line
                     self._dispatch()
-                    if self.usage is not None:
-                        return
 
     def _dispatch(self) -> None:
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
@@ -143,6 +143,8 @@ class SseUsageScanner:
         if b"usage" not in data:
             return
         try:
-            self.usage = usage_from_object(json.loads(data))
+            found = usage_from_object(json.loads(data))
         except (ValueError, RecursionError):
             return
+        if found is not None:
+            self.usage = found

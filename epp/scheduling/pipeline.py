@@ -38,6 +38,8 @@ class Pipeline:
         plugin_specs: canonical JSON of each plugin's (type, parameters), to reuse unchanged instances.
         producers: data producers in dependency order.
         extras: plugin-independent config sections (flow control, data layer ...) as validated models.
+        reads_first_byte: a plugin reads `ResponseInfo.first_byte_at` (see `ResponseWatcher`), so the
+            response's first body chunk must be observed.
     """
 
     generation: int
@@ -56,6 +58,7 @@ class Pipeline:
     feature_gates: frozenset[str] = frozenset()
     extras: Mapping[str, Any] = field(default_factory=dict)
     effective_config: Mapping[str, Any] = field(default_factory=dict)
+    reads_first_byte: bool = False
 
 
 class PipelineHolder:

@@ -1,7 +1,8 @@
 """End to end through a real Envoy: client → Envoy → ext_proc (this EPP) → echo model servers.
 
-Two Envoys share the module: FULL_DUPLEX_STREAMED with TLS to the EPP, and BUFFERED with plaintext to a
-second EPP server; most cases run through both.
+Three Envoys share the module, each with the observer filter of the shipped config: ON_DEMAND (the shipped
+config: the response body reaches the EPP only through the observer) and FULL_DUPLEX_STREAMED (upstream's)
+with TLS to the EPP, BUFFERED with plaintext to a third EPP server; most cases run through all three.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ async def gateways(backends, tmp_path_factory) -> AsyncIterator[dict[str, Gatewa
     out: dict[str, Gateway] = {}
     try:
         for name, mode, tls in (
+            ("on-demand-tls", "ON_DEMAND", TlsOptions()),
             ("duplex-tls", "FULL_DUPLEX_STREAMED", TlsOptions()),
             ("buffered-plain", "BUFFERED", None),
         ):
@@ -146,7 +148,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-GATEWAYS = ["duplex-tls", "buffered-plain"]
+GATEWAYS = ["on-demand-tls", "duplex-tls", "buffered-plain"]
 
 
 def by_port(backends: list[EchoBackend], port: int) -> EchoBackend:
@@ -178,7 +180,12 @@ async def test_chat_streaming_usage_counted(gw, gateways, http) -> None:
     g = gateways[gw]
     labels = {"model_name": "chat-m", "target_model_name": "chat-m"}
     before = g.epp.sample("inference_objective_input_tokens_sum", labels)
-    body = {"model": "chat-m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": "chat-m",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     async with http.post(f"{g.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -214,7 +221,7 @@ async def test_model_rewrite_reaches_backend_and_is_restored(gw, stream, gateway
     echo = by_port(backends, port).requests[-1]
     assert echo["model"] == "internal-lora-v2"
     assert "x-gateway-model-name-rewrite" not in echo["headers"]  # consumed, not forwarded
-    if g.mode == "BUFFERED":
+    if g.mode in ("BUFFERED", "ON_DEMAND"):
         # the body changed length: Content-Length must match it (Envoy would answer 500 otherwise)
         assert echo["content_length"] == str(echo["received_len"])
     else:
@@ -299,7 +306,15 @@ async def test_client_cancel_mid_stream_completes_hooks_once(gw, gateways, backe
         b.release.clear()
         b.disconnected.clear()
     done_before = len(g.epp.hook.infos)
-    body = {"model": "cancel-m", "stream": True, "slow": True, "messages": [{"role": "user", "content": "x"}]}
+    # usage asked for: where the routing stream takes no body, the observer reads to its end, which is
+    # what tells a disconnect from a complete response (Envoy ends the routing stream alike for both)
+    body = {
+        "model": "cancel-m",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "slow": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
     resp = await http.post(f"{g.url}/v1/chat/completions", json=body)
     assert resp.status == 200
     first = await resp.content.readuntil(b"\n\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -55,14 +56,19 @@ async def test_streaming_chat_through_envoy_to_simulators(tmp_path) -> None:
         events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
         usage = next(e["usage"] for e in events if e.get("usage"))
         labels = {"model_name": "sim-model", "target_model_name": "sim-model"}
-        assert (
-            metrics.registry.get_sample_value("inference_objective_output_tokens_sum", labels)
-            == usage["completion_tokens"]
-        )
-        assert (
-            metrics.registry.get_sample_value("inference_objective_input_tokens_sum", labels)
-            == usage["prompt_tokens"]
-        )
+
+        def sample(name: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        # the observer reads the usage off the critical path: it may land just after the client is done
+        deadline = asyncio.get_running_loop().time() + 10
+        while not sample("inference_objective_output_tokens_count"):
+            assert asyncio.get_running_loop().time() < deadline, "no usage recorded"
+            await asyncio.sleep(0.01)
+        assert sample("inference_objective_output_tokens_sum") == usage["completion_tokens"]
+        assert sample("inference_objective_input_tokens_sum") == usage["prompt_tokens"]
+        # nothing but the observer read the body: the tokens never waited on the EPP
+        assert metrics.registry.get_sample_value("epp_response_body_total", {"path": "observer"}) == 1
     finally:
         await envoy.stop()
         await server.stop(0)

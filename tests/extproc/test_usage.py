@@ -110,18 +110,43 @@ def test_sse_usage_in_many_tiny_chunks_crlf_and_no_space_and_responses_api() -> 
     assert s.usage == Usage(3, 2, 0)
 
 
-def test_sse_first_usage_wins_and_last_line_without_newline() -> None:
+def test_sse_last_usage_wins_and_last_line_without_newline() -> None:
+    # vLLM's continuous_usage_stats: every event carries the running totals, the last one the final count
     first = dict(CHAT_USAGE)
     second = {"usage": {"prompt_tokens": 99, "completion_tokens": 99}}
     s = SseUsageScanner()
-    s.feed(sse(first) + b"data: " + json.dumps(second).encode())
-    s.finish()
+    s.feed(sse(first))
     assert s.usage == Usage(11, 7, 4)
+    s.feed(sse({"choices": [{"text": "x"}], "usage": None}))  # an empty usage does not override
+    assert s.usage == Usage(11, 7, 4)
+    s.feed(b"data: " + json.dumps(second).encode())
+    s.finish()
+    assert s.usage == Usage(99, 99, 0)
     tail = SseUsageScanner()
     tail.feed(b"data: " + json.dumps(second).encode())
     assert tail.usage is None  # no newline yet: the line may still grow
     tail.finish()
     assert tail.usage == Usage(99, 99, 0)
+
+
+def test_sse_chunks_of_whole_events_without_usage_are_skipped_but_split_events_are_not() -> None:
+    token = sse({"choices": [{"text": "x"}]})
+    usage = sse(dict(CHAT_USAGE))
+    s = SseUsageScanner()
+    s.feed(token * 3)
+    assert s.usage is None
+    # an event carrying usage split so that neither part ends an event, nor holds the whole word
+    cut = usage.index(b"usage") + 2
+    s.feed(usage[:cut])
+    s.feed(usage[cut:])
+    s.finish()
+    assert s.usage == Usage(11, 7, 4)
+    # a multi-line event whose usage line comes in a later chunk that ends the event
+    m = SseUsageScanner()
+    m.feed(b'data: {"id": 1,\n')
+    m.feed(b'data: "usage": {"prompt_tokens": 5, "completion_tokens": 2}}\n\n')
+    m.finish()
+    assert m.usage == Usage(5, 2, 0)
 
 
 def test_sse_multiline_data_event() -> None:

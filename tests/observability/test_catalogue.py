@@ -223,6 +223,7 @@ OURS = {
     "epp_config_hash_info": ("gauge", ("hash", "source")),
     "epp_model_server_scrape_errors_total": ("counter", ("endpoint",)),
     "epp_endpoint_metrics_age_seconds": ("gauge", ("endpoint",)),
+    "epp_response_body_total": ("counter", ("path",)),
 }
 
 

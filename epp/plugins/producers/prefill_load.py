@@ -91,6 +91,11 @@ class PrefillLoadProducer:
         self._entry_key: StateKey[LedgerEntry] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
 
     @property
+    def reads_first_byte(self) -> bool:
+        """The ledger moves a request from pending to decoding at its first response byte."""
+        return True
+
+    @property
     def mean_uncached_tokens(self) -> float:
         return self._mean_uncached
 
