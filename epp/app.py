@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from epp import __version__
-from epp.config import build_pipeline, default_registry, load_config, load_config_file, load_default_config
+from epp.config import build_pipeline, default_registry, load_config, load_default_config
 from epp.config.reloader import ConfigReloader
 from epp.config.watcher import ConfigWatcher
 from epp.datalayer.datastore import Datastore
@@ -30,21 +30,24 @@ from epp.datalayer.metric_spec import MetricOverrides
 from epp.datalayer.scraper import Scraper
 from epp.datalayer.sources import EndpointSource, configured_source_kind, start_endpoint_source
 from epp.datalayer.wiring import DataLayerSelector
-from epp.errors import ConfigError, SettingsError
+from epp.errors import ConfigError, ConfigProblem, SettingsError
 from epp.extproc.health import HealthServer, ReadinessState
 from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
 from epp.flowcontrol.admission import FlowControlAdmission
 from epp.flowcontrol.observe import PrometheusFlowObserver
-from epp.framework.plugins import BackgroundTask, EndpointObserver
 from epp.observability.http import MetricsHttpServer
 from epp.observability.logging import configure_logging
 from epp.observability.metrics import EppMetrics, build_commit
 from epp.observability.pool import PoolMetricsRefresher
+from epp.plugin_runtime import PluginRuntime
 from epp.registry import PluginRegistry
-from epp.requestcontrol.context import RequestOptions
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
 from epp.settings import EppSettings
+from epp.workers.cpus import default_workers
+from epp.workers.metrics_merge import ExcludingCollector
+from epp.workers.pool import WorkerPool
+from epp.workers.worker import request_options
 
 __all__ = ["App", "run"]
 
@@ -65,11 +68,13 @@ def _describe(settings: EppSettings) -> str:
     return " ".join(f"{k}={v}" for k, v in _effective_settings(settings).items())
 
 
-def _names(keys: frozenset[str], limit: int = 20) -> str:
-    """Endpoint names for a log line, at most `limit` of them."""
-    names = sorted(keys)
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+def _read_config_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem(path, 1, "", f"cannot read the config file: {exc.strerror or exc}")]
+        ) from None
 
 
 def _kubeconfig_client(path: str) -> Any:
@@ -94,8 +99,10 @@ class App:
         registry: PluginRegistry | None = None,
         bind_host: str = "",
         k8s_api_client: Any = None,
+        workers: int = 1,
     ) -> None:
         self.settings = settings
+        self.workers = workers
         self.registry = registry or default_registry()
         self.bind_host = bind_host or str(getattr(settings, "bind_address", "") or "")
         self.k8s_api_client = k8s_api_client
@@ -109,32 +116,39 @@ class App:
         self.health_port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self._plugin_tasks: dict[int, asyncio.Task[None]] = {}
-        self._retired_tasks: set[asyncio.Task[None]] = set()  # of plugins a reload dropped
+        self.plugins = PluginRuntime(self.holder, self.datastore)
         self._source: EndpointSource | None = None
         self._scraper: Scraper | None = None
         self._watcher: ConfigWatcher | None = None
         self._reloader: ConfigReloader | None = None
         self._elector: Any = None
         self.extproc: ExtProcServer | None = None
+        self.pool: WorkerPool | None = None
         self.health: HealthServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.admission: FlowControlAdmission | None = None
         self.pool_metrics: PoolMetricsRefresher | None = None
-        self._members: frozenset[str] = frozenset()
 
     # ---- config ------------------------------------------------------------------------------------
 
     def _initial_pipeline(self) -> Pipeline:
         s = self.settings
+        text: bytes | str | None = None
         if s.config_file:
-            config = load_config_file(s.config_file, registry=self.registry)
+            text = _read_config_file(s.config_file)
+            config = load_config(text, registry=self.registry, source=s.config_file)
         elif s.config_text:
-            config = load_config(s.config_text, registry=self.registry)
+            text = s.config_text
+            config = load_config(text, registry=self.registry)
         else:
             config = load_default_config(self.registry)
         pipeline = build_pipeline(
-            config, self.registry, generation=1, observer=self.metrics, metrics=self.metrics
+            config,
+            self.registry,
+            generation=1,
+            observer=self.metrics,
+            metrics=self.metrics,
+            config_text=text,
         )
         self.metrics.record_config_loaded(pipeline.generation, pipeline.config_hash, pipeline.source)
         log.info(
@@ -156,24 +170,35 @@ class App:
             _describe(s),
             extra={"fields": {"settings": _effective_settings(s)}},
         )
-        options = RequestOptions(
-            metrics_staleness=s.metrics_staleness_threshold,
-            disable_endpoint_subset_filter=s.disable_endpoint_subset_filter,
-            decision_header=s.enable_decision_header,
-            max_request_body_bytes=s.max_request_body_bytes,
-            track_token_usage=s.track_token_usage,
-        )
         if configured_source_kind(s) == "static":
             self.datastore.set_objectives(s.static_objectives)
-        self.admission = FlowControlAdmission(
-            self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
-        )
-        self.extproc = ExtProcServer(
-            self.holder, self.datastore, self.metrics, options, admission=self.admission
-        )
         tls = TlsOptions(cert_path=s.cert_path) if s.secure_serving else None
         host = self.bind_host or "[::]"
-        self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
+        exposition = self.metrics.registry
+        gather = None
+        if self.workers > 1:
+            self.pool = WorkerPool(
+                s,
+                self.workers,
+                datastore=self.datastore,
+                holder=self.holder,
+                readiness=self.readiness,
+                metrics=self.metrics,
+                host=host,
+            )
+            self.grpc_port = await self.pool.start()
+            exposition = CollectorRegistry(auto_describe=False)
+            exposition.register(ExcludingCollector(self.metrics.registry, self.pool.worker_families))
+            exposition.register(self.pool.collector)
+            gather = self.pool.collect
+        else:
+            self.admission = FlowControlAdmission(
+                self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
+            )
+            self.extproc = ExtProcServer(
+                self.holder, self.datastore, self.metrics, request_options(s), admission=self.admission
+            )
+            self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
         self.health = HealthServer(self.readiness)
         self.health_port = await self.health.start(s.grpc_health_port, host=host)
         self.pool_metrics = PoolMetricsRefresher(
@@ -184,17 +209,17 @@ class App:
             staleness=s.metrics_staleness_threshold,
         )
         self.metrics_http = MetricsHttpServer(
-            self.metrics.registry,
+            exposition,
             host=self.bind_host or "0.0.0.0",
             port=s.metrics_port,
             token_file=s.metrics_bearer_token_file,
             before_scrape=self.pool_metrics.before_scrape,
+            gather=gather,
         )
         self.metrics_port = await self.metrics_http.start()
 
-        self.holder.subscribe(self._on_swap)
-        self.datastore.subscribe_membership(self._on_membership)
-        self._start_plugin_tasks(self.holder.current)
+        if self.pool is None:
+            self.plugins.start()  # with workers, the plugins that serve live there
 
         kwargs: dict[str, Any] = {}
         if self.k8s_api_client is not None:
@@ -288,16 +313,19 @@ class App:
             await self._elector.stop()
         if self.extproc is not None:
             await self.extproc.stop(grace=5.0)
+        if self.pool is not None:
+            await self.pool.stop(grace=5.0)
         if self._scraper is not None:
             await self._scraper.stop()
         if self._source is not None:
             await self._source.stop()
         if self.admission is not None:
             await self.admission.close()
-        tasks = [*self._tasks, *self._plugin_tasks.values(), *self._retired_tasks]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.plugins.stop()
         if self.health is not None:
             await self.health.stop()
         if self.metrics_http is not None:
@@ -336,58 +364,16 @@ class App:
             self.pool_metrics.refresh_now()  # the pool gauges reflect the first scrape at once
         log.info("endpoints synced (%d) and scraped once: ready", len(self.datastore))
 
-    # ---- pipeline lifecycle hooks -----------------------------------------------------------------
 
-    def _on_membership(self, keys: frozenset[str]) -> None:
-        added, removed = keys - self._members, self._members - keys
-        self._members = keys
-        if added or removed:
-            log.info(
-                "endpoints changed: %d in the pool%s%s",
-                len(keys),
-                f"; added {_names(added)}" if added else "",
-                f"; removed {_names(removed)}" if removed else "",
-            )
-        for plugin in self.holder.current.plugins.values():
-            if isinstance(plugin, EndpointObserver):
-                plugin.endpoints_changed(keys)
-
-    def _on_swap(self, old: Pipeline, new: Pipeline) -> None:
-        keys = self.datastore.keys()
-        for plugin in new.plugins.values():
-            if isinstance(plugin, EndpointObserver):
-                plugin.endpoints_changed(keys)
-        live = {id(p) for p in new.plugins.values()}
-        for pid in [pid for pid in self._plugin_tasks if pid not in live]:
-            retired = self._plugin_tasks.pop(pid)
-            retired.cancel()
-            self._retired_tasks.add(retired)  # awaited by stop() if it has not finished by then
-            retired.add_done_callback(self._retired_tasks.discard)
-        self._start_plugin_tasks(new)
-
-    def _start_plugin_tasks(self, pipeline: Pipeline) -> None:
-        for name, plugin in pipeline.plugins.items():
-            if isinstance(plugin, BackgroundTask) and id(plugin) not in self._plugin_tasks:
-                task = asyncio.create_task(plugin.run(), name=f"plugin-{name}")
-                task.add_done_callback(_log_plugin_task_end)
-                self._plugin_tasks[id(plugin)] = task
-
-
-def _log_plugin_task_end(task: asyncio.Task[None]) -> None:
-    """A plugin's background loop is meant to run until cancelled: say so when one ends on its own."""
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("%s died: %r; what it feeds is no longer updated", task.get_name(), exc, exc_info=exc)
-    else:
-        log.warning("%s returned; what it feeds is no longer updated", task.get_name())
+def resolve_workers(settings: EppSettings) -> int:
+    """`--workers`: 0 = the CPUs this process may use (at most 8)."""
+    return settings.workers or default_workers()
 
 
 async def serve(settings: EppSettings, *, ready: Callable[[App], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
     try:
-        app = App(settings)
+        app = App(settings, workers=resolve_workers(settings))
     except ConfigError as exc:
         print(f"epp: invalid config:\n{exc}", file=sys.stderr)
         return 2

@@ -177,6 +177,14 @@ class EppSettings(BaseSettings):
         "include_usage) for the token metrics; false: response bodies are never read for it",
     )
 
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="decision processes sharing the ext_proc port; 0 = the CPUs this process may use "
+        "(affinity mask and cgroup quota, at most 8); 1 = one process",
+    )
+
     # ---- config
     config_file: str | None = Field(
         None, description="EndpointPickerConfig file; none = the built-in default config"

@@ -69,9 +69,12 @@ def build_pipeline(
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     metrics: PluginMetrics | None = None,
+    config_text: str | bytes | None = None,
 ) -> Pipeline:
     """Instantiate every plugin and assemble the pipeline; raises ConfigError naming the plugin and line
-    when a factory fails or returns something that does not implement its declared kinds."""
+    when a factory fails or returns something that does not implement its declared kinds.
+    `config_text`: the bytes the config was loaded from, kept on the pipeline (None: the built-in
+    default or unknown), so another process can build the same generation."""
     handle = SimpleHandle(
         plugins={}, clock=clock, rng=rng or random.Random(), metrics=metrics or NullPluginMetrics()
     )
@@ -154,6 +157,7 @@ def build_pipeline(
         feature_gates=config.feature_gates,
         extras={"flowControl": config.flow_control, "dataLayer": config.data_layer},
         effective_config=config.to_document(),
+        config_text=config_text.encode() if isinstance(config_text, str) else config_text,
         reads_first_byte=any(isinstance(p, ResponseWatcher) and p.reads_first_byte for p in plugins.values()),
     )
 

@@ -70,6 +70,7 @@ class ConfigReloader:
             observer=self.observer,
             previous=previous,
             metrics=self.plugin_metrics,
+            config_text=data,
         )
 
     async def reload(self, data: bytes) -> bool:

@@ -46,6 +46,7 @@ class Datastore:
         self.version = 0
         self._membership_listeners: list[Callable[[frozenset[str]], None]] = []
         self._sync_listeners: list[Callable[[], None]] = []
+        self._change_listeners: list[Callable[[], None]] = []
         self._synced = False
         self.objectives: Mapping[str, int] = {}
         self.rewrite_rules: tuple[ModelRewriteRule, ...] = ()
@@ -99,12 +100,18 @@ class Datastore:
         """Call `listener()` once, when the endpoint source first marks the datastore synced."""
         self._sync_listeners.append(listener)
 
+    def subscribe_changes(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change of anything here (endpoints, metrics, objectives, rules,
+        the synced flag): cheap, and called often (every scrape), so it should only note the change."""
+        self._change_listeners.append(listener)
+
     def mark_synced(self) -> None:
         if self._synced:
             return
         self._synced = True
         listeners, self._sync_listeners = self._sync_listeners, []
         notify_all(listeners, what="the first endpoint sync")
+        self._notify_changes()
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
         """Replace the membership; endpoints whose key and address are unchanged keep their metrics."""
@@ -129,6 +136,18 @@ class Datastore:
         if key in self._endpoints:
             self.set_endpoints(e for k, e in self._endpoints.items() if k != key)
 
+    def mirror(self, upserts: Iterable[Endpoint], removed: Iterable[str] = ()) -> None:
+        """Take another process's picture as it is: each endpoint replaces the one with its key (metrics
+        included), `removed` keys go. One change, one membership notification when keys changed."""
+        before = frozenset(self._endpoints)
+        for ep in upserts:
+            self._endpoints[ep.key] = ep
+        for key in removed:
+            self._endpoints.pop(key, None)
+        self._changed()
+        if frozenset(self._endpoints) != before:
+            self._notify_membership()
+
     def update_metrics(self, key: str, metrics: EndpointMetrics, healthy: bool = True) -> None:
         """Publish new metrics for an endpoint (ignored if it left the pool meanwhile)."""
         old = self._endpoints.get(key)
@@ -147,13 +166,20 @@ class Datastore:
     def set_objectives(self, objectives: Mapping[str, int]) -> None:
         """Replace the InferenceObjective priorities (objective name → priority)."""
         self.objectives = dict(objectives)
+        self._notify_changes()
 
     def set_rewrite_rules(self, rules: Sequence[ModelRewriteRule]) -> None:
         self.rewrite_rules = tuple(rules)
+        self._notify_changes()
 
     def _changed(self) -> None:
         self._dirty = True
         self.version += 1
+        self._notify_changes()
+
+    def _notify_changes(self) -> None:
+        if self._change_listeners:
+            notify_all(self._change_listeners, what="a datastore change")
 
     def _notify_membership(self) -> None:
         notify_all(

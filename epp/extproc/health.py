@@ -10,7 +10,8 @@ election, so a standby replica is never restarted for being a standby):
 | anything else | leader election on: SERVICE_UNKNOWN; off: as readiness (upstream ignores the name) |
 
 Ready = the endpoint source has synced ∧ the first scrape round is done ∧ (with leader election) leader ∧
-the parser supports the pool's protocol ∧ not shutting down. `Watch` streams changes; `List` reports the
+the parser supports the pool's protocol ∧ (with `--workers N`) every worker serves ∧ not shutting
+down. `Watch` streams changes; `List` reports the
 known services.
 """
 
@@ -49,12 +50,20 @@ class ReadinessState:
         self.scraped = False
         self.leader = not leader_election
         self.protocol_ok = True
+        self.workers_ready = True  # with --workers N: every worker process serves
         self.draining = False
         self._changed = asyncio.Event()  # binds to a loop only when first awaited
 
     @property
     def ready(self) -> bool:
-        return self.synced and self.scraped and self.leader and self.protocol_ok and not self.draining
+        return (
+            self.synced
+            and self.scraped
+            and self.leader
+            and self.protocol_ok
+            and self.workers_ready
+            and not self.draining
+        )
 
     def set_synced(self, value: bool = True) -> None:
         self.synced = value
@@ -70,6 +79,10 @@ class ReadinessState:
 
     def set_protocol_ok(self, value: bool) -> None:
         self.protocol_ok = value
+        self._notify()
+
+    def set_workers(self, ready: bool) -> None:
+        self.workers_ready = ready
         self._notify()
 
     def set_draining(self) -> None:

@@ -169,6 +169,7 @@ class ObserverStream:
         info = ctx.response
         if chunk and not info.first_byte_at:
             info.first_byte_at = time.monotonic()
+            self.director.first_byte(ctx)
         if not ctx.wants_usage:
             return not chunk and not eos  # the first byte was all this request needed
         self.size += len(chunk)

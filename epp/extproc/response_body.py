@@ -134,6 +134,7 @@ class DuplexBody:
         if chunk:
             if not info.first_byte_at:
                 info.first_byte_at = time.monotonic()
+                self.side.director.first_byte(self.ctx)
             info.body_bytes += len(chunk)
         restorer = self.restorer
         out: bytes
@@ -235,6 +236,7 @@ class MessageBody:
         if chunk:
             if not info.first_byte_at:
                 info.first_byte_at = time.monotonic()
+                self.side.director.first_byte(ctx)
             info.body_bytes += len(chunk)
         if self.scanner is not None:
             self.scanner.feed(chunk)

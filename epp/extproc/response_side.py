@@ -40,6 +40,7 @@ from epp.extproc.keys import (
 from epp.extproc.observer import OBSERVER_GRACE
 from epp.extproc.request_side import Reply, RequestSide, header_map
 from epp.extproc.response_body import DuplexBody, MessageBody, NoBody, ResponseBody
+from epp.observability.logging import VERBOSE
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.rewrite import ModelNameRestorer
@@ -226,7 +227,9 @@ class ResponseSide:
                 await asyncio.wait_for(waiter, OBSERVER_GRACE)
             ctx.observer_waiter = None
             if not ctx.body_seen:
-                return  # a disconnect: `Director.finish` runs the hooks without completing
+                # a disconnect: `Director.finish` runs the hooks without completing
+                log.log(VERBOSE, "the body of %s never ended: the client went away", ctx.request_id)
+                return
         self.complete()
 
     def with_hook_metadata(self, reply: Reply) -> Reply:

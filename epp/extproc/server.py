@@ -73,12 +73,16 @@ class ExtProcServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, port: int, tls: TlsOptions | None = None, host: str = "[::]") -> int:
-        """Listen on `host:port` (0 = any free port); returns the bound port. `tls` None = plaintext."""
+    async def start(
+        self, port: int, tls: TlsOptions | None = None, host: str = "[::]", *, reuse_port: bool = False
+    ) -> int:
+        """Listen on `host:port` (0 = any free port); returns the bound port. `tls` None = plaintext.
+        `reuse_port`: share the port with the other workers of the pod (SO_REUSEPORT: the kernel hands
+        each new connection to one of the listening processes)."""
         limit = self.options.max_request_body_bytes + _MESSAGE_SLACK
         server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
             ]

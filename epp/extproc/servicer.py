@@ -107,16 +107,16 @@ class ExtProcServicer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
                     return
                 for reply in replies:
                     await write(reply)
-                try:
-                    msg = await read()
-                except asyncio.CancelledError:
-                    # when Envoy is done with a stream it half-closes it and resets it: the server sees
-                    # either, whether the HTTP request completed or its client went away
-                    ended = True
-                    raise
+                msg = await read()
                 if msg is _EOF:
                     ended = True
                     return
+        except asyncio.CancelledError:
+            # When Envoy is done with a stream it half-closes it and resets it: the server sees the one or
+            # the other, in a read or in a write still completing, whether the HTTP request completed or its
+            # client went away.
+            ended = True
+            raise
         finally:
             if ended and response.waits_for_observer():
                 # the observer's last message trails the end of this stream by a moment: wait for it in

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from epp.framework.cycle import CycleState
 from epp.framework.types import (
@@ -51,6 +51,7 @@ __all__ = [
     "SaturationDetector",
     "Scorer",
     "ScorerCategory",
+    "SharedState",
 ]
 
 
@@ -198,6 +199,28 @@ class ResponseWatcher(Protocol):
 
     @property
     def reads_first_byte(self) -> bool: ...
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    """Optional: a plugin whose state the other processes routing for the same pool must also see (the
+    workers of one pod, see `epp.workers.statebus`): routing history, in-flight load.
+
+    Nothing is shared until `start_sharing()`; from then on the plugin keeps what changed locally and hands
+    it over in `export_changes()` (called shortly after the director reports a change, never on the
+    request path of another plugin), as plain data (msgpack: None, bool, int, float, str, bytes, lists,
+    dicts). Another process's changes arrive in `import_changes(origin, changes)`; delivery is
+    best effort (a change may be lost, never reordered within one origin), so absolute values are better
+    than increments where they fit. `forget_origin` drops what a process that is gone contributed.
+    """
+
+    def start_sharing(self) -> None: ...
+
+    def export_changes(self) -> Any | None: ...
+
+    def import_changes(self, origin: str, changes: Any) -> None: ...
+
+    def forget_origin(self, origin: str) -> None: ...
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -40,7 +40,8 @@ class _TokenFile:
 
 
 class MetricsHttpServer:
-    """Serves `/metrics` from a registry; `before_scrape` runs first (e.g. to refresh gauges)."""
+    """Serves `/metrics` from a registry; `gather` (awaited, e.g. the workers' metrics) and
+    `before_scrape` (e.g. to refresh gauges) run first."""
 
     def __init__(
         self,
@@ -50,12 +51,14 @@ class MetricsHttpServer:
         port: int = 9090,
         token_file: str | None = None,
         before_scrape: Callable[[], None] | None = None,
+        gather: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self._token = _TokenFile(Path(token_file)) if token_file else None
         self._before_scrape = before_scrape
+        self._gather = gather
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -91,6 +94,8 @@ class MetricsHttpServer:
                     text="unauthorized: /metrics requires 'Authorization: Bearer <token>'\n",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        if self._gather is not None:
+            await self._gather()
         if self._before_scrape is not None:
             self._before_scrape()
         body = generate_latest(self.registry)

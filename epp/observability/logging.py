@@ -30,12 +30,16 @@ __all__ = [
     "level_for_verbosity",
     "request_id",
     "request_model",
+    "set_worker_label",
 ]
 
 TRACE = 5
 VERBOSE = 15
 logging.addLevelName(TRACE, "TRACE")
 logging.addLevelName(VERBOSE, "VERBOSE")
+
+#: which process of the pod logs (`--workers`): "" for the pod process, the worker's slot in a worker
+_process: list[str] = [""]
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("epp_request_id", default="")
 request_model: contextvars.ContextVar[str] = contextvars.ContextVar("epp_request_model", default="")
@@ -82,6 +86,8 @@ class ConsoleFormatter(logging.Formatter):
             model = getattr(record, "model", "")
             if model:
                 extra += f" model={model}"
+        if _process[0]:
+            extra += f" worker={_process[0]}"
         line = f"{ts}.{ms:03d}Z {record.levelname:<7} {record.name}: {record.getMessage()}{extra}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -102,6 +108,8 @@ class JsonFormatter(logging.Formatter):
             model = getattr(record, "model", "")
             if model:
                 out["model"] = model
+        if _process[0]:
+            out["worker"] = _process[0]
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
@@ -111,8 +119,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(verbosity: int = 2, fmt: str = "console", stream: TextIO | None = None) -> None:
-    """Configure the root logger once for the process (idempotent: replaces earlier handlers)."""
+def set_worker_label(worker: str) -> None:
+    """Every line logged from now on says `worker=<worker>` ("" for none)."""
+    _process[0] = worker
+
+
+def configure_logging(
+    verbosity: int = 2, fmt: str = "console", stream: TextIO | None = None, *, worker: str = ""
+) -> None:
+    """Configure the root logger once for the process (idempotent: replaces earlier handlers). `worker`
+    names the worker process (every line then says `worker=<it>`)."""
+    _process[0] = worker
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     handler.addFilter(_RequestContextFilter())

@@ -58,6 +58,39 @@ NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 HIT_RATIO_BUCKETS = [round(0.1 * i, 1) for i in range(11)]
 HIT_BYTES_BUCKETS = [0.0, *_powers(16, 65536)]
+SYNC_LAG_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+#: The metrics a worker process records (the request path); with `--workers` the pod process adds them up
+#: over its workers (gauges summed, or the largest value for those in `WORKER_MAX_GAUGES`).
+WORKER_METRICS = (
+    "request_total",
+    "request_error_total",
+    "request_duration",
+    "request_ttft",
+    "request_sizes",
+    "response_sizes",
+    "input_tokens",
+    "output_tokens",
+    "prompt_cached_tokens",
+    "running_requests",
+    "ntpot",
+    "model_rewrite_decisions",
+    "scheduler_e2e",
+    "scheduler_attempts",
+    "plugin_duration_hist",
+    "prefix_indexer_size",
+    "prefix_hit_ratio",
+    "prefix_hit_bytes",
+    "response_body_total",
+    "sync_messages",
+    "sync_lag",
+    "fc_queue_duration",
+    "fc_enqueue_duration",
+    "fc_queue_size",
+    "fc_queue_bytes",
+    "fc_pool_saturation",
+    "fc_dispatch_cycle",
+)
+WORKER_MAX_GAUGES = ("prefix_indexer_size", "fc_pool_saturation")
 QUEUE_DURATION_BUCKETS = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 ]  # fmt: skip
@@ -328,8 +361,34 @@ class EppMetrics:
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
+        # ---- workers (ours) ----
+        self.workers_ready = Gauge(
+            "epp_workers",
+            "Worker processes serving ext_proc (--workers), by state: ready, starting, spare (the warm "
+            "spare waiting to replace a worker that dies).",
+            ["state"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "epp_worker_restarts_total",
+            "Worker processes that ended unexpectedly and were restarted.",
+            registry=r,
+        )
+        self.sync_messages = Counter(
+            "epp_worker_sync_messages_total",
+            "Shared-state messages between workers: sent, received (applied), ignored (no matching plugin).",
+            ["direction"],
+            registry=r,
+        )
+        self.sync_lag = Histogram(
+            "epp_worker_sync_lag_seconds",
+            "Time from a worker sending its routing decisions to another applying them.",
+            buckets=SYNC_LAG_BUCKETS,
+            registry=r,
+        )
         self._pool_averages_set = False
         self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
+        self._sync_children: dict[str, Counter] = {}
 
     # ---- SchedulerObserver ----------------------------------------------------------------------
 
@@ -389,6 +448,23 @@ class EppMetrics:
         if child is None:
             child = self._response_body_children[path] = self.response_body_total.labels(path)
         child.inc()
+
+    def sync_message(self, direction: str, lag: float, parts: int) -> None:
+        """A shared-state message between workers (`epp.workers.statebus`)."""
+        child = self._sync_children.get(direction)
+        if child is None:
+            child = self._sync_children[direction] = self.sync_messages.labels(direction)
+        child.inc()
+        if direction == "received":
+            self.sync_lag.observe(lag)
+
+    def family_names(self, attributes: Iterable[str]) -> frozenset[str]:
+        """The exposition family names of the metrics held in these attributes."""
+        out = set()
+        for attr in attributes:
+            for family in getattr(self, attr).describe():
+                out.add(family.name)
+        return frozenset(out)
 
     def running_inc(self, model: str) -> None:
         self.running_requests.labels(model).inc()

@@ -114,6 +114,9 @@ class Director:
         # an admission that tracks in-flight work (flow control) is told when a scheduled request ends
         finished = getattr(self.admission, "request_finished", None)
         self._admission_finished: Callable[[], None] | None = finished if callable(finished) else None
+        #: called after anything that may have changed plugin state other processes share (a request
+        #: scheduled, a first byte, a completion); set by a worker's state bus
+        self.on_state_change: Callable[[], None] | None = None
 
     # ---- candidates ---------------------------------------------------------------------------------
 
@@ -249,6 +252,8 @@ class Director:
         self.meter.request(model, target, priority, len(out))  # bytes forwarded, as upstream
         self.meter.running_inc(model)
         ctx.running = True
+        if self.on_state_change is not None:
+            self.on_state_change()
         return out
 
     def _target_model(self, model: str, header_target: str | None) -> str:
@@ -304,6 +309,8 @@ class Director:
             return
         ctx.complete_hooks_done = True
         self._run_response_hooks(ctx, "ResponseComplete", ctx.pipeline.response_complete, False)
+        if self.on_state_change is not None:
+            self.on_state_change()
         info = ctx.response
         if info.complete:
             self.meter.completed(
@@ -314,6 +321,11 @@ class Director:
             )
             if not ctx.usage_pending:
                 self._record_usage(ctx)
+
+    def first_byte(self, ctx: RequestContext) -> None:
+        """The response's first body byte was just stamped (`ResponseInfo.first_byte_at`)."""
+        if self.on_state_change is not None and ctx.pipeline.reads_first_byte:
+            self.on_state_change()
 
     def settle_usage(self, ctx: RequestContext) -> None:
         """An observer stream finished reading the body: record its usage now if the response already

@@ -38,6 +38,8 @@ class Pipeline:
         plugin_specs: canonical JSON of each plugin's (type, parameters), to reuse unchanged instances.
         producers: data producers in dependency order.
         extras: plugin-independent config sections (flow control, data layer ...) as validated models.
+        config_text: the bytes the config was loaded from (None: the built-in default), so that the
+            workers of a pod build the same generation.
         reads_first_byte: a plugin reads `ResponseInfo.first_byte_at` (see `ResponseWatcher`), so the
             response's first body chunk must be observed.
     """
@@ -58,6 +60,7 @@ class Pipeline:
     feature_gates: frozenset[str] = frozenset()
     extras: Mapping[str, Any] = field(default_factory=dict)
     effective_config: Mapping[str, Any] = field(default_factory=dict)
+    config_text: bytes | None = None
     reads_first_byte: bool = False
 
 

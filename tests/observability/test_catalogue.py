@@ -224,6 +224,10 @@ OURS = {
     "epp_model_server_scrape_errors_total": ("counter", ("endpoint",)),
     "epp_endpoint_metrics_age_seconds": ("gauge", ("endpoint",)),
     "epp_response_body_total": ("counter", ("path",)),
+    "epp_workers": ("gauge", ("state",)),
+    "epp_worker_restarts_total": ("counter", ()),
+    "epp_worker_sync_messages_total": ("counter", ("direction",)),
+    "epp_worker_sync_lag_seconds": ("histogram", ()),
 }
 
 

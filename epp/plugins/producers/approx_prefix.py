@@ -5,7 +5,8 @@ sent where (`PrefixCacheMatchInfo` in the cycle state, read by `prefix-cache-sco
 `prefix-cache-affinity-filter`). Once a target is chosen (PreRequest) it records the blocks for the primary
 target and for a "prefill" profile's target. When the proxy reports that another endpoint of the list
 served the request (ResponseReceived), the record moves to that endpoint. Endpoints that leave the pool are
-purged (EndpointObserver).
+purged (EndpointObserver). Shared (SharedState): every record and correction is replayed by the other
+processes routing for the pool, so their indexes see this process's routing too.
 
 Block size: with `autoTune`, an endpoint that reports `cache_block_size` uses it; others use the size most
 candidates report; without reports, the configured size. Each distinct size hashes the prompt once.
@@ -17,6 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from epp.framework.cycle import CycleState, StateKey
 from epp.framework.handle import Handle, PluginMetrics
@@ -58,7 +60,7 @@ class _RequestState:
 class ApproxPrefixCacheProducer:
     """DataProducer + PreRequest + ResponseReceived + EndpointObserver over one `PrefixIndex`."""
 
-    __slots__ = ("_metrics", "_state_key", "index", "params", "typed_name")
+    __slots__ = ("_known", "_metrics", "_outbox", "_state_key", "index", "params", "typed_name")
 
     def __init__(
         self,
@@ -72,6 +74,8 @@ class ApproxPrefixCacheProducer:
         self.index = index or PrefixIndex()
         self._metrics = metrics
         self._state_key: StateKey[_RequestState] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+        self._outbox: list[list[Any]] | None = None  # local changes not yet exported (when shared)
+        self._known: frozenset[str] | None = None  # pool membership, once told
 
     # ---- block sizes and hashing --------------------------------------------------------------------
 
@@ -171,13 +175,45 @@ class ApproxPrefixCacheProducer:
             return
         state.corrected = True
         picked = targets[0]
-        self.index.remove(picked.key, state.added.pop(picked.key, ()))
+        removed = state.added.pop(picked.key, ())
+        self.index.remove(picked.key, removed)
+        if self._outbox is not None and removed:
+            self._outbox.append(["r", picked.key, list(removed)])
         state.added[endpoint.key] = self._record(request, state, endpoint)
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
+        self._known = keys
         purged = self.index.retain(keys)
         if purged:
             log.debug("prefix index purged endpoints %s", purged)
+
+    # ---- SharedState --------------------------------------------------------------------------------
+
+    def start_sharing(self) -> None:
+        if self._outbox is None:
+            self._outbox = []
+
+    def export_changes(self) -> list[list[Any]] | None:
+        """Records (`["a", endpoint, hashes, capacity]`) and corrections (`["r", endpoint, hashes]`)."""
+        out = self._outbox
+        if not out:
+            return None
+        self._outbox = []
+        return out
+
+    def import_changes(self, origin: str, changes: Any) -> None:
+        known = self._known
+        for change in changes:
+            kind, key = change[0], change[1]
+            if known is not None and key not in known:
+                continue  # left the pool here already (or not yet known): nothing to hint at
+            if kind == "a":
+                self.index.add(key, change[2], change[3])
+            elif kind == "r":
+                self.index.remove(key, change[2])
+
+    def forget_origin(self, origin: str) -> None:
+        """Nothing to forget: what another process routed is still in the engines' caches."""
 
     def index_size(self) -> int:
         return self.index.size()
@@ -193,6 +229,8 @@ class ApproxPrefixCacheProducer:
         capacity = self.params.lruCapacityPerServer
         if self.params.autoTune and endpoint.metrics.cache_num_blocks > 0:
             capacity = endpoint.metrics.cache_num_blocks
+        if self._outbox is not None:
+            self._outbox.append(["a", endpoint.key, list(hashes), capacity])
         return self.index.add(endpoint.key, hashes, capacity)
 
     def _report(self, info: PrefixCacheMatchInfo, endpoint: Endpoint) -> None:

@@ -7,12 +7,16 @@ that leave the pool are forgotten (EndpointObserver).
 
 Token estimate (upstream's SimpleTokenEstimator): input = request bytes / 4 (at least 1), output = 1.5 x
 input, total = input + output.
+
+Shared (SharedState): each process exports its own per-endpoint counts when they change (absolute
+values) and adds the other processes' counts to what it publishes.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from epp.framework.cycle import CycleState, StateKey
 from epp.framework.handle import Handle
@@ -40,7 +44,16 @@ def estimate_tokens(request: InferenceRequest) -> int:
 class InFlightLoadProducer:
     """DataProducer + PreRequest + ResponseComplete + EndpointObserver over per-endpoint counters."""
 
-    __slots__ = ("_epochs", "_loads", "_lock", "_state_key", "typed_name")
+    __slots__ = (
+        "_epochs",
+        "_exported",
+        "_loads",
+        "_lock",
+        "_remote",
+        "_remote_total",
+        "_state_key",
+        "typed_name",
+    )
 
     def __init__(self, typed_name: TypedName) -> None:
         self.typed_name = typed_name
@@ -50,13 +63,27 @@ class InFlightLoadProducer:
         self._epochs: dict[str, int] = {}
         # what this request added: (endpoint key, tokens, epoch), so completion releases exactly that
         self._state_key: StateKey[list[tuple[str, int, int]]] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+        # other processes' counts: per origin, and summed per endpoint
+        self._remote: dict[str, dict[str, InFlightLoad]] = {}
+        self._remote_total: dict[str, InFlightLoad] = {}
+        self._exported: dict[str, InFlightLoad] = {}
 
     def load(self, key: str) -> InFlightLoad:
-        return self._loads.get(key, NO_LOAD)
+        local = self._loads.get(key)
+        remote = self._remote_total.get(key)
+        if remote is None:
+            return local or NO_LOAD
+        return remote if local is None else _plus(local, remote)
 
     def snapshot(self) -> Mapping[str, InFlightLoad]:
         with self._lock:
-            return dict(self._loads)
+            if not self._remote_total:
+                return dict(self._loads)
+            out = dict(self._remote_total)
+            for key, local in self._loads.items():
+                remote = out.get(key)
+                out[key] = local if remote is None else _plus(local, remote)
+            return out
 
     def prepare_data(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
@@ -106,6 +133,57 @@ class InFlightLoadProducer:
             for key in [k for k in self._loads if k not in keys]:
                 del self._loads[key]
                 self._epochs[key] = self._epochs.get(key, 0) + 1
+            for counts in self._remote.values():
+                for key in [k for k in counts if k not in keys]:
+                    del counts[key]
+            for key in [k for k in self._remote_total if k not in keys]:
+                del self._remote_total[key]
+
+    # ---- SharedState: per-endpoint counts ----------------------------------------------------------------
+
+    def start_sharing(self) -> None:
+        """Nothing extra to keep: the counts are exported when asked."""
+
+    def export_changes(self) -> list[list[Any]] | None:
+        """Local counts that changed since the last export: `[endpoint, requests, tokens]` (0, 0: none)."""
+        with self._lock:
+            current = dict(self._loads)
+            previous = self._exported
+            changed = [[k, v.requests, v.tokens] for k, v in current.items() if previous.get(k) != v]
+            changed += [[k, 0, 0] for k in previous if k not in current]
+            self._exported = current
+        return changed or None
+
+    def import_changes(self, origin: str, changes: Any) -> None:
+        with self._lock:
+            counts = self._remote.setdefault(origin, {})
+            for key, requests, tokens in changes:
+                if requests > 0:
+                    counts[key] = InFlightLoad(requests, tokens)
+                else:
+                    counts.pop(key, None)
+                self._sum_remote(key)
+
+    def forget_origin(self, origin: str) -> None:
+        with self._lock:
+            for key in self._remote.pop(origin, None) or ():
+                self._sum_remote(key)
+
+    def _sum_remote(self, key: str) -> None:
+        requests = tokens = 0
+        for counts in self._remote.values():
+            v = counts.get(key)
+            if v is not None:
+                requests += v.requests
+                tokens += v.tokens
+        if requests > 0:
+            self._remote_total[key] = InFlightLoad(requests, tokens)
+        else:
+            self._remote_total.pop(key, None)
+
+
+def _plus(a: InFlightLoad, b: InFlightLoad) -> InFlightLoad:
+    return InFlightLoad(a.requests + b.requests, a.tokens + b.tokens)
 
 
 def _factory(name: str, params: EmptyParams, handle: Handle) -> InFlightLoadProducer:

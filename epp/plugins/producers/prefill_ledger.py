@@ -7,13 +7,18 @@ not a hook of its own: the ledger keeps the request's `ResponseInfo` (handed ove
 headers arrive) and reads its `first_byte_at` stamp lazily, whenever an endpoint's load is asked for.
 
 Thread-safe (one lock); every operation is O(pending entries of one endpoint).
+
+Shared across processes (the workers of a pod): each process exports its own per-endpoint totals when
+they change (`export_changes`, absolute values, so a lost message is corrected by the next) and adds
+the other processes' totals (`import_changes`) to every load it reports.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from epp.framework.types import ResponseInfo
 
@@ -44,6 +49,13 @@ class EndpointLoad:
     pending_requests: int = 0
     decoding_requests: int = 0
 
+    def __add__(self, other: EndpointLoad) -> EndpointLoad:
+        return EndpointLoad(
+            self.pending_prefill_tokens + other.pending_prefill_tokens,
+            self.pending_requests + other.pending_requests,
+            self.decoding_requests + other.decoding_requests,
+        )
+
 
 NO_LOAD = EndpointLoad()
 
@@ -61,6 +73,10 @@ class PrefillLedger:
         self._endpoints: dict[str, _Endpoint] = {}
         # bumped when an endpoint leaves the pool, so a late release cannot touch a newer count
         self._epochs: dict[str, int] = {}
+        # other processes' totals: per origin, and summed per endpoint (what loads add)
+        self._remote: dict[str, dict[str, EndpointLoad]] = {}
+        self._remote_total: dict[str, EndpointLoad] = {}
+        self._exported: dict[str, EndpointLoad] = {}  # the local totals last exported
 
     def add(self, endpoint: str, prefill_tokens: int) -> LedgerEntry:
         """Enter a request that was just sent to `endpoint`."""
@@ -101,21 +117,28 @@ class PrefillLedger:
         """The endpoint's current load (requests whose first byte arrived move to decoding first)."""
         with self._lock:
             state = self._endpoints.get(endpoint)
+            remote = self._remote_total.get(endpoint)
             if state is None:
-                return NO_LOAD
+                return remote or NO_LOAD
             self._promote(state)
-            return EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+            local = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+            return local + remote if remote is not None else local
 
     def loads(self, keys: Iterable[str]) -> dict[str, EndpointLoad]:
         """`load` for several endpoints under one lock; endpoints without requests are left out."""
         out: dict[str, EndpointLoad] = {}
         with self._lock:
             endpoints = self._endpoints
+            remote_total = self._remote_total
             for key in keys:
                 state = endpoints.get(key)
+                remote = remote_total.get(key) if remote_total else None
                 if state is not None:
                     self._promote(state)
-                    out[key] = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+                    local = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+                    out[key] = local + remote if remote is not None else local
+                elif remote is not None:
+                    out[key] = remote
         return out
 
     def retain(self, keys: Collection[str]) -> list[str]:
@@ -125,7 +148,59 @@ class PrefillLedger:
             for k in gone:
                 del self._endpoints[k]
                 self._epochs[k] = self._epochs.get(k, 0) + 1
+            for totals in self._remote.values():
+                for k in [k for k in totals if k not in keys]:
+                    del totals[k]
+            for k in [k for k in self._remote_total if k not in keys]:
+                del self._remote_total[k]
             return gone
+
+    # ---- sharing with other processes ---------------------------------------------------------------
+
+    def export_changes(self) -> list[list[Any]] | None:
+        """The local per-endpoint totals that changed since the last export: `[endpoint, pending tokens,
+        pending requests, decoding requests]` (all 0: none left there)."""
+        with self._lock:
+            current: dict[str, EndpointLoad] = {}
+            for key, state in self._endpoints.items():
+                self._promote(state)
+                current[key] = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
+            previous = self._exported
+            changed = [
+                [k, v.pending_prefill_tokens, v.pending_requests, v.decoding_requests]
+                for k, v in current.items()
+                if previous.get(k) != v
+            ]
+            changed += [[k, 0, 0, 0] for k in previous if k not in current]
+            self._exported = current
+        return changed or None
+
+    def import_changes(self, origin: str, changes: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            totals = self._remote.setdefault(origin, {})
+            for key, tokens, pending, decoding in changes:
+                if tokens or pending or decoding:
+                    totals[key] = EndpointLoad(tokens, pending, decoding)
+                else:
+                    totals.pop(key, None)
+                self._sum_remote(key)
+
+    def forget_origin(self, origin: str) -> None:
+        with self._lock:
+            totals = self._remote.pop(origin, None)
+            for key in totals or ():
+                self._sum_remote(key)
+
+    def _sum_remote(self, key: str) -> None:
+        total = NO_LOAD
+        for totals in self._remote.values():
+            v = totals.get(key)
+            if v is not None:
+                total = total + v
+        if total == NO_LOAD:
+            self._remote_total.pop(key, None)
+        else:
+            self._remote_total[key] = total
 
     def endpoints(self) -> frozenset[str]:
         with self._lock:

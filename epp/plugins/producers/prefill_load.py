@@ -6,7 +6,8 @@ request on its primary target with the prompt tokens that endpoint had to prefil
 blocks the prefix producer matched there) and moves it from *pending* to *decoding* when the first response
 byte passes the EPP (a streamed response's first token), then forgets it when the response completes. It
 also keeps a running mean of the uncached tokens per request, which consumers use to convert a scraped
-waiting-queue length into tokens.
+waiting-queue length into tokens. Shared (SharedState): the other processes routing for the pool add
+this one's per-endpoint totals to theirs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from epp.framework.cycle import CycleState, StateKey
 from epp.framework.handle import Handle
@@ -135,6 +137,20 @@ class PrefillLoadProducer:
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
         self.ledger.retain(keys)
+
+    # ---- SharedState: the ledger's per-endpoint totals -----------------------------------------------
+
+    def start_sharing(self) -> None:
+        """The ledger keeps nothing extra for sharing: it exports its totals when asked."""
+
+    def export_changes(self) -> list[list[Any]] | None:
+        return self.ledger.export_changes()
+
+    def import_changes(self, origin: str, changes: Any) -> None:
+        self.ledger.import_changes(origin, changes)
+
+    def forget_origin(self, origin: str) -> None:
+        self.ledger.forget_origin(origin)
 
 
 def _factory(name: str, params: EmptyParams, handle: Handle) -> PrefillLoadProducer:

@@ -1,0 +1,96 @@
+"""What every decision process does for the live pipeline's plugins, besides calling their hooks.
+
+- `BackgroundTask` plugins: their loop starts when the pipeline holding them goes live and is cancelled
+  when a reload drops them (awaited on stop); a loop that dies or returns is logged.
+- `EndpointObserver` plugins: told the endpoint keys at every membership change and at every swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from epp.datalayer.datastore import Datastore
+from epp.framework.plugins import BackgroundTask, EndpointObserver
+from epp.scheduling.pipeline import Pipeline, PipelineHolder
+
+__all__ = ["PluginRuntime"]
+
+log = logging.getLogger("epp")
+
+
+def _names(keys: frozenset[str], limit: int = 20) -> str:
+    """Endpoint names for a log line, at most `limit` of them."""
+    names = sorted(keys)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+class PluginRuntime:
+    def __init__(self, holder: PipelineHolder, datastore: Datastore, *, log_membership: bool = True) -> None:
+        self.holder = holder
+        self.datastore = datastore
+        self.log_membership = log_membership
+        self._members: frozenset[str] = frozenset()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # of plugins a reload dropped
+
+    def start(self) -> None:
+        self.holder.subscribe(self._on_swap)
+        self.datastore.subscribe_membership(self._on_membership)
+        self._start_tasks(self.holder.current)
+
+    def tell_membership(self) -> None:
+        """Tell the observers the current keys now (endpoints that arrived before `start`)."""
+        self._on_membership(self.datastore.keys())
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks.values(), *self._retired]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _on_membership(self, keys: frozenset[str]) -> None:
+        added, removed = keys - self._members, self._members - keys
+        self._members = keys
+        if self.log_membership and (added or removed):
+            log.info(
+                "endpoints changed: %d in the pool%s%s",
+                len(keys),
+                f"; added {_names(added)}" if added else "",
+                f"; removed {_names(removed)}" if removed else "",
+            )
+        for plugin in self.holder.current.plugins.values():
+            if isinstance(plugin, EndpointObserver):
+                plugin.endpoints_changed(keys)
+
+    def _on_swap(self, old: Pipeline, new: Pipeline) -> None:
+        keys = self.datastore.keys()
+        for plugin in new.plugins.values():
+            if isinstance(plugin, EndpointObserver):
+                plugin.endpoints_changed(keys)
+        live = {id(p) for p in new.plugins.values()}
+        for pid in [pid for pid in self._tasks if pid not in live]:
+            retired = self._tasks.pop(pid)
+            retired.cancel()
+            self._retired.add(retired)  # awaited by stop() if it has not finished by then
+            retired.add_done_callback(self._retired.discard)
+        self._start_tasks(new)
+
+    def _start_tasks(self, pipeline: Pipeline) -> None:
+        for name, plugin in pipeline.plugins.items():
+            if isinstance(plugin, BackgroundTask) and id(plugin) not in self._tasks:
+                task = asyncio.create_task(plugin.run(), name=f"plugin-{name}")
+                task.add_done_callback(_log_plugin_task_end)
+                self._tasks[id(plugin)] = task
+
+
+def _log_plugin_task_end(task: asyncio.Task[None]) -> None:
+    """A plugin's background loop is meant to run until cancelled: say so when one ends on its own."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("%s died: %r; what it feeds is no longer updated", task.get_name(), exc, exc_info=exc)
+    else:
+        log.warning("%s returned; what it feeds is no longer updated", task.get_name())

@@ -1,0 +1,329 @@
+"""A worker process: ext_proc on the pod's shared port, a copy of the pod's fleet picture, shared state.
+
+Started by the pod process (`epp.workers.pool`) as `python -m epp.workers.worker --dir D --slot I
+--incarnation N --slots K`; its settings are the pod process's (`D/settings.json`). With `--slot -1` it
+is the warm spare: it imports and builds what it can, then waits to be told which worker to replace.
+A worker says hello on the control channel, gets the whole picture (config, endpoints and their
+metrics, objectives, rewrite rules), builds the pipeline, listens on the shared ext_proc port and says
+it is ready; from then on it applies what the pod process sends and shares its routing decisions with
+the other workers (`statebus`).
+
+It never talks to the model servers, Kubernetes or the config file itself, and serves no health or
+metrics port: the pod process does, for all of them. It exits when told to (SIGTERM: stop accepting,
+drain for 5 s) and when the pod process dies (it would be orphaned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from epp.config import build_pipeline, default_registry, load_config
+from epp.datalayer.datastore import Datastore
+from epp.errors import ConfigError
+from epp.extproc.server import ExtProcServer
+from epp.extproc.tls import TlsOptions
+from epp.flowcontrol.admission import FlowControlAdmission
+from epp.flowcontrol.observe import PrometheusFlowObserver
+from epp.observability.logging import configure_logging, set_worker_label
+from epp.observability.metrics import WORKER_METRICS, EppMetrics
+from epp.observability.pool import PoolMetricsRefresher
+from epp.plugin_runtime import PluginRuntime
+from epp.registry import PluginRegistry
+from epp.requestcontrol.context import RequestOptions
+from epp.scheduling.pipeline import Pipeline, PipelineHolder
+from epp.settings import EppSettings
+from epp.workers import control as c
+from epp.workers.codec import decode_endpoint, decode_rules
+from epp.workers.control import ControlClient
+from epp.workers.statebus import StateBus
+
+__all__ = ["Worker", "main", "request_options"]
+
+log = logging.getLogger("epp.worker")
+
+#: How long a new worker waits for the pod process's picture before giving up.
+SNAPSHOT_TIMEOUT = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def request_options(s: EppSettings) -> RequestOptions:
+    return RequestOptions(
+        metrics_staleness=s.metrics_staleness_threshold,
+        disable_endpoint_subset_filter=s.disable_endpoint_subset_filter,
+        decision_header=s.enable_decision_header,
+        max_request_body_bytes=s.max_request_body_bytes,
+        track_token_usage=s.track_token_usage,
+    )
+
+
+def build_generation(
+    config: dict[str, Any], registry: PluginRegistry, metrics: EppMetrics, previous: Pipeline | None
+) -> Pipeline:
+    """The pipeline of one config generation, from the bytes the pod process loaded (None: default)."""
+    text = config["text"]
+    source = config["source"]
+    loaded = load_config(text, registry=registry, source=source, log_warnings=False)
+    return build_pipeline(
+        loaded,
+        registry,
+        generation=config["generation"],
+        observer=metrics,
+        metrics=metrics,
+        previous=previous,
+        source=source,
+        config_hash=config["hash"],
+        config_text=text,
+    )
+
+
+class Worker:
+    def __init__(
+        self, settings: EppSettings, *, directory: str, slot: int, incarnation: int, slots: int
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.slot = slot
+        self.incarnation = incarnation
+        self.slots = slots
+        self.registry = default_registry()
+        self.metrics = EppMetrics(CollectorRegistry(), pool_name=settings.pool_name or "static")
+        self.worker_families = self.metrics.family_names(WORKER_METRICS)
+        self.datastore = Datastore()
+        name = f"{slot}.{incarnation}" if slot >= 0 else f"spare.{incarnation}"
+        self.client = ControlClient(f"ipc://{directory}/control", name.encode())
+        self.holder: PipelineHolder | None = None
+        self.server: ExtProcServer | None = None
+        self.bus: StateBus | None = None
+        self.plugins: PluginRuntime | None = None
+        self.admission: FlowControlAdmission | None = None
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- start --------------------------------------------------------------------------------------
+
+    async def wait_for_assignment(self) -> None:
+        """The warm spare: everything imported and built that can be, until the pod process says which
+        worker to become (a worker died)."""
+        self.client.send([c.HELLO, -1, self.incarnation, os.getpid()])
+        while True:
+            message = await self.client.recv()
+            if message[0] == c.ASSIGN:
+                self.slot, self.incarnation = int(message[1]), int(message[2])
+                set_worker_label(str(self.slot))
+                log.info("the warm spare becomes worker %d", self.slot)
+                return
+
+    async def start(self) -> None:
+        if self.slot < 0:
+            await self.wait_for_assignment()
+        self.client.send([c.HELLO, self.slot, self.incarnation, os.getpid()])
+        message = await asyncio.wait_for(self.client.recv(), SNAPSHOT_TIMEOUT)
+        if message[0] != c.SNAPSHOT:
+            raise RuntimeError(f"expected the pod's snapshot first, got {message[0]!r}")
+        picture = message[1]
+        pipeline = await asyncio.to_thread(
+            build_generation, picture["config"], self.registry, self.metrics, None
+        )
+        self.holder = holder = PipelineHolder(pipeline)
+        self._apply_picture(picture)
+        s = self.settings
+        self.admission = FlowControlAdmission(
+            self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
+        )
+        self.server = ExtProcServer(
+            holder, self.datastore, self.metrics, request_options(s), admission=self.admission
+        )
+        self.bus = StateBus(
+            holder,
+            directory=self.directory,
+            slot=self.slot,
+            incarnation=self.incarnation,
+            slots=self.slots,
+            on_message=self.metrics.sync_message,
+        )
+        self.server.director.on_state_change = self.bus.notify
+        self.plugins = PluginRuntime(holder, self.datastore, log_membership=False)
+        self.plugins.start()
+        self.plugins.tell_membership()
+        tls = TlsOptions(cert_path=s.cert_path) if s.secure_serving else None
+        host = s.bind_address or "[::]"
+        await self.server.start(s.grpc_port, tls, host=host, reuse_port=True)
+        refresher = PoolMetricsRefresher(
+            self.metrics,
+            self.datastore,
+            lambda: holder.current.plugins.values(),
+            interval=s.refresh_prometheus_metrics_interval,
+            staleness=s.metrics_staleness_threshold,
+        )
+        self._spawn(self.bus.run(), "state-bus")
+        self._spawn(refresher.run(), "pool-gauges")
+        self._spawn(self._control_loop(), "control")
+        self._spawn(self._watch_parent(os.getppid()), "parent")
+        self.client.send([c.READY, True])
+        log.info(
+            "worker %d (pid %d) ready: ext_proc %d, config generation %d, %d endpoints",
+            self.slot,
+            os.getpid(),
+            s.grpc_port,
+            pipeline.generation,
+            len(self.datastore),
+        )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        log.error("worker %d: %s ended (%r): stopping", self.slot, task.get_name(), exc, exc_info=exc)
+        self.stopping.set()
+
+    # ---- control messages ---------------------------------------------------------------------------
+
+    def _apply_picture(self, picture: dict[str, Any]) -> None:
+        endpoints = [decode_endpoint(v) for v in picture["endpoints"]]
+        self._mirror_all(endpoints)
+        self.datastore.set_objectives(picture["objectives"])
+        self.datastore.set_rewrite_rules(decode_rules(picture["rules"]))
+        if picture["synced"]:
+            self.datastore.mark_synced()
+
+    def _mirror_all(self, endpoints: list[Any]) -> None:
+        keys = {e.key for e in endpoints}
+        current = self.datastore.keys()
+        self.datastore.mirror(endpoints, [k for k in current if k not in keys])
+
+    async def _control_loop(self) -> None:
+        while True:
+            message = await self.client.recv()
+            kind = message[0]
+            try:
+                await self._on_control(kind, message)
+            except Exception:
+                log.exception("worker %d: control message %r failed", self.slot, kind)
+
+    async def _on_control(self, kind: str, message: list[Any]) -> None:
+        ds = self.datastore
+        if kind == c.UPDATE:
+            ds.mirror([decode_endpoint(v) for v in message[1]])
+        elif kind == c.ENDPOINTS:
+            self._mirror_all([decode_endpoint(v) for v in message[1]])
+        elif kind == c.COLLECT:
+            families = [f for f in self.metrics.registry.collect() if f.name in self.worker_families]
+            self.client.send(
+                [c.FAMILIES, message[1], pickle.dumps(families, protocol=pickle.HIGHEST_PROTOCOL)]
+            )
+        elif kind == c.CONFIG:
+            await self._reload(message[1])
+        elif kind == c.OBJECTIVES:
+            ds.set_objectives(message[1])
+        elif kind == c.RULES:
+            ds.set_rewrite_rules(decode_rules(message[1]))
+        elif kind == c.SYNCED:
+            ds.mark_synced()
+        elif kind == c.GONE and self.bus is not None:
+            self.bus.forget_slot(int(message[1]))
+        elif kind == c.SNAPSHOT:  # the pod process lost track of us (it restarted its channel)
+            self._apply_picture(message[1])
+
+    async def _reload(self, config: dict[str, Any]) -> None:
+        holder = self.holder
+        assert holder is not None
+        generation = config["generation"]
+        try:
+            pipeline = await asyncio.to_thread(
+                build_generation, config, self.registry, self.metrics, holder.current
+            )
+        except (ConfigError, Exception) as exc:  # the pod process validated it: this is a bug
+            log.exception("worker %d cannot build config generation %d", self.slot, generation)
+            self.client.send([c.APPLIED, generation, False, str(exc)])
+            return
+        holder.swap(pipeline)
+        self.client.send([c.APPLIED, generation, True, ""])
+
+    async def _watch_parent(self, parent: int) -> None:
+        """The pod process died without stopping us (SIGKILL): stop too."""
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.error("worker %d: the pod process %d is gone; stopping", self.slot, parent)
+        self.stopping.set()
+
+    # ---- stop ---------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.client.send([c.READY, False])
+        if self.server is not None:
+            await self.server.stop(grace=5.0)
+        if self.admission is not None:
+            await self.admission.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.plugins is not None:
+            await self.plugins.stop()
+        if self.bus is not None:
+            self.bus.close()
+        self.client.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM when the pod process dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+async def serve_worker(args: argparse.Namespace) -> int:
+    data = json.loads((Path(args.dir) / "settings.json").read_text())
+    settings = EppSettings.model_validate(data)
+    worker = Worker(
+        settings, directory=args.dir, slot=args.slot, incarnation=args.incarnation, slots=args.slots
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, worker.stopping.set)
+    try:
+        await worker.start()
+    except Exception:
+        log.exception("worker %d failed to start", args.slot)
+        await worker.stop()
+        return 1
+    await worker.stopping.wait()
+    await worker.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m epp.workers.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", required=True, help="the pod process's private directory")
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--incarnation", type=int, required=True)
+    p.add_argument("--slots", type=int, required=True)
+    args = p.parse_args(argv)
+    _die_with_parent()
+    data = json.loads((Path(args.dir) / "settings.json").read_text())
+    label = str(args.slot) if args.slot >= 0 else "spare"
+    configure_logging(int(data.get("v", 2)), str(data.get("log_format", "console")), worker=label)
+    return asyncio.run(serve_worker(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
