@@ -798,3 +798,28 @@ def test_grpc_model_servers_with_an_explicit_parser(helm: Helm) -> None:
     config = yaml.safe_load(config_map_data(objs)["default-plugins.yaml"])
     assert {"type": "passthrough-parser"} in config["plugins"]
     assert one(helm.template(values("single.yaml")), "InferencePool")["spec"]["appProtocol"] == "http"
+
+
+# --- workers ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "workers"),
+    [
+        ([], "4"),  # the chart's default CPU request
+        (["inferenceExtension.resources.requests.cpu=2500m"], "3"),
+        (["inferenceExtension.resources.requests.cpu=500m"], "1"),
+        (["inferenceExtension.resources.requests.cpu=2"], "2"),
+        (["inferenceExtension.workers=6"], "6"),
+        (["inferenceExtension.resources=null"], None),  # no request: the EPP counts its CPUs itself
+        (["inferenceExtension.flags.workers=1"], "1"),  # a flag the user sets wins
+    ],
+)
+def test_workers_follow_the_cpu_request(helm: Helm, sets: list[str], workers: str | None) -> None:
+    flags = flag_map(args_of(helm.template(values("single.yaml"), sets=sets)))
+    assert flags.get("workers") == workers
+
+
+def test_a_bad_workers_value_is_refused(helm: Helm) -> None:
+    with pytest.raises(RenderError, match="workers"):
+        helm.template(values("single.yaml"), sets=["inferenceExtension.workers=-2"])

@@ -134,6 +134,29 @@ metrics: {{ get $user "metrics-port" | default (.Values.inferenceExtension.metri
 {{- define "epp.metricsTokenDir" -}}/var/run/secrets/epp-metrics-auth{{- end -}}
 
 {{/*
+The EPP's --workers: inferenceExtension.workers, else the container's CPU request rounded up ("4", 4,
+"2500m" -> 3), so the decision processes and the CPUs the pod asks for agree; "" without either (the EPP
+then counts the CPUs it may use).
+*/}}
+{{- define "epp.workers" -}}
+{{- $ie := .Values.inferenceExtension -}}
+{{- if $ie.workers -}}
+{{- $ie.workers | int -}}
+{{- else -}}
+{{- $cpu := toString (dig "requests" "cpu" "" ($ie.resources | default dict)) -}}
+{{- if $cpu -}}
+{{- $cores := 0.0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $cores = divf (trimSuffix "m" $cpu | float64) 1000 -}}
+{{- else -}}
+{{- $cores = $cpu | float64 -}}
+{{- end -}}
+{{- max 1 (ceil $cores | int) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The EPP's command-line flags as an ordered list of [name, value] pairs (value "" = a bare flag).
 Chart-managed flags come first; a flag the user also sets in inferenceExtension.flags is left to the user's
 value, so every flag appears exactly once.
@@ -156,6 +179,9 @@ value, so every flag appears exactly once.
 {{- end -}}
 {{- if include "epp.ha" . -}}
 {{- $managed = append $managed (list "ha-enable-leader-election" "true") -}}
+{{- end -}}
+{{- with include "epp.workers" . -}}
+{{- $managed = append $managed (list "workers" .) -}}
 {{- end -}}
 {{- if include "epp.metricsAuth" . -}}
 {{- $managed = append $managed (list "metrics-bearer-token-file" (printf "%s/token" (include "epp.metricsTokenDir" .))) -}}
