@@ -6,11 +6,17 @@ A router is named by a spec string (`parse_router`):
 |---|---|
 | `epp:NAME` / `epp:FILE` | the EPP daemon (own process), `profiles/NAME.yaml` or FILE, behind a real Envoy |
 | `epp-plaintext:NAME` | the same with a plaintext ext_proc stream (`--secure-serving=false`) instead of TLS |
+| `epp-duplex:NAME` | the same behind upstream's Envoy config: `FULL_DUPLEX_STREAMED`, no observer |
 | `envoy-rr`, `envoy-lr` | Envoy alone, a static cluster with `ROUND_ROBIN` / `LEAST_REQUEST` (no EPP) |
 | `sglang` | `sglang-router` (`smg launch`) with `--policy cache_aware` and its defaults |
 | `vllm` | `vllm-router` with `--policy cache_aware` and its defaults |
 
-`start_router(spec, addresses, workdir)` starts one and waits until it answers; `stop()` stops what it
+`epp:` runs the Envoy config we ship (`EnvoyConfig()`: the response body ON_DEMAND plus the observer
+filter, docs/protocol.md section 5); `epp-duplex:` is upstream's, where every streamed chunk crosses the
+EPP and waits on its reply (the "before" of that change).
+
+`start_router(spec, addresses, workdir)` starts one and waits until it answers; `processes` names its
+processes by role (`epp` and `envoy`, `envoy`, or `router` for a rival); `stop()` stops what it
 started by PID (the rivals run in their own process group, which is signalled as a whole, so nothing is
 left behind). The rival routers get `offline_env()`: both their `--host` and `--prometheus-host` are
 127.0.0.1, and anything they try to fetch from the internet fails on a closed loopback port.
@@ -25,7 +31,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -37,6 +43,7 @@ from epp.bench.rivals import ensure_tool, offline_env
 from epp.demo.orchestrate import resolve_profile
 from epp.loadgen.gateway import Gateway
 from epp.proxy import EnvoyConfig, EnvoyProcess
+from epp.proxy.envoy_config import BodyMode
 
 __all__ = [
     "RivalProcess",
@@ -61,6 +68,9 @@ class RouterSpec:
     kind: RouterKind
     profile: Path | None = None
     policy: str = ""
+    #: the Envoy config of an `epp` router: the response body mode of the routing filter, the observer
+    body_mode: BodyMode = "ON_DEMAND"
+    observer: bool = True
 
     @property
     def is_rival(self) -> bool:
@@ -79,12 +89,15 @@ class RouterSpec:
 def parse_router(text: str) -> RouterSpec:
     """A spec from its string form (see the module docstring); raises ValueError."""
     t = text.strip()
-    for prefix, policy in (("epp:", ""), ("epp-plaintext:", "plaintext")):
+    for prefix, policy in (("epp:", ""), ("epp-plaintext:", "plaintext"), ("epp-duplex:", "duplex")):
         if t.startswith(prefix):
             ref = t[len(prefix) :]
             path = resolve_profile(ref)
             label = Path(ref).stem if ref.endswith(".yaml") or "/" in ref else ref
-            return RouterSpec(name=f"{prefix}{label}", kind="epp", profile=path, policy=policy)
+            spec = RouterSpec(name=f"{prefix}{label}", kind="epp", profile=path, policy=policy)
+            if policy == "duplex":  # upstream's Envoy config
+                spec = replace(spec, body_mode="FULL_DUPLEX_STREAMED", observer=False)
+            return spec
     aliases: dict[str, RouterSpec] = {
         "envoy-rr": RouterSpec("envoy-rr", "envoy", policy="round_robin"),
         "envoy-lr": RouterSpec("envoy-lr", "envoy", policy="least_request"),
@@ -96,7 +109,8 @@ def parse_router(text: str) -> RouterSpec:
     if t in aliases:
         return aliases[t]
     raise ValueError(
-        f"unknown router {text!r}: use epp:PROFILE, epp-plaintext:PROFILE, envoy-rr, envoy-lr, sglang or vllm"
+        f"unknown router {text!r}: use epp:PROFILE, epp-plaintext:PROFILE, epp-duplex:PROFILE, envoy-rr, "
+        "envoy-lr, sglang or vllm"
     )
 
 
@@ -108,6 +122,9 @@ class RunningRouter(Protocol):
 
     @property
     def pids(self) -> list[int]: ...
+
+    @property
+    def processes(self) -> dict[str, int]: ...
 
     async def stop(self) -> None: ...
 
@@ -134,6 +151,15 @@ class _EppRouter:
     def pids(self) -> list[int]:
         return self.gateway.pids
 
+    @property
+    def processes(self) -> dict[str, int]:
+        return self.gateway.processes
+
+    @property
+    def metrics_url(self) -> str:
+        """The EPP's Prometheus page."""
+        return self.gateway.epp.metrics_url
+
     async def stop(self) -> None:
         await self.gateway.stop()
 
@@ -150,6 +176,10 @@ class _EnvoyRouter:
     @property
     def pids(self) -> list[int]:
         return [self.envoy.proc.pid] if self.envoy.proc is not None else []
+
+    @property
+    def processes(self) -> dict[str, int]:
+        return {"envoy": self.envoy.proc.pid} if self.envoy.proc is not None else {}
 
     async def stop(self) -> None:
         await self.envoy.stop()
@@ -180,6 +210,11 @@ class RivalProcess:
     @property
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc is not None else []
+
+    @property
+    def processes(self) -> dict[str, int]:
+        """The launched process (its own children, if any, are in its process group)."""
+        return {"router": self.proc.pid} if self.proc is not None else {}
 
     def log_text(self) -> str:
         try:
@@ -270,6 +305,8 @@ async def start_router(
     workdir: Path,
     *,
     epp_args: Sequence[str] = (),
+    body_mode: BodyMode | None = None,
+    observer: bool | None = None,
     say: Callable[[str], None] | None = None,
     children: Children | None = None,
     timeout: float = 60.0,
@@ -277,8 +314,9 @@ async def start_router(
 ) -> RunningRouter:
     """Start `spec` in front of `addresses` and wait until it serves; stops it again on failure.
 
-    `epp_args` are extra daemon flags for `epp:` routers. `children` records every process as soon as
-    it exists (for the last-resort cleanup).
+    `epp_args` are extra daemon flags for `epp:` routers; `body_mode` / `observer` override the spec's
+    Envoy config for them. `children` records every process as soon as it exists (for the last-resort
+    cleanup).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "epp":
@@ -289,6 +327,8 @@ async def start_router(
             epp_mode="subprocess",
             extra_args=epp_args,
             secure_serving=spec.policy != "plaintext",  # TLS to Envoy as deployed, unless asked not to
+            body_mode=spec.body_mode if body_mode is None else body_mode,
+            observer=spec.observer if observer is None else observer,
         )
         try:
             await gateway.start()

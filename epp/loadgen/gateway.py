@@ -6,7 +6,9 @@ kernel) or as its own process (`EppProcess`: `python -m epp ...`, as it is deplo
 is not shared with the load client; free ports are picked first, and a start that loses a port race
 is retried). Both wait until readiness is SERVING (endpoints synced and scraped once). `Gateway` adds
 a real Envoy (`epp.proxy`) whose ext_proc filter talks to that EPP, TLS without verification by
-default (the daemon's default, upstream's setup).
+default (the daemon's default, upstream's setup), with the Envoy config we ship (`EnvoyConfig()`: the
+response body ON_DEMAND plus the observer filter) unless `body_mode` / `observer` say otherwise
+(`body_mode="FULL_DUPLEX_STREAMED", observer=False` is upstream's setup, every token through the EPP).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.app import App
 from epp.proxy import EnvoyConfig, EnvoyProcess
+from epp.proxy.envoy_config import BodyMode
 from epp.settings import parse_settings
 
 __all__ = ["EppMode", "EppProcess", "EppServer", "Gateway", "epp_flags"]
@@ -289,6 +292,8 @@ class Gateway:
         extra_args: Sequence[str] = (),
         route_timeout: float = 60.0,
         epp_mode: EppMode = "inprocess",
+        body_mode: BodyMode = "ON_DEMAND",
+        observer: bool = True,
     ) -> None:
         self.epp: EppServer | EppProcess
         if epp_mode == "subprocess":
@@ -313,6 +318,8 @@ class Gateway:
             raise ValueError(f"epp_mode must be 'inprocess' or 'subprocess', got {epp_mode!r}")
         self.workdir = workdir
         self.route_timeout = route_timeout
+        self.body_mode: BodyMode = body_mode
+        self.observer = observer
         self.envoy: EnvoyProcess | None = None
 
     @property
@@ -322,12 +329,25 @@ class Gateway:
         return self.envoy.url
 
     @property
+    def envoy_pid(self) -> int | None:
+        proc = self.envoy.proc if self.envoy is not None else None
+        return proc.pid if proc is not None else None
+
+    @property
+    def epp_pid(self) -> int | None:
+        """The EPP daemon's process (None when it runs in this process)."""
+        return self.epp.pid if isinstance(self.epp, EppProcess) else None
+
+    @property
+    def processes(self) -> dict[str, int]:
+        """The running child processes by role: `envoy`, and `epp` when the EPP is a subprocess."""
+        out = {"envoy": self.envoy_pid, "epp": self.epp_pid}
+        return {role: pid for role, pid in out.items() if pid is not None}
+
+    @property
     def pids(self) -> list[int]:
         """Child processes this gateway started (Envoy, and the EPP when it runs as a subprocess)."""
-        proc = self.envoy.proc if self.envoy is not None else None
-        pids = [proc.pid] if proc is not None else []
-        epp_pid = self.epp.pid if isinstance(self.epp, EppProcess) else None
-        return [*pids, epp_pid] if epp_pid is not None else pids
+        return list(self.processes.values())
 
     async def start(self) -> Gateway:
         try:
@@ -336,6 +356,8 @@ class Gateway:
                 ext_proc_port=self.epp.grpc_port,
                 ext_proc_tls=self.epp.secure_serving,
                 route_timeout=self.route_timeout,
+                body_mode=self.body_mode,
+                observer=self.observer,
             )
             self.envoy = EnvoyProcess(config, self.workdir)
             await self.envoy.start()
