@@ -3,7 +3,7 @@
 | subcommand | what |
 |---|---|
 | `quality` | scheduling quality: our profiles vs Envoy and the rivals on four workloads (`quality.py`) |
-| `overhead` | what the EPP costs: decisions/s on one core, added TTFT through Envoy (`overhead.py`) |
+| `overhead` | what the EPP costs: decisions/s, CPU per request and per streamed token, TTFT (`overhead.py`) |
 | `crosscheck` | one quality comparison with `inference-perf` as the client (`crosscheck.py`) |
 | `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` now |
 | `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.bench.NAME` |
@@ -39,7 +39,8 @@ _OWN = {
 _USAGE = """usage: epp bench {quality,overhead,crosscheck,install,schedule,scrape,extproc,overload} [options]
 
   quality      scheduling quality vs plain Envoy, sglang-router and vllm-router (4 workloads)
-  overhead     EPP decisions/s on one core; TTFT added through Envoy vs Envoy, sglang-router, direct
+  overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs
+               Envoy, upstream's full-duplex config, sglang-router, direct)
   crosscheck   the same comparison driven by inference-perf (a client we did not write)
   install      install the rival routers and inference-perf into .cache/bench/venvs/
   schedule | scrape | extproc | overload
