@@ -148,6 +148,26 @@ class Datastore:
         if frozenset(self._endpoints) != before:
             self._notify_membership()
 
+    def refresh(self, updates: Iterable[tuple[str, EndpointMetrics, bool]]) -> None:
+        """New metrics and health for several endpoints at once (another process's scrapes): one change.
+        Keys not here (any more) are ignored."""
+        endpoints = self._endpoints
+        for key, metrics, healthy in updates:
+            old = endpoints.get(key)
+            if old is not None:
+                endpoints[key] = Endpoint(
+                    old.key,
+                    old.ip,
+                    old.port,
+                    old.labels,
+                    metrics,
+                    old.namespace,
+                    old.pod_name,
+                    old.rank,
+                    healthy,
+                )
+        self._changed()
+
     def update_metrics(self, key: str, metrics: EndpointMetrics, healthy: bool = True) -> None:
         """Publish new metrics for an endpoint (ignored if it left the pool meanwhile)."""
         old = self._endpoints.get(key)

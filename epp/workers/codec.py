@@ -29,9 +29,10 @@ __all__ = [
 ]
 
 _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(EndpointMetrics))
-_METRIC_SETS = frozenset(
-    f.name for f in dataclasses.fields(EndpointMetrics) if isinstance(f.default, frozenset)
+_SET_POSITIONS = tuple(
+    i for i, f in enumerate(dataclasses.fields(EndpointMetrics)) if isinstance(f.default, frozenset)
 )
+_new_metrics = EndpointMetrics
 
 
 def pack(obj: Any) -> bytes:
@@ -47,11 +48,12 @@ def encode_metrics(m: EndpointMetrics) -> list[Any]:
 
 
 def decode_metrics(values: Sequence[Any]) -> EndpointMetrics:
-    kwargs: dict[str, Any] = {
-        name: frozenset(value) if name in _METRIC_SETS else value
-        for name, value in zip(_METRIC_FIELDS, values, strict=True)
-    }
-    return EndpointMetrics(**kwargs)
+    if len(values) != len(_METRIC_FIELDS):
+        raise ValueError(f"expected {len(_METRIC_FIELDS)} metric fields, got {len(values)}")
+    fields = list(values)
+    for i in _SET_POSITIONS:
+        fields[i] = frozenset(fields[i])
+    return _new_metrics(*fields)
 
 
 def encode_endpoint(e: Endpoint) -> list[Any]:

@@ -8,7 +8,7 @@ pod process → worker:
     snapshot   {config, endpoints, synced, objectives, rules}    after every hello
     config     {generation, text, source, hash}                   a reload that passed validation
     endpoints  [endpoint, ...]                                    the whole membership (it changed)
-    update     [endpoint, ...]                                    endpoints that changed (metrics, ...)
+    update     [[key, metrics, healthy], ...]                     endpoints scraped since (same members)
     objectives {name: priority}
     rules      [rule, ...]                                        InferenceModelRewrite rules
     synced                                                        the endpoint source has synced
@@ -24,15 +24,14 @@ worker → pod process:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from epp.workers.codec import pack, unpack
+from epp.workers.transport import Inbox, socket
 
 __all__ = [
     "APPLIED",
@@ -70,76 +69,82 @@ READY = "ready"
 APPLIED = "applied"
 FAMILIES = "families"
 
-#: Messages queued per peer before new ones are dropped (a worker that stopped reading).
-_HWM = 100_000
 
-Handler = Callable[[bytes, list[Any]], Awaitable[None] | None]
-
-
-def _warn_dropped(fut: asyncio.Future[Any]) -> None:
-    # pyzmq's asyncio sockets report a failed non-blocking send in the future, not by raising
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("control message dropped: %s (the other end is not reading)", fut.exception())
+def _message(data: bytes) -> list[Any]:
+    message = unpack(data)
+    if not isinstance(message, list) or not message:
+        raise ValueError(f"malformed control message: {message!r}")
+    return message
 
 
 class ControlServer:
-    """The pod process's end: one ROUTER socket; peers are known by the identity their DEALER sent."""
+    """The pod process's end: one ROUTER socket; peers are known by the identity their DEALER sent.
+    `on_message(identity, message)` runs on the event loop for every message (after `start`)."""
 
-    def __init__(self, address: str, context: zmq.asyncio.Context | None = None) -> None:
-        self.context = context or zmq.asyncio.Context.instance()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.SNDHWM, _HWM)
-        self.socket.setsockopt(zmq.RCVHWM, _HWM)
-        self.socket.setsockopt(zmq.LINGER, 0)
+    def __init__(
+        self,
+        address: str,
+        on_message: Callable[[bytes, list[Any]], None],
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.socket = socket(context or zmq.Context.instance(), zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a message to a gone peer is dropped silently
         self.socket.bind(address)
         self.address = address
+        self._on_message = on_message
+        self.inbox = Inbox(self.socket, self._received)
 
-    async def run(self, handler: Handler) -> None:
-        """Receive until cancelled; `handler(identity, message)` for each (errors are logged)."""
-        while True:
-            identity, data = await self.socket.recv_multipart()
-            try:
-                result = handler(identity, unpack(data))
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("control message from worker %r failed", identity)
+    def start(self) -> None:
+        self.inbox.start()
+
+    def _received(self, frames: list[bytes]) -> None:
+        identity, data = frames
+        self._on_message(identity, _message(data))
 
     def send(self, identity: bytes, message: list[Any]) -> None:
         self.send_packed(identity, pack(message))
 
     def send_packed(self, identity: bytes, data: bytes) -> None:
         """Queue a message for a worker without waiting (dropped, with a warning, when its queue is full)."""
-        fut: Any = self.socket.send_multipart([identity, data], flags=zmq.NOBLOCK)
-        fut.add_done_callback(_warn_dropped)
+        try:
+            self.socket.send_multipart([identity, data], zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("control message to worker %r dropped: it is not reading", identity)
+        self.inbox.kick()
 
     def close(self) -> None:
-        self.socket.close(0)
+        self.inbox.close()
 
 
 class ControlClient:
     """A worker's end: one DEALER socket connected to the pod process."""
 
-    def __init__(self, address: str, identity: bytes, context: zmq.asyncio.Context | None = None) -> None:
-        self.context = context or zmq.asyncio.Context.instance()
-        self.socket = self.context.socket(zmq.DEALER)
+    def __init__(
+        self,
+        address: str,
+        identity: bytes,
+        on_message: Callable[[list[Any]], None],
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.socket = socket(context or zmq.Context.instance(), zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, identity)
-        self.socket.setsockopt(zmq.SNDHWM, _HWM)
-        self.socket.setsockopt(zmq.RCVHWM, _HWM)
-        self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
+        self._on_message = on_message
+        self.inbox = Inbox(self.socket, self._received)
+
+    def start(self) -> None:
+        self.inbox.start()
+
+    def _received(self, frames: list[bytes]) -> None:
+        self._on_message(_message(frames[-1]))
 
     def send(self, message: list[Any]) -> None:
         """Queue a message for the pod process without waiting."""
-        fut: Any = self.socket.send(pack(message), flags=zmq.NOBLOCK)
-        fut.add_done_callback(_warn_dropped)
-
-    async def recv(self) -> list[Any]:
-        message = unpack(await self.socket.recv())
-        if not isinstance(message, list) or not message:
-            raise ValueError(f"malformed control message: {message!r}")
-        return message
+        try:
+            self.socket.send(pack(message), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("control message %r to the pod process dropped", message[0])
+        self.inbox.kick()
 
     def close(self) -> None:
-        self.socket.close(0)
+        self.inbox.close()

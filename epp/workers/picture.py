@@ -1,10 +1,10 @@
 """The pod process's side of the fleet picture: every change of its datastore, sent to the workers.
 
-Changes are collected for `delay` seconds (a scrape round completes endpoint by endpoint) and sent as
-one message: the whole membership when keys came or went, else the endpoints whose value changed (new
-metrics, health, labels). Objectives, rewrite rules and the synced flag follow when they change. A worker
-that (re)connects gets `snapshot()`: everything as it is now; what it already has and is sent again
-later is applied again harmlessly (every endpoint travels whole).
+Changes are collected for `delay` seconds (20 ms: a scrape round completes endpoint by endpoint) and sent
+as one message: the whole membership when an endpoint came, went or changed otherwise (address, labels),
+else the new metrics and health of those scraped since (most messages). Objectives, rewrite rules and the
+synced flag follow when they change. A worker that (re)connects gets `snapshot()`: everything as it is
+now; what it already has and is sent again later is applied again harmlessly (values travel whole).
 """
 
 from __future__ import annotations
@@ -16,15 +16,25 @@ from typing import Any
 from epp.datalayer.datastore import Datastore, ModelRewriteRule
 from epp.framework.types import Endpoint
 from epp.workers import control as c
-from epp.workers.codec import encode_endpoint, encode_rules, pack
+from epp.workers.codec import encode_endpoint, encode_metrics, encode_rules, pack
 
 __all__ = ["PicturePublisher"]
 
 
+def _same_but_metrics(old: Endpoint | None, new: Endpoint) -> bool:
+    return (
+        old is not None
+        and old.ip == new.ip
+        and old.port == new.port
+        and old.labels == new.labels
+        and old.namespace == new.namespace
+        and old.pod_name == new.pod_name
+        and old.rank == new.rank
+    )
+
+
 class PicturePublisher:
-    def __init__(
-        self, datastore: Datastore, broadcast: Callable[[bytes], None], delay: float = 0.002
-    ) -> None:
+    def __init__(self, datastore: Datastore, broadcast: Callable[[bytes], None], delay: float = 0.02) -> None:
         self.datastore = datastore
         self.broadcast = broadcast
         self.delay = delay
@@ -57,12 +67,11 @@ class PicturePublisher:
         ds = self.datastore
         snapshot = ds.snapshot()
         sent = self._sent
-        if len(snapshot) != len(sent) or any(e.key not in sent for e in snapshot):
+        changed = [e for e in snapshot if sent.get(e.key) is not e]
+        if len(snapshot) != len(sent) or any(not _same_but_metrics(sent.get(e.key), e) for e in changed):
             self._send([c.ENDPOINTS, [encode_endpoint(e) for e in snapshot]])
-        else:
-            changed = [encode_endpoint(e) for e in snapshot if sent[e.key] is not e]
-            if changed:
-                self._send([c.UPDATE, changed])
+        elif changed:
+            self._send([c.UPDATE, [[e.key, encode_metrics(e.metrics), e.healthy] for e in changed]])
         self._sent = {e.key: e for e in snapshot}
         if ds.objectives is not self._objectives:
             self._objectives = ds.objectives

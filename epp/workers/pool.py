@@ -149,11 +149,11 @@ class WorkerPool:
         values["grpc_port"] = self.port
         with open(os.path.join(self.directory, "settings.json"), "w") as f:
             json.dump(values, f)
-        self.control = ControlServer(f"ipc://{self.directory}/control")
+        self.control = ControlServer(f"ipc://{self.directory}/control", self._on_message)
+        self.control.start()
         self.publisher.start()
         self.holder.subscribe(self._on_swap)
         self.readiness.set_workers(False)
-        self._spawn(self.control.run(self._on_message), "worker-control")
         for slot in self.slots:
             self._spawn(self._supervise(slot), f"worker-{slot.index}")
         self._spawn(self._collect_every(COLLECT_INTERVAL), "worker-metrics")

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from epp.framework.plugins import SharedState
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
 from epp.workers.codec import pack, unpack
+from epp.workers.transport import Inbox, socket
 
 __all__ = ["PROTOCOL_VERSION", "StateBus", "state_address"]
 
@@ -79,25 +79,22 @@ class StateBus:
         slots: int,
         period: float = 0.002,
         on_message: Callable[[str, float, int], None] | None = None,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.holder = holder
         self.slot = slot
         self.origin = f"w{slot}.{incarnation}"
         self.period = period
         self.on_message = on_message  # (direction, lag seconds, parts) for metrics
-        self.context = context or zmq.asyncio.Context.instance()
-        self.pub = self.context.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, _HWM)
-        self.pub.setsockopt(zmq.LINGER, 0)
+        context = context or zmq.Context.instance()
+        self.pub = socket(context, zmq.PUB, hwm=_HWM)
         self.pub.bind(state_address(directory, slot))
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, _HWM)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub = socket(context, zmq.SUB, hwm=_HWM)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
         for other in range(slots):
             if other != slot:
-                self.sub.connect(state_address(directory, other))
+                sub.connect(state_address(directory, other))
+        self.inbox = Inbox(sub, self._received)
         self.seq = 0
         self.sent = 0
         self.received = 0
@@ -133,21 +130,19 @@ class StateBus:
             return
         self.seq += 1
         data = pack([PROTOCOL_VERSION, self.origin, self.seq, shared.pipeline.generation, time.time(), parts])
-        fut: Any = self.pub.send(data, flags=zmq.NOBLOCK)
-        fut.add_done_callback(_ignore_full)
+        self.pub.send(data, zmq.NOBLOCK)  # a PUB socket drops what a slow subscriber cannot take
         self.sent += 1
         if self.on_message is not None:
             self.on_message("sent", 0.0, len(parts))
 
     # ---- receiving --------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        while True:
-            data = await self.sub.recv()
-            try:
-                self.apply(unpack(data))
-            except Exception:
-                log.exception("a shared-state message could not be applied")
+    def start(self) -> None:
+        """Receive from the other workers (on the event loop, every queued message per wake-up)."""
+        self.inbox.start()
+
+    def _received(self, frames: list[bytes]) -> None:
+        self.apply(unpack(frames[0]))
 
     def apply(self, message: list[Any]) -> None:
         version, origin, seq, _generation, sent_at, parts = message
@@ -214,10 +209,4 @@ class StateBus:
 
     def close(self) -> None:
         self.pub.close(0)
-        self.sub.close(0)
-
-
-def _ignore_full(fut: asyncio.Future[Any]) -> None:
-    # a subscriber that cannot keep up loses messages (PUB drops at its high-water mark): by design
-    if not fut.cancelled():
-        fut.exception()
+        self.inbox.close()

@@ -47,7 +47,7 @@ from epp.requestcontrol.context import RequestOptions
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
 from epp.settings import EppSettings
 from epp.workers import control as c
-from epp.workers.codec import decode_endpoint, decode_rules
+from epp.workers.codec import decode_endpoint, decode_metrics, decode_rules
 from epp.workers.control import ControlClient
 from epp.workers.statebus import StateBus
 
@@ -104,7 +104,9 @@ class Worker:
         self.worker_families = self.metrics.family_names(WORKER_METRICS)
         self.datastore = Datastore()
         name = f"{slot}.{incarnation}" if slot >= 0 else f"spare.{incarnation}"
-        self.client = ControlClient(f"ipc://{directory}/control", name.encode())
+        self.client = ControlClient(f"ipc://{directory}/control", name.encode(), self._on_control)
+        self._waiting: asyncio.Future[list[Any]] | None = None  # for the snapshot, or (spare) an assignment
+        self._configs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.holder: PipelineHolder | None = None
         self.server: ExtProcServer | None = None
         self.bus: StateBus | None = None
@@ -115,31 +117,32 @@ class Worker:
 
     # ---- start --------------------------------------------------------------------------------------
 
+    async def _wait_for(self, kind: str, timeout: float | None = None) -> list[Any]:
+        self._waiting = asyncio.get_running_loop().create_future()
+        message = await asyncio.wait_for(self._waiting, timeout)
+        self._waiting = None
+        if message[0] != kind:
+            raise RuntimeError(f"expected {kind!r} from the pod process, got {message[0]!r}")
+        return message
+
     async def wait_for_assignment(self) -> None:
         """The warm spare: everything imported and built that can be, until the pod process says which
         worker to become (a worker died)."""
         self.client.send([c.HELLO, -1, self.incarnation, os.getpid()])
-        while True:
-            message = await self.client.recv()
-            if message[0] == c.ASSIGN:
-                self.slot, self.incarnation = int(message[1]), int(message[2])
-                set_worker_label(str(self.slot))
-                log.info("the warm spare becomes worker %d", self.slot)
-                return
+        message = await self._wait_for(c.ASSIGN)
+        self.slot, self.incarnation = int(message[1]), int(message[2])
+        set_worker_label(str(self.slot))
+        log.info("the warm spare becomes worker %d", self.slot)
 
     async def start(self) -> None:
+        self.client.start()
         if self.slot < 0:
             await self.wait_for_assignment()
         self.client.send([c.HELLO, self.slot, self.incarnation, os.getpid()])
-        message = await asyncio.wait_for(self.client.recv(), SNAPSHOT_TIMEOUT)
-        if message[0] != c.SNAPSHOT:
-            raise RuntimeError(f"expected the pod's snapshot first, got {message[0]!r}")
-        picture = message[1]
-        pipeline = await asyncio.to_thread(
-            build_generation, picture["config"], self.registry, self.metrics, None
-        )
+        message = await self._wait_for(c.SNAPSHOT, SNAPSHOT_TIMEOUT)
+        config = message[1]["config"]
+        pipeline = await asyncio.to_thread(build_generation, config, self.registry, self.metrics, None)
         self.holder = holder = PipelineHolder(pipeline)
-        self._apply_picture(picture)
         s = self.settings
         self.admission = FlowControlAdmission(
             self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
@@ -155,6 +158,7 @@ class Worker:
             slots=self.slots,
             on_message=self.metrics.sync_message,
         )
+        self.bus.start()
         self.server.director.on_state_change = self.bus.notify
         self.plugins = PluginRuntime(holder, self.datastore, log_membership=False)
         self.plugins.start()
@@ -169,9 +173,8 @@ class Worker:
             interval=s.refresh_prometheus_metrics_interval,
             staleness=s.metrics_staleness_threshold,
         )
-        self._spawn(self.bus.run(), "state-bus")
         self._spawn(refresher.run(), "pool-gauges")
-        self._spawn(self._control_loop(), "control")
+        self._spawn(self._reloads(), "reloads")
         self._spawn(self._watch_parent(os.getppid()), "parent")
         self.client.send([c.READY, True])
         log.info(
@@ -210,28 +213,28 @@ class Worker:
         current = self.datastore.keys()
         self.datastore.mirror(endpoints, [k for k in current if k not in keys])
 
-    async def _control_loop(self) -> None:
-        while True:
-            message = await self.client.recv()
-            kind = message[0]
-            try:
-                await self._on_control(kind, message)
-            except Exception:
-                log.exception("worker %d: control message %r failed", self.slot, kind)
-
-    async def _on_control(self, kind: str, message: list[Any]) -> None:
+    def _on_control(self, message: list[Any]) -> None:
+        """Every message from the pod process, in order, on the event loop; the picture is applied at once
+        (also before the pipeline is built), config generations are built in order by `_reloads`."""
+        kind = message[0]
         ds = self.datastore
         if kind == c.UPDATE:
-            ds.mirror([decode_endpoint(v) for v in message[1]])
+            ds.refresh([(key, decode_metrics(metrics), healthy) for key, metrics, healthy in message[1]])
         elif kind == c.ENDPOINTS:
             self._mirror_all([decode_endpoint(v) for v in message[1]])
+        elif kind == c.SNAPSHOT:
+            self._apply_picture(message[1])
+            if self._waiting is not None and not self._waiting.done():
+                self._waiting.set_result(message)
+        elif kind == c.ASSIGN:
+            if self._waiting is not None and not self._waiting.done():
+                self._waiting.set_result(message)
         elif kind == c.COLLECT:
             families = [f for f in self.metrics.registry.collect() if f.name in self.worker_families]
-            self.client.send(
-                [c.FAMILIES, message[1], pickle.dumps(families, protocol=pickle.HIGHEST_PROTOCOL)]
-            )
+            data = pickle.dumps(families, protocol=pickle.HIGHEST_PROTOCOL)
+            self.client.send([c.FAMILIES, message[1], data])
         elif kind == c.CONFIG:
-            await self._reload(message[1])
+            self._configs.put_nowait(message[1])
         elif kind == c.OBJECTIVES:
             ds.set_objectives(message[1])
         elif kind == c.RULES:
@@ -240,13 +243,18 @@ class Worker:
             ds.mark_synced()
         elif kind == c.GONE and self.bus is not None:
             self.bus.forget_slot(int(message[1]))
-        elif kind == c.SNAPSHOT:  # the pod process lost track of us (it restarted its channel)
-            self._apply_picture(message[1])
+
+    async def _reloads(self) -> None:
+        while True:
+            await self._reload(await self._configs.get())
 
     async def _reload(self, config: dict[str, Any]) -> None:
         holder = self.holder
         assert holder is not None
         generation = config["generation"]
+        if generation <= holder.current.generation:
+            self.client.send([c.APPLIED, generation, True, ""])  # the snapshot already had it
+            return
         try:
             pipeline = await asyncio.to_thread(
                 build_generation, config, self.registry, self.metrics, holder.current

@@ -4,6 +4,7 @@ in a temporary directory) and the fleet picture the pod process sends them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ from epp.framework.types import (
 from epp.plugins.producers.approx_prefix import ApproxPrefixCacheProducer
 from epp.scheduling.pipeline import PipelineHolder
 from epp.workers import control as c
-from epp.workers.codec import decode_endpoint, decode_rules, unpack
+from epp.workers.codec import decode_endpoint, decode_metrics, decode_rules, unpack
 from epp.workers.picture import PicturePublisher
 from epp.workers.statebus import StateBus
 
@@ -84,7 +85,8 @@ async def test_a_decision_of_one_worker_reaches_the_other_within_milliseconds(sh
         StateBus(h, directory=short_dir, slot=i, incarnation=1, slots=2, on_message=lambda *a: seen.append(a))
         for i, h in enumerate(holders)
     ]
-    tasks = [asyncio.create_task(b.run()) for b in buses]
+    for bus in buses:
+        bus.start()
     try:
         a, b = (_producer(h) for h in holders)
         b.endpoints_changed(frozenset(e.key for e in EPS))
@@ -118,10 +120,8 @@ async def test_a_decision_of_one_worker_reaches_the_other_within_milliseconds(sh
         assert _producer(holders[1]).index.size() == 0
         assert seen[-1][0] == "ignored"
     finally:
-        for t in tasks:
-            t.cancel()
-        for b in buses:
-            b.close()
+        for bus in buses:
+            bus.close()
 
 
 async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
@@ -145,7 +145,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
             current = copy.keys()
             copy.mirror(eps, [k for k in current if k not in keys])
         elif kind == c.UPDATE:
-            copy.mirror([decode_endpoint(v) for v in message[1]])
+            copy.refresh([(k, decode_metrics(m), h) for k, m, h in message[1]])
         elif kind == c.OBJECTIVES:
             copy.set_objectives(message[1])
         elif kind == c.RULES:
@@ -162,6 +162,14 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     pod.update_metrics(EPS[0].key, EndpointMetrics(waiting_queue_size=5, update_time=2.0))
     await _until(lambda: bool(sent))
     assert [m[0] for m in sent] == [c.UPDATE] and len(sent[0][1]) == 1
+    for m in sent:
+        apply(m)
+    assert copy.snapshot() == pod.snapshot()
+    # new labels (same members): the whole membership travels
+    sent.clear()
+    pod.upsert(dataclasses.replace(pod.get(EPS[0].key), labels={"role": "decode"}))
+    await _until(lambda: bool(sent))
+    assert [m[0] for m in sent] == [c.ENDPOINTS]
     for m in sent:
         apply(m)
     assert copy.snapshot() == pod.snapshot()
