@@ -334,6 +334,15 @@ async def _load(
 
 
 async def run(args: argparse.Namespace) -> list[WorkersResult]:
+    """Every worker count once per round, rounds one after the other (slow drifts of the machine then
+    hit every count alike); the report takes each count's median round."""
+    out = []
+    for _ in range(args.rounds):
+        out += await _round(args)
+    return out
+
+
+async def _round(args: argparse.Namespace) -> list[WorkersResult]:
     streams = make_streams(1024, args.prompt_chars, 16, 0)
     out = []
     for n in args.workers:
@@ -382,7 +391,17 @@ async def run(args: argparse.Namespace) -> list[WorkersResult]:
     return out
 
 
+def medians(results: Sequence[WorkersResult]) -> list[WorkersResult]:
+    """Per worker count, the round with the median server CPU per decision."""
+    out = []
+    for n in sorted({r.workers for r in results}):
+        runs = sorted((r for r in results if r.workers == n), key=lambda r: r.server_us)
+        out.append(runs[len(runs) // 2])
+    return out
+
+
 def report(results: Sequence[WorkersResult]) -> str:
+    results = medians(results)
     base = next((r for r in results if r.workers == 1), None)
     lines = [
         "| workers | decisions/s | server CPU/decision | client CPU/decision | CPU per process (s) | "
@@ -409,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--prompt-chars", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=1, help="measure every count this many times")
     p.add_argument("--json", action="store_true")
     p.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port-file", default="", help=argparse.SUPPRESS)
