@@ -362,7 +362,11 @@ class App:
         self.readiness.set_scraped(True)
         if self.pool_metrics is not None:
             self.pool_metrics.refresh_now()  # the pool gauges reflect the first scrape at once
-        log.info("endpoints synced (%d) and scraped once: ready", len(self.datastore))
+        log.info(
+            "endpoints synced (%d) and scraped once%s",
+            len(self.datastore),
+            ": ready" if self.readiness.ready else "; readiness waits for the rest (workers, leadership)",
+        )
 
 
 def resolve_workers(settings: EppSettings) -> int:
