@@ -73,7 +73,7 @@ async def test_trace_only_at_v5_and_json_lines(tmp_path: Path) -> None:
         procs.append(p4)
 
         def ready(line: dict) -> bool:
-            return line["msg"].startswith("endpoints synced (1) and scraped once: ready")
+            return line["msg"].startswith("endpoints synced (1) and scraped once")
 
         await _until_logged(log5, ready)
         await _until_logged(log4, ready)
