@@ -16,9 +16,11 @@ What an observer reads, and when it stops (closing the stream makes Envoy stop s
 An observer that finds no request (another process routed it, a duplicated request id, the routing
 stream already gone) closes at once; the routing stream then reads the body itself if it must.
 
-An observer reading to the end also tells a client disconnect from a complete response: Envoy ends the
-routing stream the same way in both cases, but only a complete body reaches its end here. The routing
-stream waits for that (at most `OBSERVER_GRACE` seconds) before it completes the response.
+When the routing stream ends first (Envoy ends both streams together, the observer's last messages trail),
+it waits for its observer (at most `OBSERVER_GRACE` seconds) before it completes the response: for the
+first byte (TTFT) and, when usage is read, for the end of the body, which also tells a client disconnect
+from a complete response (Envoy ends the routing stream the same way in both cases, but only a complete
+body reaches its end here).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ class ObserverStream:
         if ctx.observed or ctx.finished or ctx.routing_reads_body:
             return False
         ctx.observed = True
+        ctx.observer_active = True
         if ctx.request is not None:
             ctx.usage_pending = ctx.wants_usage
         self.ctx = ctx
@@ -209,14 +212,16 @@ class ObserverStream:
 
     def close(self) -> None:
         """The stream ended (or was closed by us): settle the request's pending usage, once, and wake a
-        routing stream waiting to learn whether the body ended."""
+        routing stream waiting for what this observer had to deliver."""
         ctx = self.ctx
         if ctx is None:
             self.registry.forget(self, self.request_id)
             return
-        if not ctx.usage_pending or not ctx.observed:
-            return
-        self.director.settle_usage(ctx)
+        if not ctx.observed:
+            return  # the routing stream took the body itself
+        ctx.observer_active = False
+        if ctx.usage_pending:
+            self.director.settle_usage(ctx)
         waiter = ctx.observer_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -160,6 +160,7 @@ class ResponseSide:
         none may attach later."""
         ctx.routing_reads_body = True
         ctx.observed = False
+        ctx.observer_active = False
         ctx.usage_pending = False
 
     def _count(self, path: str) -> None:
@@ -205,7 +206,7 @@ class ResponseSide:
             and not self.broken
             and not ctx.response.complete
             and ctx.observed
-            and ctx.usage_pending
+            and ctx.observer_active
         )
 
     def complete_at_stream_end(self) -> None:
@@ -215,8 +216,9 @@ class ResponseSide:
             self.complete()
 
     async def at_stream_end(self) -> None:
-        """The ext_proc stream ended: a response whose body no stream took is complete now, unless an
-        observer reading its body says it never ended (the client went away)."""
+        """The ext_proc stream ended: a response whose body no stream took is complete now (once its
+        observer, if any, delivered the first byte), unless an observer reading its body to the end says
+        it never ended (the client went away)."""
         ctx = self.ctx
         body = self.body
         if ctx is None or body is None or not body.completes_at_eof or self.broken or ctx.response.complete:
@@ -226,7 +228,7 @@ class ResponseSide:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, OBSERVER_GRACE)
             ctx.observer_waiter = None
-            if not ctx.body_seen:
+            if ctx.wants_usage and not ctx.body_seen:
                 # a disconnect: `Director.finish` runs the hooks without completing
                 log.log(VERBOSE, "the body of %s never ended: the client went away", ctx.request_id)
                 return

@@ -44,7 +44,8 @@ class RequestContext:
 
     Response observation (see `epp.extproc.observer`): `wants_usage` says the response will carry token
     usage worth reading; `observed` that an observer stream (Envoy's observability mode) watches the body;
-    `usage_pending` that it is still reading it, so the usage metrics wait for it; `body_seen` that some
+    `observer_active` that it may still deliver something (the first byte, the usage, the body's end);
+    `usage_pending` that it is still reading the usage, so the usage metrics wait for it; `body_seen` that some
     stream saw the whole body (so `ResponseInfo.body_bytes` is its size); `routing_reads_body` that the
     routing stream took the body itself (no observer may attach any more).
     """
@@ -73,6 +74,7 @@ class RequestContext:
     finished: bool = False
     wants_usage: bool = False
     observed: bool = False
+    observer_active: bool = False
     usage_pending: bool = False
     body_seen: bool = False
     usage_recorded: bool = False

@@ -370,3 +370,24 @@ def test_the_hand_encoded_mode_override_is_what_protobuf_encodes() -> None:
         want.mode_override.response_body_mode = mode
         want.mode_override.response_trailer_mode = pm.ProcessingMode.SKIP
         assert got == want
+
+
+async def test_a_first_byte_trailing_the_end_of_the_routing_stream_still_counts_for_ttft() -> None:
+    """Envoy ends the routing stream and sends the observer's copy of the body around the same time: with a
+    one-chunk response the routing stream often ends first. The response completes once the observer saw
+    the first byte, so the TTFT is there."""
+    rec = Recorder()
+    async with harness(rec) as h:
+        obs = await observer(h, "r-trail")
+        s = await route(h, "r-trail", body(stream=True))  # no usage asked: the observer wants one chunk
+        await s.send(response_headers(content_type="text/event-stream"))
+        await s.recv()
+        await s.close()
+        assert await s.drain() == []
+        await asyncio.sleep(0.05)
+        assert not rec.completed  # waiting for the observer's first byte
+        await obs.send(obs_body(TOKEN + DONE, eos=True))
+        assert await ended(obs)
+        await until(lambda: len(rec.completed) == 1)
+        assert rec.completed[0].complete and rec.completed[0].first_byte_at > 0
+        assert h.sample("inference_objective_request_ttft_seconds_count", LABELS) == 1
