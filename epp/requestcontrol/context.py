@@ -45,9 +45,9 @@ class RequestContext:
     Response observation (see `epp.extproc.observer`): `wants_usage` says the response will carry token
     usage worth reading; `observed` that an observer stream (Envoy's observability mode) watches the body;
     `observer_active` that it may still deliver something (the first byte, the usage, the body's end);
-    `usage_pending` that it is still reading the usage, so the usage metrics wait for it; `body_seen` that some
-    stream saw the whole body (so `ResponseInfo.body_bytes` is its size); `routing_reads_body` that the
-    routing stream took the body itself (no observer may attach any more).
+    `usage_pending` that it is still reading the usage, so the usage metrics wait for it; `body_seen` that
+    some stream saw the whole body (so `ResponseInfo.body_bytes` is its size); `routing_reads_body` that
+    the routing stream took the body itself (no observer may attach any more).
     """
 
     pipeline: Pipeline
