@@ -13,7 +13,9 @@ A router is named by a spec string (`parse_router`):
 
 `epp:` runs the Envoy config we ship (`EnvoyConfig()`: the response body ON_DEMAND plus the observer
 filter, docs/protocol.md section 5); `epp-duplex:` is upstream's, where every streamed chunk crosses the
-EPP and waits on its reply (the "before" of that change).
+EPP and waits on its reply (the "before" of that change). Any `epp` spec takes `@N` for `--workers N`
+(`epp:recommended@2`; without it the daemon's default); with N > 1 its Envoy runs two worker threads
+and opens a connection to the EPP per 16 streams, so the streams spread over the workers.
 
 `start_router(spec, addresses, workdir)` starts one and waits until it answers; `processes` names its
 processes by role (`epp` and `envoy`, `envoy`, or `router` for a rival); `stop()` stops what it
@@ -71,6 +73,8 @@ class RouterSpec:
     #: the Envoy config of an `epp` router: the response body mode of the routing filter, the observer
     body_mode: BodyMode = "ON_DEMAND"
     observer: bool = True
+    #: `--workers` of an `epp` router (`epp:NAME@N`); None: the daemon's default
+    workers: int | None = None
 
     @property
     def is_rival(self) -> bool:
@@ -92,9 +96,16 @@ def parse_router(text: str) -> RouterSpec:
     for prefix, policy in (("epp:", ""), ("epp-plaintext:", "plaintext"), ("epp-duplex:", "duplex")):
         if t.startswith(prefix):
             ref = t[len(prefix) :]
+            workers = None
+            head, at, count = ref.rpartition("@")
+            if at:
+                if not count.isdigit() or not 1 <= int(count) <= 64:
+                    raise ValueError(f"router {text!r}: the worker count after @ must be 1 to 64")
+                ref, workers = head, int(count)
             path = resolve_profile(ref)
             label = Path(ref).stem if ref.endswith(".yaml") or "/" in ref else ref
-            spec = RouterSpec(name=f"{prefix}{label}", kind="epp", profile=path, policy=policy)
+            name = f"{prefix}{label}" + (f"@{workers}" if workers else "")
+            spec = RouterSpec(name=name, kind="epp", profile=path, policy=policy, workers=workers)
             if policy == "duplex":  # upstream's Envoy config
                 spec = replace(spec, body_mode="FULL_DUPLEX_STREAMED", observer=False)
             return spec
@@ -320,12 +331,19 @@ async def start_router(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "epp":
+        several = spec.workers is not None and spec.workers > 1
+        if spec.workers is not None:
+            epp_args = [*epp_args, "--workers", str(spec.workers)]
         gateway = Gateway(
             addresses,
             config_file=spec.profile,
             workdir=workdir,
             epp_mode="subprocess",
             extra_args=epp_args,
+            # several workers get work only over the connections Envoy opens: a thread per worker and
+            # a stream limit per connection spread the streams over several (docs/operations.md)
+            envoy_concurrency=2 if several else 1,
+            ext_proc_max_streams=16 if several else None,
             secure_serving=spec.policy != "plaintext",  # TLS to Envoy as deployed, unless asked not to
             body_mode=spec.body_mode if body_mode is None else body_mode,
             observer=spec.observer if observer is None else observer,

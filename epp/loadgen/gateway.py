@@ -294,6 +294,8 @@ class Gateway:
         epp_mode: EppMode = "inprocess",
         body_mode: BodyMode = "ON_DEMAND",
         observer: bool = True,
+        envoy_concurrency: int = 1,
+        ext_proc_max_streams: int | None = None,
     ) -> None:
         self.epp: EppServer | EppProcess
         if epp_mode == "subprocess":
@@ -320,6 +322,8 @@ class Gateway:
         self.route_timeout = route_timeout
         self.body_mode: BodyMode = body_mode
         self.observer = observer
+        self.envoy_concurrency = envoy_concurrency
+        self.ext_proc_max_streams = ext_proc_max_streams
         self.envoy: EnvoyProcess | None = None
 
     @property
@@ -358,8 +362,9 @@ class Gateway:
                 route_timeout=self.route_timeout,
                 body_mode=self.body_mode,
                 observer=self.observer,
+                ext_proc_max_streams=self.ext_proc_max_streams,
             )
-            self.envoy = EnvoyProcess(config, self.workdir)
+            self.envoy = EnvoyProcess(config, self.workdir, concurrency=self.envoy_concurrency)
             await self.envoy.start()
         except BaseException:
             await self.stop()

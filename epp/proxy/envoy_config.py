@@ -69,6 +69,9 @@ class EnvoyConfig:
         body_mode: ON_DEMAND (default), FULL_DUPLEX_STREAMED (upstream's) or BUFFERED (see above).
         observer: add the observability-mode filter that copies response bodies to the EPP off the
             critical path (what ON_DEMAND is meant to run with).
+        ext_proc_max_streams: streams per HTTP/2 connection to the EPP before Envoy opens another (None:
+            HTTP/2's own limit, so one connection per Envoy worker thread). An EPP with `--workers N`
+            gets work only over the connections it is given: more connections spread it.
         static_endpoints: `ip:port` list for the plain-Envoy baselines.
         route_timeout: whole-request timeout at the route (0 = none).
         failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen).
@@ -83,6 +86,7 @@ class EnvoyConfig:
     ext_proc_tls: bool = True
     body_mode: BodyMode = "ON_DEMAND"
     observer: bool = True
+    ext_proc_max_streams: int | None = None
     routing: Routing = "epp"
     static_endpoints: Sequence[str] = ()
     route_timeout: float = 60.0
@@ -176,6 +180,9 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
 
 
 def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    h2: dict[str, Any] = {}
+    if cfg.ext_proc_max_streams:
+        h2["max_concurrent_streams"] = cfg.ext_proc_max_streams
     cluster: dict[str, Any] = {
         "name": "ext_proc",
         "type": "STATIC",
@@ -184,7 +191,7 @@ def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {"http2_protocol_options": h2},
             }
         },
         "load_assignment": {

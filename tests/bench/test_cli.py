@@ -95,3 +95,32 @@ def test_plaintext_epp_router_spec() -> None:
     assert (tls.name, tls.policy) == ("epp:default", "")
     assert (plain.name, plain.kind, plain.policy) == ("epp-plaintext:default", "epp", "plaintext")
     assert plain.profile == tls.profile
+
+
+def test_epp_router_spec_takes_a_worker_count() -> None:
+    import pytest
+
+    from epp.bench.routers import parse_router
+
+    two = parse_router("epp:recommended@2")
+    assert (two.name, two.workers) == ("epp:recommended@2", 2)
+    assert two.profile == parse_router("epp:recommended").profile
+    assert parse_router("epp:recommended").workers is None
+    assert parse_router("epp-duplex:default@1").workers == 1
+    for bad in ("epp:recommended@0", "epp:recommended@x", "epp:recommended@65"):
+        with pytest.raises(ValueError, match="worker count"):
+            parse_router(bad)
+
+
+def test_envoy_config_limits_streams_per_ext_proc_connection() -> None:
+    from epp.proxy.envoy_config import EnvoyConfig, bootstrap
+
+    def h2(cfg: EnvoyConfig) -> dict:
+        cluster = next(c for c in bootstrap(cfg)["static_resources"]["clusters"] if c["name"] == "ext_proc")
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        return options["explicit_http_config"]["http2_protocol_options"]
+
+    assert h2(EnvoyConfig()) == {}
+    assert h2(EnvoyConfig(ext_proc_max_streams=16)) == {"max_concurrent_streams": 16}
