@@ -273,7 +273,19 @@ async def _open(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks)
-    result.seconds = time.perf_counter() - measured_from
+    return await _measured(result, pid, before, client0, measured_from, chans)
+
+
+async def _measured(
+    result: WorkersResult,
+    pid: int,
+    before: dict[int, float],
+    client0: float,
+    start: float,
+    chans: list[grpc.aio.Channel],
+) -> WorkersResult:
+    """Fill in the window's duration and CPU (client, and every server process since `before`)."""
+    result.seconds = time.perf_counter() - start
     result.client_cpu_s = time.process_time() - client0
     after = tree_cpu(pid)
     result.per_process_cpu_s = [round(after[p] - before.get(p, 0.0), 3) for p in after]
@@ -323,14 +335,7 @@ async def _load(
     start = time.perf_counter()
     stop_at = start + duration
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    result.seconds = time.perf_counter() - start
-    result.client_cpu_s = time.process_time() - client0
-    after = tree_cpu(pid)
-    result.per_process_cpu_s = [round(after[p] - before.get(p, 0.0), 3) for p in after]
-    result.server_cpu_s = sum(after.values()) - sum(v for p, v in before.items() if p in after)
-    for ch in chans:
-        await ch.close(None)
-    return result
+    return await _measured(result, pid, before, client0, start, chans)
 
 
 async def run(args: argparse.Namespace) -> list[WorkersResult]:

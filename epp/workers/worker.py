@@ -51,7 +51,7 @@ from epp.workers.codec import decode_endpoint, decode_metrics, decode_rules
 from epp.workers.control import ControlClient
 from epp.workers.statebus import StateBus
 
-__all__ = ["Worker", "main", "request_options"]
+__all__ = ["Worker", "apply_picture_message", "main", "mirror_all", "request_options"]
 
 log = logging.getLogger("epp.worker")
 
@@ -88,6 +88,39 @@ def build_generation(
         config_hash=config["hash"],
         config_text=text,
     )
+
+
+def mirror_all(datastore: Datastore, endpoints: list[Any]) -> None:
+    """Make `datastore` hold exactly `endpoints`."""
+    keys = {e.key for e in endpoints}
+    current = datastore.keys()
+    datastore.mirror(endpoints, [k for k in current if k not in keys])
+
+
+def apply_picture_message(datastore: Datastore, message: list[Any]) -> bool:
+    """Apply a fleet-picture message of the pod process (`epp.workers.picture`) to a worker's copy of the
+    datastore; False when the message is about something else."""
+    kind = message[0]
+    if kind == c.UPDATE:
+        datastore.refresh([(key, decode_metrics(m), healthy) for key, m, healthy in message[1]])
+    elif kind == c.ENDPOINTS:
+        mirror_all(datastore, [decode_endpoint(v) for v in message[1]])
+    elif kind == c.SNAPSHOT:
+        picture = message[1]
+        mirror_all(datastore, [decode_endpoint(v) for v in picture["endpoints"]])
+        datastore.set_objectives(picture["objectives"])
+        datastore.set_rewrite_rules(decode_rules(picture["rules"]))
+        if picture["synced"]:
+            datastore.mark_synced()
+    elif kind == c.OBJECTIVES:
+        datastore.set_objectives(message[1])
+    elif kind == c.RULES:
+        datastore.set_rewrite_rules(decode_rules(message[1]))
+    elif kind == c.SYNCED:
+        datastore.mark_synced()
+    else:
+        return False
+    return True
 
 
 class Worker:
@@ -200,31 +233,12 @@ class Worker:
 
     # ---- control messages ---------------------------------------------------------------------------
 
-    def _apply_picture(self, picture: dict[str, Any]) -> None:
-        endpoints = [decode_endpoint(v) for v in picture["endpoints"]]
-        self._mirror_all(endpoints)
-        self.datastore.set_objectives(picture["objectives"])
-        self.datastore.set_rewrite_rules(decode_rules(picture["rules"]))
-        if picture["synced"]:
-            self.datastore.mark_synced()
-
-    def _mirror_all(self, endpoints: list[Any]) -> None:
-        keys = {e.key for e in endpoints}
-        current = self.datastore.keys()
-        self.datastore.mirror(endpoints, [k for k in current if k not in keys])
-
     def _on_control(self, message: list[Any]) -> None:
         """Every message from the pod process, in order, on the event loop; the picture is applied at once
         (also before the pipeline is built), config generations are built in order by `_reloads`."""
         kind = message[0]
-        ds = self.datastore
-        if kind == c.UPDATE:
-            ds.refresh([(key, decode_metrics(metrics), healthy) for key, metrics, healthy in message[1]])
-        elif kind == c.ENDPOINTS:
-            self._mirror_all([decode_endpoint(v) for v in message[1]])
-        elif kind == c.SNAPSHOT:
-            self._apply_picture(message[1])
-            if self._waiting is not None and not self._waiting.done():
+        if apply_picture_message(self.datastore, message):
+            if kind == c.SNAPSHOT and self._waiting is not None and not self._waiting.done():
                 self._waiting.set_result(message)
         elif kind == c.ASSIGN:
             if self._waiting is not None and not self._waiting.done():
@@ -235,12 +249,6 @@ class Worker:
             self.client.send([c.FAMILIES, message[1], data])
         elif kind == c.CONFIG:
             self._configs.put_nowait(message[1])
-        elif kind == c.OBJECTIVES:
-            ds.set_objectives(message[1])
-        elif kind == c.RULES:
-            ds.set_rewrite_rules(decode_rules(message[1]))
-        elif kind == c.SYNCED:
-            ds.mark_synced()
         elif kind == c.GONE and self.bus is not None:
             self.bus.forget_slot(int(message[1]))
 

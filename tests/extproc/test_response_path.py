@@ -18,6 +18,7 @@ from epp.plugins.producers.prefill_load import PrefillLoadProducer
 
 from .helpers import (
     BUFFERED,
+    DEFAULT_CONFIG,
     FULL_DUPLEX,
     NONE,
     STREAMED,
@@ -46,22 +47,10 @@ schedulingProfiles:
   - pluginRef: prefill-cost-scorer
 """
 
-QUEUE_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-"""
-
 LABELS = {"model_name": "m1", "target_model_name": "m1"}
 
 
-def harness(recorder: Recorder, config: str = QUEUE_CONFIG) -> Harness:
+def harness(recorder: Recorder, config: str = DEFAULT_CONFIG) -> Harness:
     return Harness(pipeline_from(config, extra_plugins=[recorder]), EPS)
 
 

@@ -24,9 +24,10 @@ from epp.framework.types import (
 from epp.plugins.producers.approx_prefix import ApproxPrefixCacheProducer
 from epp.scheduling.pipeline import PipelineHolder
 from epp.workers import control as c
-from epp.workers.codec import decode_endpoint, decode_metrics, decode_rules, unpack
+from epp.workers.codec import decode_endpoint, unpack
 from epp.workers.picture import PicturePublisher
 from epp.workers.statebus import StateBus
+from epp.workers.worker import apply_picture_message
 
 CONFIG = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -138,20 +139,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     copy = Datastore()
 
     def apply(message: list) -> None:
-        kind = message[0]
-        if kind == c.ENDPOINTS:
-            eps = [decode_endpoint(v) for v in message[1]]
-            keys = {e.key for e in eps}
-            current = copy.keys()
-            copy.mirror(eps, [k for k in current if k not in keys])
-        elif kind == c.UPDATE:
-            copy.refresh([(k, decode_metrics(m), h) for k, m, h in message[1]])
-        elif kind == c.OBJECTIVES:
-            copy.set_objectives(message[1])
-        elif kind == c.RULES:
-            copy.set_rewrite_rules(decode_rules(message[1]))
-        elif kind == c.SYNCED:
-            copy.mark_synced()
+        assert apply_picture_message(copy, message), message[0]
 
     for m in sent:
         apply(m)
@@ -183,3 +171,6 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     # a new worker's snapshot is the picture as it is now
     snap = publisher.snapshot()
     assert [decode_endpoint(v) for v in snap["endpoints"]] == list(pod.snapshot())
+    fresh = Datastore()
+    apply_picture_message(fresh, [c.SNAPSHOT, snap])
+    assert fresh.snapshot() == pod.snapshot() and fresh.synced and fresh.rewrite_rules == rules
