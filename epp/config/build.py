@@ -28,6 +28,7 @@ from epp.framework.plugins import (
     ProfileHandler,
     RequestParser,
     ResponseComplete,
+    ResponseReader,
     ResponseReceived,
     ResponseWatcher,
     SaturationDetector,
@@ -159,6 +160,10 @@ def build_pipeline(
         effective_config=config.to_document(),
         config_text=config_text.encode() if isinstance(config_text, str) else config_text,
         reads_first_byte=any(isinstance(p, ResponseWatcher) and p.reads_first_byte for p in plugins.values()),
+        response_writers=any(
+            not (isinstance(p, ResponseReader) and p.reads_response_only)
+            for p in (*having(PluginKind.RESPONSE_RECEIVED), *having(PluginKind.RESPONSE_COMPLETE))
+        ),
     )
 
 

@@ -8,6 +8,8 @@ stream comes first waits there for the other). The routing stream then asks Envo
 at all (`mode_override`, see `epp.extproc.response_side`) and streamed tokens never wait on the EPP.
 
 What an observer reads, and when it stops (closing the stream makes Envoy stop sending):
+- the response headers, when the routing stream skipped the response path altogether (decided at request
+  headers, `RequestSide`): status, served endpoint, the ResponseReceived hooks;
 - the first body chunk stamps `ResponseInfo.first_byte_at` (TTFT, the prefill ledger);
 - when the response carries token usage worth reading (`RequestContext.wants_usage`) it reads on to the
   end of the body (SSE events scanned without parsing those that cannot hold usage, a JSON body held up to
@@ -29,6 +31,7 @@ import logging
 import time
 
 from epp.extproc import messages as m
+from epp.extproc.headers import read_response_headers
 from epp.extproc.keys import REQUEST_ID_HEADER
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
@@ -149,6 +152,11 @@ class ObserverStream:
         if kind == "response_body":
             body = msg.response_body
             return self._on_body(ctx, body.body, body.end_of_stream)
+        if kind == "response_headers":
+            if not ctx.response.status:  # the routing stream skipped the response path: this is it
+                read_response_headers(ctx, msg)
+                self.director.response_received(ctx)
+            return True
         if kind == "response_trailers":
             self._end(ctx)
             return False

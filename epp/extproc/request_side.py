@@ -13,9 +13,13 @@ Body modes (Envoy reports them in `protocol_config` on the first message):
 A request without a body (request headers with end_of_stream) is routed at once to any candidate. Every
 failure raises `RequestError`; the servicer turns it into an ImmediateResponse.
 
-Once routed, the request is planned for its response (`plan_response`): whether the response will carry
-token usage worth reading. The request is also registered under its `x-request-id` so that an observer
-stream of the same HTTP request can find it (`epp.extproc.observer`).
+With the Envoy config we ship (request body BUFFERED, response body NONE) and an observer stream already
+paired, the request-headers reply may also tell the proxy to show this stream nothing of the response
+(`mode_override`, see `_can_skip_response`): the observer then reads the response headers too, and the
+first byte reaches the client one round trip sooner. Once routed, the request is planned for its
+response (`plan_response`): whether the response will carry token usage worth reading. The request is
+also registered under its `x-request-id` so that an observer stream of the same HTTP request can find it
+(`epp.extproc.observer`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from typing import Any
 from epp.errors import ErrorCode, RequestError
 from epp.extproc import messages as m
 from epp.extproc import wire as w
+from epp.extproc.headers import header_map
 from epp.extproc.keys import (
     CONTENT_LENGTH,
+    DECISION_HEADER,
     DESTINATION_ENDPOINT,
     DESTINATION_ENDPOINT_SUBSET,
+    MODEL_REWRITE_HEADER,
     REQUEST_ID_HEADER,
     SUBSET_HINT_NAMESPACE,
     SYSTEM_OWNED_REQUEST_HEADERS,
@@ -43,27 +50,19 @@ from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.scheduling.pipeline import PipelineHolder
 
-__all__ = ["Reply", "RequestSide", "header_map"]
+__all__ = ["Reply", "RequestSide"]
 
 log = logging.getLogger(__name__)
 
 FULL_DUPLEX = m.BodyMode.FULL_DUPLEX_STREAMED
 BUFFERED = m.BodyMode.BUFFERED
 BUFFERED_PARTIAL = m.BodyMode.BUFFERED_PARTIAL
+NONE_MODE = m.BodyMode.NONE
 
 #: A reply: a message, or its serialised bytes (hot-path replies are hand-encoded, see `wire`).
 Reply = bytes | Any  # Any: the protobuf classes are untyped
 
 _SYSTEM_OWNED_SORTED = tuple(sorted(SYSTEM_OWNED_REQUEST_HEADERS))
-
-
-def header_map(headers: Any) -> dict[str, str]:
-    """An ext_proc HeaderMap as a dict (values from `raw_value`, as Envoy sends them)."""
-    out: dict[str, str] = {}
-    for h in headers.headers:
-        raw = h.raw_value
-        out[h.key] = raw.decode("utf-8", "replace") if raw else h.value
-    return out
 
 
 def response_carries_usage(body: Mapping[str, Any], stream: bool) -> bool:
@@ -93,6 +92,7 @@ class RequestSide:
         "registry",
         "rejection",
         "response_mode",
+        "response_skipped",
     )
 
     def __init__(self, director: Director, holder: PipelineHolder, registry: ObserverRegistry) -> None:
@@ -108,6 +108,7 @@ class RequestSide:
         self.done = False  # the routing reply (or an immediate response) has been sent
         self.orphan_error = ""  # an error code for a stream rejected before it had a request context
         self.rejection: RequestError | None = None  # why the request is answered with an immediate response
+        self.response_skipped = False  # the proxy was told to show this stream nothing of the response
 
     def context(self, headers: dict[str, str]) -> RequestContext:
         rid = headers.get(REQUEST_ID_HEADER, "")
@@ -163,7 +164,7 @@ class RequestSide:
             self.mode = pc.request_body_mode
             self.response_mode = pc.response_body_mode
         hdrs = msg.request_headers
-        self.context(header_map(hdrs.headers))
+        ctx = self.context(header_map(hdrs.headers))
         self._read_metadata(msg)
         if hdrs.end_of_stream:
             return self._route_bodyless()
@@ -172,7 +173,11 @@ class RequestSide:
             return []  # hold the reply until the body has arrived
         sets, removes = self._forward_mutation()
         if mode in (BUFFERED, BUFFERED_PARTIAL):
-            return [w.headers_reply(w.REQUEST, sets, removes)]
+            reply = w.headers_reply(w.REQUEST, sets, removes)
+            if mode == BUFFERED and self._can_skip_response(ctx):
+                self.response_skipped = True
+                return [w.without_response_path(reply)]
+            return [reply]
         # NONE / STREAMED: the body would never reach us before the route is chosen
         log.debug("request body mode %s cannot be routed on: asking for BUFFERED", mode)
         reply = m.mode_override_buffered()
@@ -182,6 +187,20 @@ class RequestSide:
                 reply.request_headers.response.header_mutation.set_headers.append(m.header_option(k, v))
         self.mode = BUFFERED
         return [reply]
+
+    def _can_skip_response(self, ctx: RequestContext) -> bool:
+        """Whether this stream can do without the response altogether (one round trip less before the
+        first byte reaches the client): the proxy shows it nothing unless asked (response body NONE), an
+        observer stream of the request is already here to read the response headers, the first byte and
+        the usage, no response hook writes headers or metadata, and no model name can need restoring."""
+        if self.response_mode != NONE_MODE or not ctx.observed:
+            return False
+        if ctx.pipeline.response_writers:
+            return False
+        headers = ctx.headers
+        if MODEL_REWRITE_HEADER in headers or self.director.datastore.rewrite_rules:
+            return False
+        return not (self.director.options.decision_header and DECISION_HEADER in headers)
 
     def _route_bodyless(self) -> list[Reply]:
         ctx = self.ctx

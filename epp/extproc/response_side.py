@@ -26,19 +26,12 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 
-from epp.errors import ErrorCode
 from epp.extproc import messages as m
 from epp.extproc import wire as w
-from epp.extproc.keys import (
-    CONTENT_TYPE,
-    DESTINATION_ENDPOINT_SERVED,
-    ENVOY_LB_NAMESPACE,
-    EXT_PROC_ATTRIBUTES_NAMESPACE,
-    STATUS_HEADER,
-    UPSTREAM_ADDRESS_ATTRIBUTE,
-)
+from epp.extproc.headers import read_response_headers
+from epp.extproc.keys import DESTINATION_ENDPOINT_SERVED
 from epp.extproc.observer import OBSERVER_GRACE
-from epp.extproc.request_side import Reply, RequestSide, header_map
+from epp.extproc.request_side import Reply, RequestSide
 from epp.extproc.response_body import DuplexBody, MessageBody, NoBody, ResponseBody
 from epp.observability.logging import VERBOSE
 from epp.requestcontrol.context import RequestContext
@@ -60,6 +53,7 @@ BUFFERED = m.BodyMode.BUFFERED
 #: `epp_response_body_total{path}` label values.
 PATH_NONE = "none"  # no stream read the body
 PATH_OBSERVER = "observer"  # an observer stream read it, off the critical path
+PATH_OBSERVER_ONLY = "observer-only"  # the routing stream skipped the response; the observer read it all
 PATH_ROUTING = "routing-stream"  # the routing stream took it (overridden or configured)
 PATH_DUPLEX = "full-duplex"  # FULL_DUPLEX_STREAMED: the proxy sends it to the routing stream regardless
 
@@ -80,37 +74,13 @@ class ResponseSide:
     def ctx(self) -> RequestContext | None:
         return self.request.ctx
 
-    def _served_endpoint(self, msg: m.ProcessingRequest, headers: dict[str, str]) -> str:
-        if msg.HasField("metadata_context"):
-            fm = msg.metadata_context.filter_metadata
-            if ENVOY_LB_NAMESPACE in fm:
-                v = fm[ENVOY_LB_NAMESPACE].fields.get(DESTINATION_ENDPOINT_SERVED)
-                if v is not None and v.string_value:
-                    return str(v.string_value)
-        attrs = msg.attributes
-        if EXT_PROC_ATTRIBUTES_NAMESPACE in attrs:
-            v = attrs[EXT_PROC_ATTRIBUTES_NAMESPACE].fields.get(UPSTREAM_ADDRESS_ATTRIBUTE)
-            if v is not None and v.string_value:
-                return str(v.string_value)
-        served = headers.get(DESTINATION_ENDPOINT_SERVED, "")
-        if served:
-            self.remove_served_header = True
-        return served
-
     def on_headers(self, msg: m.ProcessingRequest) -> list[Reply]:
         ctx = self.ctx
         if ctx is None or self.broken:
             return [w.continue_headers(True)]
         hdrs = msg.response_headers
-        headers = header_map(hdrs.headers)
+        self.remove_served_header = read_response_headers(ctx, msg)
         info = ctx.response
-        info.headers = headers
-        status = headers.get(STATUS_HEADER, "")
-        info.status = int(status) if status.isdigit() else 0
-        info.streaming = "text/event-stream" in headers.get(CONTENT_TYPE, "")
-        info.served_endpoint = self._served_endpoint(msg, headers)
-        if info.status != 200 and not ctx.error_code:
-            ctx.error_code = ErrorCode.MODEL_SERVER_ERROR.value
         self.director.response_received(ctx)
         sets = [(k, v.encode()) for k, v in info.set_headers.items()]
         removes = [DESTINATION_ENDPOINT_SERVED] if self.remove_served_header else []
@@ -195,10 +165,17 @@ class ResponseSide:
         ctx.completed_at = time.monotonic()
         self.director.response_complete(ctx)
 
+    def _handler(self) -> ResponseBody | None:
+        """The body handler; a stream that skipped the response path gets `NoBody` when it ends."""
+        if self.body is None and self.request.response_skipped and self.ctx is not None:
+            self.body = NoBody(self, duplex=False)
+            self._count(PATH_OBSERVER_ONLY)
+        return self.body
+
     def waits_for_observer(self) -> bool:
         """At the end of the stream: whether completing needs the observer's word on the body's end."""
         ctx = self.ctx
-        body = self.body
+        body = self._handler()
         return (
             ctx is not None
             and body is not None
@@ -211,7 +188,7 @@ class ResponseSide:
 
     def complete_at_stream_end(self) -> None:
         """The stream ended and no observer is reading the body: a body nobody took ends with it."""
-        body = self.body
+        body = self._handler()
         if body is not None and body.completes_at_eof and not self.broken:
             self.complete()
 
@@ -220,7 +197,7 @@ class ResponseSide:
         observer, if any, delivered the first byte), unless an observer reading its body to the end says
         it never ended (the client went away)."""
         ctx = self.ctx
-        body = self.body
+        body = self._handler()
         if ctx is None or body is None or not body.completes_at_eof or self.broken or ctx.response.complete:
             return
         if self.waits_for_observer():

@@ -39,6 +39,7 @@ __all__ = [
     "streamed_body",
     "with_metadata",
     "with_response_mode",
+    "without_response_path",
 ]
 
 # ProcessingResponse oneof field numbers per phase
@@ -209,3 +210,15 @@ def with_response_mode(reply: bytes, body_mode: int) -> bytes:
     (BodySendMode: NONE=0, STREAMED=1, BUFFERED=2) and no response trailers. Envoy honours it only with
     `allow_mode_override` and neither configured body mode FULL_DUPLEX_STREAMED."""
     return reply + _ld(9, b"\x20" + _varint(body_mode) + _TRAILERS_SKIP)
+
+
+# ProcessingMode, as protobuf writes it: response_header_mode=2 SKIP(2), request_body_mode=3 BUFFERED(2),
+# request_trailer_mode=5 SKIP(2), response_trailer_mode=6 SKIP(2); response_body_mode=4 NONE is the default
+_NO_RESPONSE_PATH = _ld(9, b"\x10\x02\x18\x02\x28\x02\x30\x02")
+
+
+def without_response_path(reply: bytes) -> bytes:
+    """`reply` (a request-headers reply, BUFFERED request body) plus `mode_override`: the body still
+    BUFFERED, and nothing of the response: no headers, no body, no trailers. Envoy 1.40 replaces the
+    whole processing mode with an override, so every field the request still needs is spelled out."""
+    return reply + _NO_RESPONSE_PATH

@@ -46,6 +46,7 @@ __all__ = [
     "ProfileHandler",
     "RequestParser",
     "ResponseComplete",
+    "ResponseReader",
     "ResponseReceived",
     "ResponseWatcher",
     "SaturationDetector",
@@ -186,6 +187,16 @@ class EndpointObserver(Protocol):
     """Optional: told the current endpoint keys whenever pool membership changes (to purge state)."""
 
     def endpoints_changed(self, keys: frozenset[str]) -> None: ...
+
+
+@runtime_checkable
+class ResponseReader(Protocol):
+    """Optional: a response hook (ResponseReceived / ResponseComplete) that only reads `ResponseInfo`: it
+    sets no response header and no dynamic metadata. When every hook says so, the proxy need not show the
+    routing stream the response at all (docs/protocol.md section 5): the observer stream reads it."""
+
+    @property
+    def reads_response_only(self) -> bool: ...
 
 
 @runtime_checkable

@@ -12,9 +12,11 @@ Body modes of the routing filter:
 - ON_DEMAND (the default, ours): request body BUFFERED (one message), response headers sent, response body
   NONE unless the EPP asks for it in its reply to the response headers (`allow_mode_override`; Envoy
   ignores overrides whenever a configured body mode is FULL_DUPLEX_STREAMED). With `observer` a second
-  ext_proc filter in `observability_mode`, placed before the routing filter, copies the response body to
-  the EPP without holding it, so the EPP reads the first byte and token usage off the critical path
-  (docs/protocol.md, "Response path").
+  ext_proc filter in `observability_mode`, placed before the routing filter, copies the response headers
+  and body to the EPP without holding them, so the EPP reads the first byte and token usage off the
+  critical path, and the routing stream may skip the response altogether (docs/protocol.md, "Response
+  path"). With `served_endpoint="header"` the served header then reaches the client: an observer cannot
+  remove it.
 - FULL_DUPLEX_STREAMED (upstream's): both bodies through the routing filter; request and response
   trailers SEND, as Envoy requires. Every streamed chunk waits for the EPP's reply.
 - BUFFERED: request body buffered; response body STREAMED so SSE still streams.
@@ -141,8 +143,9 @@ def _grpc_service(cfg: EnvoyConfig) -> dict[str, Any]:
 
 
 def _observer_filter(cfg: EnvoyConfig) -> dict[str, Any]:
-    """Copies request headers (for the request id) and the response body to the EPP; never waits."""
-    return {
+    """Copies request headers (for the request id), response headers (with the served endpoint) and the
+    response body to the EPP; never waits."""
+    flt: dict[str, Any] = {
         "name": OBSERVER_FILTER,
         "typed_config": {
             "@type": _EXT_PROC,
@@ -151,7 +154,7 @@ def _observer_filter(cfg: EnvoyConfig) -> dict[str, Any]:
             "failure_mode_allow": True,
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "response_header_mode": "SKIP",
+                "response_header_mode": "SEND",
                 "request_body_mode": "NONE",
                 "response_body_mode": "STREAMED",
                 "request_trailer_mode": "SKIP",
@@ -159,6 +162,9 @@ def _observer_filter(cfg: EnvoyConfig) -> dict[str, Any]:
             },
         },
     }
+    if cfg.served_endpoint == "attribute":
+        flt["typed_config"]["response_attributes"] = [UPSTREAM_ADDRESS_ATTRIBUTE]
+    return flt
 
 
 def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class Pipeline:
         extras: plugin-independent config sections (flow control, data layer ...) as validated models.
         config_text: the bytes the config was loaded from (None: the built-in default), so that the
             workers of a pod build the same generation.
+        response_writers: a response hook may set response headers or metadata (it does not declare
+            `ResponseReader.reads_response_only`), so the routing stream must see the response headers.
         reads_first_byte: a plugin reads `ResponseInfo.first_byte_at` (see `ResponseWatcher`), so the
             response's first body chunk must be observed.
     """
@@ -62,6 +64,7 @@ class Pipeline:
     effective_config: Mapping[str, Any] = field(default_factory=dict)
     config_text: bytes | None = None
     reads_first_byte: bool = False
+    response_writers: bool = False
 
 
 class PipelineHolder:

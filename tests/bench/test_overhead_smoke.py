@@ -67,7 +67,7 @@ def test_overhead_smoke(tmp_path, rivals_available, marker) -> None:
             continue
         # the EPP routed and metered every request; who read the body says which Envoy config ran
         assert epp["requests"] == h["sent"] and epp["completed"] == h["sent"], h
-        path = "body:observer" if router == "epp:default" else "body:full-duplex"
+        path = "body:observer-only" if router == "epp:default" else "body:full-duplex"
         assert {k: v for k, v in epp.items() if k.startswith("body:")} == {path: h["sent"]}, h
         if (
             usage

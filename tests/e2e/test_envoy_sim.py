@@ -67,8 +67,9 @@ async def test_streaming_chat_through_envoy_to_simulators(tmp_path) -> None:
             await asyncio.sleep(0.01)
         assert sample("inference_objective_output_tokens_sum") == usage["completion_tokens"]
         assert sample("inference_objective_input_tokens_sum") == usage["prompt_tokens"]
-        # nothing but the observer read the body: the tokens never waited on the EPP
-        assert metrics.registry.get_sample_value("epp_response_body_total", {"path": "observer"}) == 1
+        # nothing but the observer read the response (the routing stream was shown none of it): neither the
+        # first byte nor the tokens waited on the EPP
+        assert metrics.registry.get_sample_value("epp_response_body_total", {"path": "observer-only"}) == 1
     finally:
         await envoy.stop()
         await server.stop(0)

@@ -87,6 +87,8 @@ def pipeline_from(text: str | None, *, extra_plugins: Sequence[Any] = ()) -> Pip
         response_complete=pipeline.response_complete + having("response_complete"),
         admitters=pipeline.admitters + having("admit"),
         producers=pipeline.producers + having("prepare_data"),
+        response_writers=pipeline.response_writers
+        or any(not getattr(p, "reads_response_only", False) for p in having("response_received")),
     )
 
 
@@ -111,6 +113,10 @@ class Recorder:
     set_header: tuple[str, str] | None = None
     metadata: dict[str, dict[str, Any]] | None = None
     complete_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def reads_response_only(self) -> bool:
+        return self.set_header is None and self.metadata is None
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         self.pre.append(request)

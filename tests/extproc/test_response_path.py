@@ -380,3 +380,116 @@ async def test_a_first_byte_trailing_the_end_of_the_routing_stream_still_counts_
         await until(lambda: len(rec.completed) == 1)
         assert rec.completed[0].complete and rec.completed[0].first_byte_at > 0
         assert h.sample("inference_objective_request_ttft_seconds_count", LABELS) == 1
+
+
+# ---- the routing stream shown nothing of the response ----------------------------------------------
+
+
+async def waiting_observer(h: Harness, rid: str):
+    """An observer stream the EPP has seen (waiting for its routing stream), as Envoy orders them."""
+    obs = await observer(h, rid)
+    await until(lambda: len(h.server.servicer.registry) == 1)
+    return obs
+
+
+async def ask_to_route(h: Harness, rid: str, data: bytes, headers=None):
+    """A routing stream as above, returning the request-headers reply too."""
+    s = h.stream()
+    await s.send(
+        request_headers(headers={"x-request-id": rid, **(headers or {})}, mode=BUFFERED, response_mode=NONE)
+    )
+    (headers_reply,) = await s.recv()
+    await s.send(request_body(data, eos=True))
+    (routed,) = await s.recv()
+    assert routed.WhichOneof("response") == "request_body"
+    return s, headers_reply
+
+
+def obs_response_headers(status: int = 200, upstream: str = "") -> pb.ProcessingRequest:
+    """Response headers as the observer filter sees them, the served endpoint under its own name."""
+    msg = response_headers(status, content_type="text/event-stream")
+    if upstream:
+        msg.attributes["epp.observer"].update({"upstream.address": upstream})
+    msg.observability_mode = True
+    return msg
+
+
+def skips_response(reply: pb.ProcessingResponse) -> bool:
+    mode = reply.mode_override
+    return reply.HasField("mode_override") and (
+        mode.response_header_mode,
+        mode.response_body_mode,
+        mode.response_trailer_mode,
+        mode.request_body_mode,
+    ) == (pm.ProcessingMode.SKIP, pm.ProcessingMode.NONE, pm.ProcessingMode.SKIP, pm.ProcessingMode.BUFFERED)
+
+
+async def test_with_an_observer_the_routing_stream_is_shown_nothing_of_the_response() -> None:
+    rec = Recorder()
+    async with harness(rec, FIRST_BYTE_CONFIG) as h:
+        producer = next(p for p in h.holder.current.plugins.values() if isinstance(p, PrefillLoadProducer))
+        obs = await waiting_observer(h, "r-skip")
+        s, headers_reply = await ask_to_route(h, "r-skip", body(stream=True, usage=True))
+        assert skips_response(headers_reply)
+        (key,) = producer.ledger.endpoints()
+        await obs.send(obs_response_headers(upstream=key))
+        await until(lambda: len(rec.received) == 1)
+        assert (rec.received[0].status, rec.received[0].served_endpoint) == (200, key)
+        await obs.send(obs_body(TOKEN))
+        await until(lambda: producer.ledger.load(key).decoding_requests == 1)  # the prefill ended
+        await obs.send(obs_body(USAGE + DONE, eos=True))
+        assert await ended(obs)
+        await s.close()  # Envoy ends the routing stream when the request is over
+        assert await s.drain() == []
+        await until(lambda: len(rec.completed) == 1)
+        info = rec.completed[0]
+        assert info.complete and info.first_byte_at > 0 and info.completion_tokens == 3
+        assert producer.ledger.endpoints() == frozenset()
+        assert h.sample("inference_objective_request_ttft_seconds_count", LABELS) == 1
+        assert h.sample("epp_response_body_total", {"path": "observer-only"}) == 1
+
+
+async def test_a_model_server_error_seen_by_the_observer_alone_is_an_error() -> None:
+    rec = Recorder()
+    async with harness(rec) as h:
+        obs = await waiting_observer(h, "r-503")
+        s, headers_reply = await ask_to_route(h, "r-503", body(stream=True))
+        assert skips_response(headers_reply)
+        await obs.send(obs_response_headers(503))
+        await obs.send(obs_body(b"overloaded", eos=True))
+        assert await ended(obs)
+        await s.close()
+        await until(lambda: len(rec.completed) == 1)
+        assert rec.completed[0].status == 503
+        errors = {"error_code": "ModelServerError", "model_name": "m1", "target_model_name": "m1"}
+        assert h.sample("inference_objective_request_error_total", errors) == 1
+
+
+async def test_the_routing_stream_keeps_the_response_when_it_may_have_to_write_to_it() -> None:
+    cases = [
+        (Recorder(), False, {}),  # no observer
+        (Recorder(set_header=("x-hook", "1")), True, {}),  # a response hook sets a header
+        (Recorder(metadata={"ns": {"k": "v"}}), True, {}),  # ... or dynamic metadata
+        (Recorder(), True, {"x-gateway-model-name-rewrite": "m1-lora"}),  # a model name to restore
+    ]
+    for rec, observed, headers in cases:
+        async with harness(rec) as h:
+            if observed:
+                await waiting_observer(h, "r-keep")
+            s, headers_reply = await ask_to_route(h, "r-keep", body(stream=True), headers)
+            assert not headers_reply.HasField("mode_override"), (rec, observed, headers)
+            s.cancel()
+
+
+def test_the_hand_encoded_override_without_a_response_path_is_what_protobuf_encodes() -> None:
+    reply = w.headers_reply(w.REQUEST, [("x-a", b"1")], ["x-b"])
+    got = pb.ProcessingResponse.FromString(w.without_response_path(reply))
+    want = pb.ProcessingResponse.FromString(reply)
+    mode = want.mode_override
+    mode.request_body_mode = pm.ProcessingMode.BUFFERED
+    mode.request_trailer_mode = pm.ProcessingMode.SKIP
+    mode.response_header_mode = pm.ProcessingMode.SKIP
+    mode.response_body_mode = pm.ProcessingMode.NONE
+    mode.response_trailer_mode = pm.ProcessingMode.SKIP
+    assert got == want
+    assert w.without_response_path(reply) == want.SerializeToString()  # byte for byte, field order too

@@ -299,6 +299,11 @@ class PrecisePrefixCacheProducer:
             self.index.speculate(target.key, keys, now + ttl, now)
             state.speculated = keys
 
+    @property
+    def reads_response_only(self) -> bool:
+        """Its response hooks only read (ResponseReader)."""
+        return True
+
     def response_complete(
         self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
     ) -> None:

@@ -159,6 +159,11 @@ class ApproxPrefixCacheProducer:
             state.added[endpoint.key] = self._record(request, state, endpoint)
         self._report(state.info, targets[0])
 
+    @property
+    def reads_response_only(self) -> bool:
+        """Its response hooks only read (ResponseReader)."""
+        return True
+
     def response_received(
         self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
     ) -> None:

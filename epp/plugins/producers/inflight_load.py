@@ -110,6 +110,11 @@ class InFlightLoadProducer:
                     self._loads[key] = InFlightLoad(old.requests + 1, old.tokens + t)
         cycle.write(self._state_key, added)
 
+    @property
+    def reads_response_only(self) -> bool:
+        """Its response hooks only read (ResponseReader)."""
+        return True
+
     def response_complete(
         self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
     ) -> None:

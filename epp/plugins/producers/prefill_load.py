@@ -121,6 +121,11 @@ class PrefillLoadProducer:
             self._mean_uncached += _MEAN_ALPHA * (uncached - self._mean_uncached)
         cycle.write(self._entry_key, self.ledger.add(target.key, uncached))
 
+    @property
+    def reads_response_only(self) -> bool:
+        """Its response hooks only read (ResponseReader)."""
+        return True
+
     def response_received(
         self, cycle: CycleState, request: InferenceRequest, response: ResponseInfo, result: SchedulingResult
     ) -> None:
