@@ -187,10 +187,22 @@ class ResponseSide:
         )
 
     def complete_at_stream_end(self) -> None:
-        """The stream ended and no observer is reading the body: a body nobody took ends with it."""
+        """The stream ended and no observer is reading the body: a body nobody took ends with it, unless
+        an observer that read it for usage already ended without seeing its end (the client went away;
+        Envoy may end the observer stream before this one)."""
         body = self._handler()
-        if body is not None and body.completes_at_eof and not self.broken:
-            self.complete()
+        if body is None or not body.completes_at_eof or self.broken:
+            return
+        if self._observer_missed_the_end():
+            return
+        self.complete()
+
+    def _observer_missed_the_end(self) -> bool:
+        ctx = self.ctx
+        if ctx is None or not (ctx.observed and ctx.wants_usage and not ctx.body_seen):
+            return False
+        log.log(VERBOSE, "the body of %s never ended: the client went away", ctx.request_id)
+        return True
 
     async def at_stream_end(self) -> None:
         """The ext_proc stream ended: a response whose body no stream took is complete now (once its
@@ -205,10 +217,8 @@ class ResponseSide:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, OBSERVER_GRACE)
             ctx.observer_waiter = None
-            if ctx.wants_usage and not ctx.body_seen:
-                # a disconnect: `Director.finish` runs the hooks without completing
-                log.log(VERBOSE, "the body of %s never ended: the client went away", ctx.request_id)
-                return
+            if self._observer_missed_the_end():
+                return  # a disconnect: `Director.finish` runs the hooks without completing
         self.complete()
 
     def with_hook_metadata(self, reply: Reply) -> Reply:

@@ -256,6 +256,24 @@ async def test_a_client_gone_mid_stream_is_no_completion_when_the_observer_never
         assert h.sample("inference_objective_running_requests", {"model_name": "m1"}) == 0
 
 
+async def test_an_observer_dropped_before_the_routing_stream_ends_is_no_completion_either() -> None:
+    rec = Recorder()
+    async with harness(rec) as h:
+        obs = await observer(h, "r-gone-first")
+        s = await route(h, "r-gone-first", body(stream=True, usage=True))
+        await s.send(response_headers(content_type="text/event-stream"))
+        await s.recv()
+        await obs.send(obs_body(TOKEN))
+        obs.cancel()  # Envoy may reset the observer stream before it ends the routing one
+        ctx = h.server.servicer.registry.find("r-gone-first")
+        assert ctx is not None and ctx.observed
+        await until(lambda: not ctx.observer_active)
+        await s.close()
+        await until(lambda: len(rec.completed) == 1)
+        assert not rec.completed[0].complete
+        assert h.sample("inference_objective_request_duration_seconds_count", LABELS) == 0
+
+
 async def test_observer_stops_after_the_first_byte_when_no_usage_is_wanted() -> None:
     rec = Recorder()
     async with harness(rec, FIRST_BYTE_CONFIG) as h:
