@@ -22,7 +22,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from epp import __version__
-from epp.config import build_pipeline, default_registry, load_config, load_default_config
+from epp.builtins import default_flow_policies, default_registry
+from epp.config import build_pipeline, load_config, load_default_config
 from epp.config.reloader import ConfigReloader
 from epp.config.watcher import ConfigWatcher
 from epp.datalayer.datastore import Datastore
@@ -36,8 +37,8 @@ from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
 from epp.flowcontrol.admission import FlowControlAdmission
 from epp.flowcontrol.observe import PrometheusFlowObserver
+from epp.logs import configure_logging
 from epp.observability.http import MetricsHttpServer
-from epp.observability.logging import configure_logging
 from epp.observability.metrics import EppMetrics, build_commit
 from epp.observability.pool import PoolMetricsRefresher
 from epp.plugin_runtime import PluginRuntime
@@ -78,6 +79,7 @@ def _read_config_file(path: str) -> bytes:
 
 
 def _kubeconfig_client(path: str) -> Any:
+    """An API client from a kubeconfig file (`--kubeconfig`)."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -193,7 +195,10 @@ class App:
             gather = self.pool.collect
         else:
             self.admission = FlowControlAdmission(
-                self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
+                self.datastore,
+                s.metrics_staleness_threshold,
+                default_policies=default_flow_policies,
+                observer=PrometheusFlowObserver(self.metrics),
             )
             self.extproc = ExtProcServer(
                 self.holder, self.datastore, self.metrics, request_options(s), admission=self.admission
@@ -221,12 +226,9 @@ class App:
         if self.pool is None:
             self.plugins.start()  # with workers, the plugins that serve live there
 
-        kwargs: dict[str, Any] = {}
-        if self.k8s_api_client is not None:
-            kwargs["api_client"] = self.k8s_api_client
-        elif s.kubeconfig and configured_source_kind(s) != "static":
-            kwargs["api_client"] = _kubeconfig_client(s.kubeconfig)
-        self._source = await start_endpoint_source(s, self.datastore, **kwargs)
+        self._source = await start_endpoint_source(
+            s, self.datastore, build_kubernetes=self._kubernetes_source
+        )
         self._spawn(self._source.run(), "endpoint-source")
         data_layer = DataLayerSelector(
             self.holder,
@@ -252,9 +254,7 @@ class App:
         if s.ha_enable_leader_election:
             from epp.k8s.leader import start_leader_election
 
-            self._elector = await start_leader_election(
-                s, self.readiness, api_client=kwargs.get("api_client")
-            )
+            self._elector = await start_leader_election(s, self.readiness, api_client=self._k8s_client())
         else:
             self.readiness.set_leader(True)
 
@@ -333,6 +333,19 @@ class App:
         log.info("epp stopped")
 
     # ---- background loops --------------------------------------------------------------------------
+
+    def _kubernetes_source(self, kind: str, settings: object, datastore: Datastore) -> EndpointSource:
+        """The Kubernetes endpoint source, imported only when one is configured (a static daemon never
+        loads the Kubernetes client)."""
+        from epp.k8s.sources import build_kubernetes_source
+
+        return build_kubernetes_source(kind, settings, datastore, api_client=self._k8s_client())
+
+    def _k8s_client(self) -> Any:
+        """The API client given, or one from `--kubeconfig` (made once), or None: the in-cluster default."""
+        if self.k8s_api_client is None and self.settings.kubeconfig:
+            self.k8s_api_client = _kubeconfig_client(self.settings.kubeconfig)
+        return self.k8s_api_client
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -59,7 +59,8 @@ def _err(message: str) -> None:
 
 
 def _serve(args: list[str]) -> int:
-    from epp.config import build_pipeline, default_registry, load_config_source
+    from epp.builtins import default_registry
+    from epp.config import build_pipeline, load_config_source
     from epp.settings import HelpRequested, parse_settings
 
     try:
@@ -132,7 +133,8 @@ def _schema(args: list[str]) -> int:
     if args:
         _err(f"schema takes no arguments, got {' '.join(args)}")
         return 2
-    from epp.config import default_registry, schema_text
+    from epp.builtins import default_registry
+    from epp.config import schema_text
 
     sys.stdout.write(schema_text(default_registry()))
     return 0
@@ -155,7 +157,7 @@ def _validate(args: list[str]) -> int:
     if not files:
         print(_VALIDATE_USAGE, end="", file=sys.stderr)
         return 2
-    from epp.config import default_registry
+    from epp.builtins import default_registry
 
     registry = default_registry()
     ok = True

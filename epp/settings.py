@@ -32,8 +32,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from epp.config.units import format_duration, parse_duration
 from epp.errors import SettingsError
+from epp.units import format_duration, parse_duration
 
 __all__ = [
     "ENV_PREFIX",

@@ -33,7 +33,8 @@ from typing import Any, Protocol
 import xxhash
 
 from epp.bench.probe_workloads import ProbeRequest
-from epp.config import build_pipeline, default_registry, load_config
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config
 from epp.framework.cycle import CycleState
 from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY

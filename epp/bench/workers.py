@@ -133,7 +133,8 @@ async def _serve(workers: int, endpoints: int, port_file: Path) -> None:
     from prometheus_client import CollectorRegistry
 
     from epp.bench.extproc import _bench_endpoints, _churn_metrics
-    from epp.config import build_pipeline, builtin_registry, load_config
+    from epp.builtins import builtin_registry
+    from epp.config import build_pipeline, load_config
     from epp.datalayer.datastore import Datastore
     from epp.extproc.health import ReadinessState
     from epp.observability.metrics import EppMetrics

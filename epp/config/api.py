@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from epp.config.units import (
+from epp.units import (
     DURATION_PATTERN,
     QUANTITY_PATTERN,
     format_duration,

@@ -35,7 +35,7 @@ from epp.datalayer.datastore import Datastore
 from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.promtext import scan
 from epp.framework.types import Endpoint
-from epp.observability.logging import TRACE
+from epp.logs import TRACE
 
 __all__ = ["ScrapeStats", "Scraper"]
 

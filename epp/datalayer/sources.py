@@ -3,20 +3,21 @@
 `start_endpoint_source(settings, datastore)` reads the settings by attribute name (`static_endpoints`,
 `pool_name`, `pool_namespace`, `pool_group`, `endpoint_selector`, `endpoint_target_ports`,
 `model_server_type`), builds the source, starts it and returns it; the caller runs `source.run()` as a
-background task and awaits `source.stop()` on shutdown. The Kubernetes sources are imported lazily, so a
+background task and awaits `source.stop()` on shutdown. The Kubernetes sources are built by the function the
+caller passes (`build_kubernetes`, from `epp.app`): the datalayer never imports `epp.k8s`, and a
 static-endpoint daemon never loads the Kubernetes client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.static_source import StaticEndpointSource, parse_static_endpoints
 from epp.errors import SettingsError
 
-__all__ = ["EndpointSource", "configured_source_kind", "start_endpoint_source"]
+__all__ = ["EndpointSource", "KubernetesSourceBuilder", "configured_source_kind", "start_endpoint_source"]
 
 
 class EndpointSource(Protocol):
@@ -29,6 +30,10 @@ class EndpointSource(Protocol):
         ...
 
     async def stop(self) -> None: ...
+
+
+#: builds the Kubernetes source of `kind` ('pool' or 'selector') from the settings
+KubernetesSourceBuilder = Callable[[str, object, Datastore], EndpointSource]
 
 
 def _get(settings: object, name: str) -> Any:
@@ -69,7 +74,7 @@ _FLAGS = {"static": "static-endpoints", "pool": "pool-name", "selector": "endpoi
 
 
 async def start_endpoint_source(
-    settings: object, datastore: Datastore, *, api_client: Any = None
+    settings: object, datastore: Datastore, *, build_kubernetes: KubernetesSourceBuilder | None = None
 ) -> EndpointSource:
     """Build the configured endpoint source, start it and return it."""
     kind = configured_source_kind(settings)
@@ -81,9 +86,9 @@ async def start_endpoint_source(
             parse_static_endpoints(_get(settings, "static_endpoints")),
             engine=str(engine) if engine else None,
         )
+    elif build_kubernetes is None:
+        raise SettingsError(f"--{_FLAGS[kind]} needs Kubernetes, which this daemon was started without")
     else:
-        from epp.k8s.sources import build_kubernetes_source
-
-        source = build_kubernetes_source(kind, settings, datastore, api_client=api_client)
+        source = build_kubernetes(kind, settings, datastore)
     await source.start()
     return source

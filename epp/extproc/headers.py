@@ -13,7 +13,7 @@ from typing import Any
 
 from epp.errors import ErrorCode
 from epp.extproc import messages as m
-from epp.extproc.keys import (
+from epp.metadata import (
     CONTENT_TYPE,
     DESTINATION_ENDPOINT_SERVED,
     ENVOY_LB_NAMESPACE,

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.extproc.keys import EXT_PROC_SERVICE
 from epp.extproc.ports import bind_port
+from epp.metadata import EXT_PROC_SERVICE
 
 __all__ = ["LIVENESS", "READINESS", "HealthServer", "HealthServicer", "ReadinessState"]
 

@@ -15,7 +15,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
-from epp.extproc.keys import BODY_CHUNK_LIMIT, CONTENT_TYPE, DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE
+from epp.metadata import BODY_CHUNK_LIMIT, CONTENT_TYPE, DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE
 
 __all__ = [
     "BodyMode",

@@ -32,7 +32,7 @@ import time
 
 from epp.extproc import messages as m
 from epp.extproc.headers import read_response_headers
-from epp.extproc.keys import REQUEST_ID_HEADER
+from epp.metadata import REQUEST_ID_HEADER
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.usage import SseUsageScanner, usage_from_json_body

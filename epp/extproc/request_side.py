@@ -34,7 +34,9 @@ from epp.errors import ErrorCode, RequestError
 from epp.extproc import messages as m
 from epp.extproc import wire as w
 from epp.extproc.headers import header_map
-from epp.extproc.keys import (
+from epp.extproc.observer import ObserverRegistry
+from epp.logs import bind_request
+from epp.metadata import (
     CONTENT_LENGTH,
     DECISION_HEADER,
     DESTINATION_ENDPOINT,
@@ -44,8 +46,6 @@ from epp.extproc.keys import (
     SUBSET_HINT_NAMESPACE,
     SYSTEM_OWNED_REQUEST_HEADERS,
 )
-from epp.extproc.observer import ObserverRegistry
-from epp.observability.logging import bind_request
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.scheduling.pipeline import PipelineHolder

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from epp.extproc import messages as m
 from epp.extproc import wire as w
-from epp.extproc.keys import CONTENT_LENGTH
+from epp.metadata import CONTENT_LENGTH
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.rewrite import ModelNameRestorer
 from epp.requestcontrol.usage import SseUsageScanner, Usage, usage_from_json_body

@@ -29,11 +29,11 @@ from google.protobuf import struct_pb2
 from epp.extproc import messages as m
 from epp.extproc import wire as w
 from epp.extproc.headers import read_response_headers
-from epp.extproc.keys import DESTINATION_ENDPOINT_SERVED
 from epp.extproc.observer import OBSERVER_GRACE
 from epp.extproc.request_side import Reply, RequestSide
 from epp.extproc.response_body import DuplexBody, MessageBody, NoBody, ResponseBody
-from epp.observability.logging import VERBOSE
+from epp.logs import VERBOSE
+from epp.metadata import DESTINATION_ENDPOINT_SERVED
 from epp.requestcontrol.context import RequestContext
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.rewrite import ModelNameRestorer

@@ -20,10 +20,10 @@ from grpc_health.v1 import health_pb2_grpc
 from epp.datalayer.datastore import Datastore
 from epp.extproc import wire
 from epp.extproc.health import HealthServicer, ReadinessState
-from epp.extproc.keys import EXT_PROC_SERVICE
 from epp.extproc.ports import bind_port
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import TlsOptions, server_credentials
+from epp.metadata import EXT_PROC_SERVICE
 from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.admission import Admission
 from epp.requestcontrol.context import RequestOptions

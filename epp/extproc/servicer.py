@@ -26,7 +26,7 @@ from epp.extproc import messages as m
 from epp.extproc.observer import ObserverRegistry, ObserverStream
 from epp.extproc.request_side import Reply, RequestSide
 from epp.extproc.response_side import ResponseSide
-from epp.observability.logging import VERBOSE
+from epp.logs import VERBOSE
 from epp.requestcontrol.director import Director
 from epp.scheduling.pipeline import PipelineHolder
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from epp.extproc.keys import BODY_CHUNK_LIMIT, DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE
+from epp.metadata import BODY_CHUNK_LIMIT, DESTINATION_ENDPOINT, ENVOY_LB_NAMESPACE
 
 __all__ = [
     "REQUEST",

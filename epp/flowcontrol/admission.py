@@ -10,8 +10,9 @@ The controller outlives config reloads: when a request arrives on a new pipeline
 that pipeline's settings and saturation detector, and queued requests stay queued.
 
 Wiring (app): `Director(..., admission=FlowControlAdmission(datastore, options.metrics_staleness,
-observer=PrometheusFlowObserver(metrics)))`, and call `request_finished()` when a scheduled request
-completes so a saturated dispatcher re-checks at once instead of at its next tick.
+default_policies=epp.builtins.default_flow_policies, observer=PrometheusFlowObserver(metrics)))`, and call
+`request_finished()` when a scheduled request completes so a saturated dispatcher re-checks at once
+instead of at its next tick.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from epp.flowcontrol.build import settings_from_config
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.observe import FlowObserver
 from epp.flowcontrol.settings import DEFAULT_DISPATCH_TICK
+from epp.framework.flowcontrol import DefaultPolicies
 from epp.framework.plugins import SaturationDetector
 from epp.framework.types import Endpoint, InferenceRequest
 from epp.requestcontrol.admission import Admission, LegacyAdmission
@@ -42,6 +44,7 @@ class FlowControlAdmission:
         datastore: Datastore,
         metrics_staleness: float,
         *,
+        default_policies: Callable[[], DefaultPolicies],
         observer: FlowObserver | None = None,
         legacy: Admission | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -49,6 +52,7 @@ class FlowControlAdmission:
     ) -> None:
         self.datastore = datastore
         self.metrics_staleness = metrics_staleness
+        self.default_policies = default_policies
         self.observer = observer
         self.legacy: Admission = legacy or LegacyAdmission(clock)
         self.clock = clock
@@ -96,7 +100,10 @@ class FlowControlAdmission:
         ):
             return controller  # a straggler on an older generation: keep the newest settings
         settings = settings_from_config(
-            pipeline.extras.get(FLOW_CONTROL_SECTION), pipeline.plugins, dispatch_tick=self.dispatch_tick
+            pipeline.extras.get(FLOW_CONTROL_SECTION),
+            pipeline.plugins,
+            self.default_policies(),
+            dispatch_tick=self.dispatch_tick,
         )
         self._pipeline = pipeline
         if controller is None:

@@ -10,9 +10,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Any
 
-from epp.flowcontrol.policies import FairnessPolicy, OrderingPolicy
 from epp.flowcontrol.queue import FlowQueue
-from epp.flowcontrol.types import QueueItem
+from epp.framework.flowcontrol import FairnessPolicy, OrderingPolicy, QueueItem
 
 __all__ = ["BandSettings", "PriorityBand"]
 

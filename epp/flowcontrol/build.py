@@ -2,7 +2,8 @@
 
 Policy references name plugin instances (the loader declares the default policies and checks every
 reference). A reference the pipeline cannot satisfy (an upstream policy type this build lacks, which the
-loader reports as a warning) falls back to the default policy of its kind.
+loader reports as a warning) falls back to the default policy of its kind: the plugin declared under the
+default type name, else the instance of `DefaultPolicies` the caller supplies (`epp.builtins`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from epp.config.api import FlowControlConfig
+from epp.config.defaults import DEFAULT_FAIRNESS_POLICY, DEFAULT_ORDERING_POLICY, DEFAULT_USAGE_LIMIT_POLICY
 from epp.flowcontrol.band import DEFAULT_BAND_MAX_BYTES, BandSettings
-from epp.flowcontrol.policies import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 from epp.flowcontrol.settings import DEFAULT_DISPATCH_TICK, FlowControlSettings
-from epp.plugins.flowcontrol.fairness import GLOBAL_STRICT, GlobalStrictFairness
-from epp.plugins.flowcontrol.ordering import FCFS, FcfsOrdering
-from epp.plugins.flowcontrol.usage_limit import TYPE_NAME as STATIC_USAGE_LIMIT
-from epp.plugins.flowcontrol.usage_limit import StaticUsageLimit
+from epp.framework.flowcontrol import DefaultPolicies
 
 __all__ = ["settings_from_config"]
 
@@ -44,14 +42,12 @@ def _resolve(
 def settings_from_config(
     cfg: FlowControlConfig | None,
     plugins: Mapping[str, object],
+    defaults: DefaultPolicies,
     *,
     dispatch_tick: float = DEFAULT_DISPATCH_TICK,
 ) -> FlowControlSettings:
     """Controller settings for `cfg` (None = every default), resolving policy refs in `plugins`."""
     cfg = cfg if cfg is not None else FlowControlConfig()
-    fairness_default: FairnessPolicy = GlobalStrictFairness()
-    ordering_default: OrderingPolicy = FcfsOrdering()
-    usage_default: UsageLimitPolicy = StaticUsageLimit()
 
     def band(spec: Any, priority: int) -> BandSettings:
         fairness_ref = getattr(spec, "fairness_policy_ref", None) if spec is not None else None
@@ -61,9 +57,16 @@ def settings_from_config(
         return BandSettings(
             priority=priority,
             fairness=_resolve(
-                plugins, fairness_ref, GLOBAL_STRICT, fairness_default, "pick", "fairness policy"
+                plugins, fairness_ref, DEFAULT_FAIRNESS_POLICY, defaults.fairness, "pick", "fairness policy"
             ),
-            ordering=_resolve(plugins, ordering_ref, FCFS, ordering_default, "sort_key", "ordering policy"),
+            ordering=_resolve(
+                plugins,
+                ordering_ref,
+                DEFAULT_ORDERING_POLICY,
+                defaults.ordering,
+                "sort_key",
+                "ordering policy",
+            ),
             max_bytes=DEFAULT_BAND_MAX_BYTES if max_bytes is None else int(max_bytes),
             max_requests=0 if max_requests is None else int(max_requests),
         )
@@ -77,8 +80,8 @@ def settings_from_config(
     usage = _resolve(
         plugins,
         cfg.usage_limit_policy_plugin_ref,
-        STATIC_USAGE_LIMIT,
-        usage_default,
+        DEFAULT_USAGE_LIMIT_POLICY,
+        defaults.usage_limit,
         "compute_limits",
         "usage-limit policy",
     )

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from epp.errors import RequestError
 from epp.flowcontrol.band import PriorityBand
 from epp.flowcontrol.observe import FlowObserver, NullFlowObserver
+from epp.flowcontrol.outcomes import outcome_error
 from epp.flowcontrol.settings import FlowControlSettings
-from epp.flowcontrol.types import DEFAULT_FAIRNESS_ID, FlowKey, Outcome, QueueItem, outcome_error
+from epp.framework.flowcontrol import DEFAULT_FAIRNESS_ID, FlowKey, Outcome, QueueItem
 from epp.framework.plugins import SaturationDetector
 from epp.framework.types import Endpoint, InferenceRequest
-from epp.observability.logging import detached_context
+from epp.logs import detached_context
 
 __all__ = ["BandStats", "CycleResult", "FlowController"]
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from epp.flowcontrol.types import Outcome, QueueItem
+from epp.framework.flowcontrol import Outcome, QueueItem
 from epp.observability.metrics import EppMetrics
 
 __all__ = ["FlowObserver", "NullFlowObserver", "PrometheusFlowObserver"]

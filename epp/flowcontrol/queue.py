@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 
-from epp.flowcontrol.types import QueueItem
+from epp.framework.flowcontrol import QueueItem
 
 __all__ = ["FlowQueue"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from epp.flowcontrol.band import DEFAULT_BAND_MAX_BYTES, BandSettings
-from epp.flowcontrol.policies import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
+from epp.framework.flowcontrol import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 
 __all__ = ["DEFAULT_DISPATCH_TICK", "FlowControlSettings"]
 

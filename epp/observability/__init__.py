@@ -1,1 +1,1 @@
-"""Prometheus metrics and logging."""
+"""Prometheus metrics: what the daemon exposes, declared and recorded in one place."""

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from epp.extproc.keys import (
+from epp.metadata import (
     DESTINATION_ENDPOINT,
     DESTINATION_ENDPOINT_SERVED,
     ENVOY_LB_NAMESPACE,

@@ -26,7 +26,9 @@ from typing import Any
 
 from epp.datalayer.datastore import Datastore
 from epp.errors import ErrorCode, RequestError, SchedulingError, http_status
-from epp.extproc.keys import (
+from epp.framework.types import Endpoint, InferenceRequest
+from epp.logs import TRACE, VERBOSE, bind_request
+from epp.metadata import (
     CONTENT_LENGTH,
     DECISION_HEADER,
     FAIRNESS_ID_HEADER,
@@ -36,9 +38,7 @@ from epp.extproc.keys import (
     ORIGINAL_PATH_HEADER,
     PATH_HEADER,
 )
-from epp.framework.types import Endpoint, InferenceRequest
 from epp.observability.decision import ScoreTable
-from epp.observability.logging import TRACE, VERBOSE, bind_request
 from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.admission import Admission, LegacyAdmission
 from epp.requestcontrol.candidates import subset_filter

@@ -31,14 +31,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from epp.config import build_pipeline, default_registry, load_config
+from epp.builtins import default_flow_policies, default_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
 from epp.errors import ConfigError
 from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
 from epp.flowcontrol.admission import FlowControlAdmission
 from epp.flowcontrol.observe import PrometheusFlowObserver
-from epp.observability.logging import configure_logging, set_worker_label
+from epp.logs import configure_logging, set_worker_label
 from epp.observability.metrics import WORKER_METRICS, EppMetrics
 from epp.observability.pool import PoolMetricsRefresher
 from epp.plugin_runtime import PluginRuntime
@@ -178,7 +179,10 @@ class Worker:
         self.holder = holder = PipelineHolder(pipeline)
         s = self.settings
         self.admission = FlowControlAdmission(
-            self.datastore, s.metrics_staleness_threshold, observer=PrometheusFlowObserver(self.metrics)
+            self.datastore,
+            s.metrics_staleness_threshold,
+            default_policies=default_flow_policies,
+            observer=PrometheusFlowObserver(self.metrics),
         )
         self.server = ExtProcServer(
             holder, self.datastore, self.metrics, request_options(s), admission=self.admission

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from epp.app import App
-from epp.config import builtin_registry
+from epp.builtins import builtin_registry
 from epp.framework.cycle import CycleState
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import epp.plugins
-from epp.config import build_pipeline, default_registry, load_config
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 BLOCKS = [

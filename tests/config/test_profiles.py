@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import epp.plugins
-from epp.config import build_pipeline, default_registry, load_config_file
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config_file
 
 pytestmark = pytest.mark.skipif(
     not hasattr(epp.plugins, "register_builtins"), reason="the built-in plugin catalogue is not there yet"

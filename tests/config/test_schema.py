@@ -12,7 +12,8 @@ from cfg_fakes import fake_registry
 from pydantic import BaseModel, ConfigDict
 
 import epp.plugins
-from epp.config import config_schema, default_registry, load_config, schema_text
+from epp.builtins import default_registry
+from epp.config import config_schema, load_config, schema_text
 from epp.config.problems import issues_from_jsonschema
 from epp.errors import ConfigError
 from epp.framework.plugins import PluginKind

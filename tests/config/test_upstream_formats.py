@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import epp.plugins
-from epp.config import EffectiveConfig, build_pipeline, default_registry, load_config_file
+from epp.builtins import default_registry
+from epp.config import EffectiveConfig, build_pipeline, load_config_file
 from epp.scheduling.pipeline import Pipeline
 
 pytestmark = pytest.mark.skipif(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from epp.config import build_pipeline, default_registry, load_config
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
 from epp.framework.types import Endpoint
 from epp.scheduling.pipeline import PipelineHolder

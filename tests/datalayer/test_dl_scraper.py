@@ -16,7 +16,7 @@ from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.metric_spec import ENGINE_LABEL_KEY
 from epp.datalayer.scraper import Scraper
 from epp.framework.types import Endpoint
-from epp.observability.logging import TRACE
+from epp.logs import TRACE
 
 from .servers import MetricsServer, eventually, free_port
 

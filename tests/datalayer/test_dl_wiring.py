@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from epp.config import build_pipeline, default_registry, load_config
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.data_source import MetricsDataSource
 from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.metric_spec import MetricOverrides

@@ -19,7 +19,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from epp.config import build_pipeline, builtin_registry, load_config
+from epp.builtins import builtin_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
 from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions

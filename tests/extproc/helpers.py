@@ -16,7 +16,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 from prometheus_client import CollectorRegistry
 
-from epp.config import build_pipeline, builtin_registry, load_config
+from epp.builtins import builtin_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
 from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions

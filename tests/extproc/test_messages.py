@@ -7,7 +7,7 @@ from envoy.config.core.v3 import base_pb2
 
 from epp.extproc import messages as m
 from epp.extproc import wire as w
-from epp.extproc.keys import BODY_CHUNK_LIMIT
+from epp.metadata import BODY_CHUNK_LIMIT
 
 from .helpers import metadata_destination, removed_headers, set_headers, streamed
 

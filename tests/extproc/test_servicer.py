@@ -11,8 +11,8 @@ import pytest
 
 from epp.datalayer.datastore import ModelRewriteRule, RewriteTarget
 from epp.errors import ErrorCode, RequestError
-from epp.extproc.keys import BODY_CHUNK_LIMIT
 from epp.framework.types import TypedName
+from epp.metadata import BODY_CHUNK_LIMIT
 from epp.requestcontrol.context import RequestOptions
 
 from .helpers import (
@@ -684,7 +684,7 @@ async def test_rewrite_of_a_body_with_lone_surrogate_escapes_stays_valid_json() 
 
 
 async def test_request_id_and_model_are_bound_for_logging_in_hooks() -> None:
-    from epp.observability import logging as eplog
+    from epp import logs as eplog
 
     seen: list[tuple[str, str]] = []
 

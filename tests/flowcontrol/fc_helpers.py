@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.settings import FlowControlSettings
-from epp.flowcontrol.types import QueueItem
+from epp.framework.flowcontrol import QueueItem
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness
 from epp.plugins.flowcontrol.ordering import FcfsOrdering

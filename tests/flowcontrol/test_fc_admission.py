@@ -11,12 +11,13 @@ import time
 import pytest
 from fc_helpers import until
 
+from epp.builtins import default_flow_policies
 from epp.config.api import FlowControlConfig
 from epp.datalayer.datastore import Datastore
 from epp.errors import RequestError
 from epp.flowcontrol.admission import FlowControlAdmission
 from epp.flowcontrol.build import settings_from_config
-from epp.flowcontrol.types import Outcome
+from epp.framework.flowcontrol import Outcome
 from epp.framework.handle import SimpleHandle
 from epp.framework.types import Endpoint, EndpointMetrics, InferenceRequest
 from epp.plugins.flowcontrol import PLUGIN_TYPES
@@ -71,7 +72,7 @@ def req(rid: str, priority: int = 0, flow: str = "default-flow") -> InferenceReq
 
 async def test_gate_off_is_legacy_shedding():
     ds = make_datastore()
-    adm = FlowControlAdmission(ds, 2.0)
+    adm = FlowControlAdmission(ds, 2.0, default_policies=default_flow_policies)
     p = pipeline(gate=False, flow_control={"maxRequests": 1})
     cands = ds.candidates(2.0)
     set_queue(ds, 4)  # saturation 0.8
@@ -87,7 +88,7 @@ async def test_gate_off_is_legacy_shedding():
 
 async def test_gate_on_queues_sheddable_requests_instead_of_dropping():
     ds = make_datastore()
-    adm = FlowControlAdmission(ds, 2.0, dispatch_tick=0.005)
+    adm = FlowControlAdmission(ds, 2.0, default_policies=default_flow_policies, dispatch_tick=0.005)
     p = pipeline(flow_control={})
     set_queue(ds, 5)
     task = asyncio.create_task(adm.admit(req("sheddable", -1), ds.candidates(2.0), p))
@@ -101,7 +102,7 @@ async def test_gate_on_queues_sheddable_requests_instead_of_dropping():
 
 async def test_gate_on_ttl_gives_503():
     ds = make_datastore()
-    adm = FlowControlAdmission(ds, 2.0)
+    adm = FlowControlAdmission(ds, 2.0, default_policies=default_flow_policies)
     p = pipeline(flow_control={"defaultRequestTTL": "30ms"})
     set_queue(ds, 9)
     with pytest.raises(RequestError) as info:
@@ -113,7 +114,7 @@ async def test_gate_on_ttl_gives_503():
 
 async def test_reload_reconfigures_the_same_controller_and_keeps_the_queue():
     ds = make_datastore()
-    adm = FlowControlAdmission(ds, 2.0)
+    adm = FlowControlAdmission(ds, 2.0, default_policies=default_flow_policies)
     p1 = pipeline(1, {"maxRequests": 5})
     set_queue(ds, 5)
     task = asyncio.create_task(adm.admit(req("queued"), ds.candidates(2.0), p1))
@@ -150,7 +151,7 @@ def test_settings_from_config_resolves_policies_and_defaults():
             ],
         }
     )
-    s = settings_from_config(cfg, plugins)
+    s = settings_from_config(cfg, plugins, default_flow_policies())
     assert (s.max_bytes, s.max_requests, s.default_ttl) == (10 * 2**30, 1000, 90.0)
     assert isinstance(s.default_band.fairness, RoundRobinFairness)
     assert (s.default_band.max_bytes, s.default_band.max_requests) == (2**20, 50)
@@ -164,7 +165,7 @@ def test_settings_from_config_resolves_policies_and_defaults():
 
 
 def test_settings_defaults_without_config_or_plugins():
-    s = settings_from_config(None, {})
+    s = settings_from_config(None, {}, default_flow_policies())
     assert (s.max_bytes, s.max_requests, s.default_ttl) == (0, 0, 0.0)
     assert s.default_band.max_bytes == 1_000_000_000 and s.default_band.max_requests == 0
     assert isinstance(s.default_band.fairness, GlobalStrictFairness)
@@ -172,7 +173,7 @@ def test_settings_defaults_without_config_or_plugins():
 
 
 async def test_outcomes_map_to_upstream_statuses():
-    from epp.flowcontrol.types import outcome_error
+    from epp.flowcontrol.outcomes import outcome_error
 
     assert outcome_error(Outcome.REJECTED_CAPACITY, "x").status == 429
     assert outcome_error(Outcome.EVICTED_TTL, "x").status == 503

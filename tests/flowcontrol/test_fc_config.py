@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from fc_helpers import until
 
-from epp.config import build_pipeline, builtin_registry, load_config
+from epp.builtins import builtin_registry, default_flow_policies
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
 from epp.errors import ConfigError, RequestError
 from epp.flowcontrol.admission import FlowControlAdmission
@@ -90,7 +91,7 @@ async def test_flow_control_config_end_to_end_through_admission():
     ds = Datastore()
     ep = Endpoint(key="a", ip="127.0.0.1", port=9001)
     ds.set_endpoints([ep])
-    adm = FlowControlAdmission(ds, 2.0)
+    adm = FlowControlAdmission(ds, 2.0, default_policies=default_flow_policies)
     cands = ds.candidates(2.0)
 
     # simulate two scheduled, in-flight requests: concurrency 2/2 -> saturated

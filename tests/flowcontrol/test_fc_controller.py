@@ -13,7 +13,7 @@ from epp.flowcontrol.band import BandSettings
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.observe import PrometheusFlowObserver
 from epp.flowcontrol.settings import FlowControlSettings
-from epp.flowcontrol.types import Outcome
+from epp.framework.flowcontrol import Outcome
 from epp.framework.types import TypedName
 from epp.observability.metrics import EppMetrics
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFairness

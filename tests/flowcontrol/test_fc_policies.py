@@ -9,7 +9,7 @@ from fc_helpers import req
 
 from epp.flowcontrol.band import BandSettings, PriorityBand
 from epp.flowcontrol.queue import FlowQueue
-from epp.flowcontrol.types import FlowKey, QueueItem
+from epp.framework.flowcontrol import FlowKey, QueueItem
 from epp.framework.handle import SimpleHandle
 from epp.plugins.flowcontrol import PLUGIN_TYPES
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFairness

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from epp.config import build_pipeline, builtin_registry, load_config, load_default_config
+from epp.builtins import builtin_registry
+from epp.config import build_pipeline, load_config, load_default_config
 
 from .conftest import VALUES, Helm
 

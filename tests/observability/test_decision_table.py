@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from epp.config import build_pipeline, builtin_registry, load_config
+from epp.builtins import builtin_registry
+from epp.config import build_pipeline, load_config
 from epp.framework.cycle import CycleState
 from epp.framework.types import Endpoint, EndpointMetrics, InferenceRequest
+from epp.logs import TRACE
 from epp.observability.decision import ScoreTable
-from epp.observability.logging import TRACE
 from epp.scheduling.trace import DecisionTrace, ProfileTrace
 
 CONFIG = """\

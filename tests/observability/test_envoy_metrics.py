@@ -26,11 +26,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.app import App
-from epp.config import builtin_registry
+from epp.builtins import builtin_registry
 from epp.framework.cycle import CycleState
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
-from epp.observability.logging import configure_logging
+from epp.logs import configure_logging
 from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from epp.observability.logging import (
+from epp.logs import (
     TRACE,
     VERBOSE,
     bind_request,

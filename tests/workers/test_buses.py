@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from epp.config import build_pipeline, builtin_registry, load_config
+from epp.builtins import builtin_registry
+from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore, ModelRewriteRule, RewriteTarget
 from epp.framework.cycle import CycleState
 from epp.framework.types import (

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from epp.flowcontrol.policies import FlowView
+from epp.framework.flowcontrol import FlowView
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import TypedName

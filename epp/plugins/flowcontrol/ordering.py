@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from epp.flowcontrol.types import QueueItem
+from epp.framework.flowcontrol import QueueItem
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import TypedName

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-from epp.config.units import DURATION_PATTERN, format_duration, parse_duration
+from epp.units import DURATION_PATTERN, format_duration, parse_duration
 
 __all__ = ["GoDuration"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.config.units import format_duration, parse_duration, parse_quantity
+from epp.units import format_duration, parse_duration, parse_quantity
 
 
 @pytest.mark.parametrize(
