@@ -8,7 +8,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY epp ./epp
 COPY profiles ./profiles
-RUN pip install --no-cache-dir . && useradd --uid 65532 --no-create-home epp
+# the daemon never imports the tools (simulator, load generator, demo, benchmarks): the image leaves them out
+RUN rm -rf epp/tools && pip install --no-cache-dir . && useradd --uid 65532 --no-create-home epp
 USER 65532
 EXPOSE 9002 9003 9090
 ENTRYPOINT ["epp"]

@@ -20,9 +20,9 @@ __all__ = ["main"]
 
 #: Subcommands implemented in other modules, imported only when used: name → (module, function).
 _LAZY_TOOLS: dict[str, tuple[str, str]] = {
-    "sim": ("epp.sim.cli", "main"),
-    "demo": ("epp.demo", "main"),
-    "bench": ("epp.bench.cli", "main"),
+    "sim": ("epp.tools.sim.cli", "main"),
+    "demo": ("epp.tools.demo", "main"),
+    "bench": ("epp.tools.bench.cli", "main"),
 }
 
 _VALIDATE_USAGE = """usage: epp validate [--effective] FILE...

@@ -2,7 +2,7 @@
 
 Why not `prometheus_client.parser`: it parses every line of a page into objects. A vLLM page is 20-80 KB
 of mostly histogram buckets, so it costs ~9 ms per page, and 64 endpoints every 50 ms would need more than
-ten cores (measured by `python -m epp.bench.scrape`, see docs/benchmarks.md). The scheduler needs about
+ten cores (measured by `python -m epp.tools.bench.scrape`, see docs/benchmarks.md). The scheduler needs about
 six series per page. This scanner looks up only the metric names it is asked for (`str.find`, which runs
 in C over the page) and parses only those lines, so a page costs tens of microseconds.
 

@@ -14,9 +14,9 @@ from epp.builtins import builtin_registry
 from epp.framework.cycle import CycleState
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
-from epp.loadgen.gateway import epp_flags
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
+from epp.tools.loadgen.gateway import epp_flags
 
 CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1

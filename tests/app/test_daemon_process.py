@@ -19,8 +19,8 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 EPP = str(Path(sys.executable).with_name("epp"))
 

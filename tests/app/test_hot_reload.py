@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 
 from epp.app import App
-from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.settings import parse_settings
-from epp.sim.config import SimConfig
-from epp.sim.metrics import MetricsOverride
-from epp.sim.server import SimServer
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.metrics import MetricsOverride
+from epp.tools.sim.server import SimServer
 
 pytestmark = pytest.mark.envoy
 

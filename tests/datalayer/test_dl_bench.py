@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from epp.bench.scrape import measure_parse, template_page
+from epp.tools.bench.scrape import measure_parse, template_page
 
 
 def test_parse_benchmark_smoke():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from epp.datalayer.engine_pages import ServerState, page_for_engine, vllm_page
 from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.metric_spec import (
     BUILTIN_ENGINES,
@@ -24,6 +23,7 @@ from epp.datalayer.promtext import Sample, scan
 from epp.framework.handle import SimpleHandle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, EndpointMetrics
+from epp.tools.engine_pages import ServerState, page_for_engine, vllm_page
 
 # ---- specs ----------------------------------------------------------------------------------------
 

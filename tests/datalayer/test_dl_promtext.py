@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from epp.datalayer.engine_pages import (
+from epp.datalayer.promtext import Sample, scan
+from epp.tools.engine_pages import (
     ServerState,
     sglang_page,
     triton_trtllm_page,
     trtllm_serve_page,
     vllm_page,
 )
-from epp.datalayer.promtext import Sample, scan
 
 
 def written_name(text: str, family_type: str, name: str) -> str:

@@ -11,12 +11,12 @@ import pytest
 
 from epp.datalayer.data_source import MetricsDataSource
 from epp.datalayer.datastore import Datastore
-from epp.datalayer.engine_pages import ServerState, page_for_engine, vllm_page
 from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.metric_spec import ENGINE_LABEL_KEY
 from epp.datalayer.scraper import Scraper
 from epp.framework.types import Endpoint
 from epp.logs import TRACE
+from epp.tools.engine_pages import ServerState, page_for_engine, vllm_page
 
 from .servers import MetricsServer, eventually, free_port
 

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from epp.datalayer.datastore import Datastore
-from epp.datalayer.engine_pages import ServerState, sglang_page
 from epp.datalayer.metric_spec import ENGINE_LABEL_KEY
 from epp.datalayer.sources import configured_source_kind, start_endpoint_source
 from epp.datalayer.static_source import StaticEndpointSource, StaticTarget, parse_static_endpoints
 from epp.errors import SettingsError
+from epp.tools.engine_pages import ServerState, sglang_page
 
 from .servers import MetricsServer, eventually
 

@@ -26,9 +26,9 @@ from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
 from epp.framework.types import Endpoint, TypedName
 from epp.observability.metrics import EppMetrics
-from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.requestcontrol.context import RequestOptions
 from epp.scheduling.pipeline import PipelineHolder
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 
 from .backends import EchoBackend
 

@@ -15,10 +15,10 @@ from epp.datalayer.datastore import Datastore
 from epp.extproc.server import ExtProcServer
 from epp.framework.types import Endpoint
 from epp.observability.metrics import EppMetrics
-from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.scheduling.pipeline import PipelineHolder
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 pytestmark = pytest.mark.envoy
 

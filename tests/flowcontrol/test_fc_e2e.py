@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from fc_helpers import until
 
-from epp.loadgen.fleet import SimFleet
-from epp.loadgen.gateway import Gateway
-from epp.sim.config import SimConfig
+from epp.tools.loadgen.fleet import SimFleet
+from epp.tools.loadgen.gateway import Gateway
+from epp.tools.sim.config import SimConfig
 
 pytestmark = pytest.mark.envoy
 

@@ -112,10 +112,10 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
     from epp.app import App
-    from epp.loadgen.gateway import epp_flags
     from epp.settings import parse_settings
-    from epp.sim.config import SimConfig
-    from epp.sim.server import SimServer
+    from epp.tools.loadgen.gateway import epp_flags
+    from epp.tools.sim.config import SimConfig
+    from epp.tools.sim.server import SimServer
 
     monkeypatch.setenv("POD_NAME", "pool-a-7d9f8b6c5-x2x4z")  # the lease is named after its Deployment
     sim = SimServer(SimConfig(model="m", name="s0", time_scale=0.01))

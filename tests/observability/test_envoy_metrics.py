@@ -31,12 +31,12 @@ from epp.framework.cycle import CycleState
 from epp.framework.plugins import PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.logs import configure_logging
-from epp.proxy import EnvoyConfig, EnvoyProcess
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
-from epp.sim.config import SimConfig
-from epp.sim.metrics import MetricsOverride
-from epp.sim.server import SimServer
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.metrics import MetricsOverride
+from epp.tools.sim.server import SimServer
 
 pytestmark = pytest.mark.envoy
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 EPP = str(Path(sys.executable).with_name("epp"))
 

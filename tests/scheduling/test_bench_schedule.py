@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from epp.bench import schedule
+from epp.tools.bench import schedule
 
 
 def test_run_reports_all_three_measurements() -> None:

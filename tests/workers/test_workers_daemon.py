@@ -17,10 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from epp.loadgen.gateway import EppProcess
-from epp.proxy import EnvoyConfig, EnvoyProcess
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.loadgen.gateway import EppProcess
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 pytestmark = pytest.mark.envoy
 

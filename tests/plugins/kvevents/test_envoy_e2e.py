@@ -17,11 +17,11 @@ import pytest
 from epp.app import App
 from epp.framework.cycle import CycleState
 from epp.framework.types import ApiKind, InferenceRequest
-from epp.loadgen.gateway import EppServer, Gateway
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
 from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.loadgen.gateway import EppServer, Gateway
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 from .._kit import until
 

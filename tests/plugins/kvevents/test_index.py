@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.tokens import BASE_SEED, block_keys, lora_seed
 from epp.plugins.kvevents.wire import AllCleared, EventBatch, Removed, Stored
-from epp.sim.kvcache import chain_block_hashes
+from epp.tools.sim.kvcache import chain_block_hashes
 
 BS = 4
 

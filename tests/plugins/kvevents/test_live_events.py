@@ -17,8 +17,8 @@ from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
 from epp.plugins.kvevents.params import PrecisePrefixParams
 from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
 from epp.plugins.kvevents.tokens import char4_tokens
-from epp.sim.config import SimConfig
-from epp.sim.server import SimServer
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.server import SimServer
 
 from .._kit import tn, until
 

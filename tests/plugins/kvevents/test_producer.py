@@ -18,7 +18,7 @@ from epp.plugins.kvevents.producer import (
 from epp.plugins.kvevents.scorer import PRECISE_PREFIX_CACHE_SCORER
 from epp.plugins.kvevents.tokens import char4_tokens
 from epp.plugins.kvevents.wire import EventBatch, Stored
-from epp.sim.kvcache import chain_block_hashes
+from epp.tools.sim.kvcache import chain_block_hashes
 
 from .._kit import handle, response, result, tn
 

@@ -15,7 +15,7 @@ from epp.plugins.kvevents.tokens import (
     render_llama3_chat,
     request_tokens,
 )
-from epp.sim.tokenizer import CharTokenizer, render_chat
+from epp.tools.sim.tokenizer import CharTokenizer, render_chat
 
 TOKENS = st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=200)
 

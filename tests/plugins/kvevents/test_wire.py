@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epp.plugins.kvevents.wire import AllCleared, Removed, Stored, decode_batch, decode_message
-from epp.sim.kv_events import encode_batch
-from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
+from epp.tools.sim.kv_events import encode_batch
+from epp.tools.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
 
 
 def test_decodes_what_the_simulator_publishes() -> None:

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from epp.bench.probe_routers import CacheAware, Clairvoyant, LeastRequest, RoundRobin
-from epp.bench.probe_workloads import probe_workload
-from epp.bench.quality import SMOKE, make_workload
-from epp.bench.quality_probe import make_router, run_probe
-from epp.loadgen.client import build_body
-from epp.loadgen.runner import poisson_arrivals
-from epp.sim.config import SimConfig
-from epp.sim.engine import Engine
-from epp.sim.tokenizer import CharTokenizer
+from epp.tools.bench.probe_routers import CacheAware, Clairvoyant, LeastRequest, RoundRobin
+from epp.tools.bench.probe_workloads import probe_workload
+from epp.tools.bench.quality import SMOKE, make_workload
+from epp.tools.bench.quality_probe import make_router, run_probe
+from epp.tools.loadgen.client import build_body
+from epp.tools.loadgen.runner import poisson_arrivals
+from epp.tools.sim.config import SimConfig
+from epp.tools.sim.engine import Engine
+from epp.tools.sim.tokenizer import CharTokenizer
 
 RECOMMENDED = "epp:profiles/recommended.yaml"
 
@@ -88,7 +88,7 @@ def test_rival_models() -> None:
 
 
 def _req(rid: str, prompt: str = "p", **body: object):
-    from epp.bench.probe_workloads import ProbeRequest
+    from epp.tools.bench.probe_workloads import ProbeRequest
 
     return ProbeRequest(rid, 0.0, "/v1/completions", {"prompt": prompt, **body}, "g", "shared", 0)
 

@@ -1,0 +1,99 @@
+"""`epp bench SUBCOMMAND ...`: the benchmarks, one dispatcher.
+
+| subcommand | what |
+|---|---|
+| `quality` | scheduling quality: our profiles vs Envoy and the rivals on four workloads (`quality.py`) |
+| `overhead` | what the EPP costs: decisions/s, CPU per request and per streamed token, TTFT (`overhead.py`) |
+| `crosscheck` | one quality comparison with `inference-perf` as the client (`crosscheck.py`) |
+| `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` now |
+| `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.tools.bench.NAME` |
+
+Exit status: 0 done (and, for `quality`/`overhead`, every request succeeded); 1 something failed; 2 bad
+usage; 130 interrupted (Ctrl-C); 143 terminated. Every process a benchmark starts is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+_PASS_THROUGH = {
+    "schedule": "epp.tools.bench.schedule",
+    "scrape": "epp.tools.bench.scrape",
+    "extproc": "epp.tools.bench.extproc",
+    "overload": "epp.tools.bench.overload",
+}
+_OWN = {
+    "quality": ("epp.tools.bench.quality_cli", "main"),
+    "overhead": ("epp.tools.bench.overhead", "main"),
+    "crosscheck": ("epp.tools.bench.crosscheck", "main"),
+    "install": ("epp.tools.bench.cli", "install_main"),
+}
+
+_USAGE = """usage: epp bench {quality,overhead,crosscheck,install,schedule,scrape,extproc,overload} [options]
+
+  quality      scheduling quality vs plain Envoy, sglang-router and vllm-router (4 workloads)
+  overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs
+               Envoy, upstream's full-duplex config, sglang-router, direct)
+  crosscheck   the same comparison driven by inference-perf (a client we did not write)
+  install      install the rival routers and inference-perf into .cache/bench/venvs/
+  schedule | scrape | extproc | overload
+               the micro-benchmarks (python -m epp.tools.bench.NAME)
+
+Run 'epp bench SUBCOMMAND --help' for its options.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in _PASS_THROUGH:
+        module = importlib.import_module(_PASS_THROUGH[command])
+        return int(module.main(rest) or 0)
+    if command in _OWN:
+        module_name, func_name = _OWN[command]
+        func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    print(f"epp bench: unknown subcommand {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+def install_main(argv: Sequence[str]) -> int:
+    from epp.tools.bench.rivals import TOOLS, InstallError, ensure_tool
+
+    p = argparse.ArgumentParser(prog="epp bench install", description="Install benchmark tools on demand.")
+    p.add_argument("tools", nargs="*", help=f"any of {', '.join(TOOLS)} (default: all)")
+    p.add_argument("--json", action="store_true", help="print {tool: executable} as JSON")
+    args = p.parse_args(list(argv))
+    unknown = [t for t in args.tools if t not in TOOLS]
+    if unknown:
+        p.error(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}")
+    found: dict[str, str] = {}
+    for name in args.tools or list(TOOLS):
+        try:
+            found[name] = str(ensure_tool(name, say=lambda s: print(s, file=sys.stderr, flush=True)))
+        except InstallError as exc:
+            print(f"epp bench install: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        for name, exe in found.items():
+            print(f"{name}: {exe}")
+    return 0
+
+
+def out_dir_default(kind: str) -> Path:
+    """`bench-results/<kind>-<timestamp>` in the current directory."""
+    import time
+
+    return Path("bench-results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,648 @@
+"""`epp bench quality`: scheduling quality of our EPP profiles against plain Envoy and the rival routers.
+
+One fleet of simulated vLLM servers (`epp sim`, one process each, small KV caches, `--time-scale`) runs
+for the whole benchmark. For each workload (`shared_prefix`, `zipf`, `mixed`, `multiturn`):
+
+1. **Saturation.** Unless given (`--saturation`), the rate at which the best rival router saturates is
+   searched (`saturation.py`): the highest rate whose p90 TTFT stays within `factor` x that router's
+   p90 TTFT at light load, with no failures.
+2. **Sweep.** At `multipliers` x that rate (0.5, 0.8, 1.0, 1.2 by default), every router in turn runs
+   the same seeded workload (open-loop Poisson arrivals, streaming requests); the routers' order
+   rotates from rate to rate, so none always runs first while the machine's load drifts.
+
+Every run is independent: the router is started fresh (`routers.py`), warmed up with a few unique
+prompts (connections, code paths), then the simulators are drained and their prefix caches and
+counters reset; after the run the router is stopped. A run records the client's view (TTFT, e2e,
+output tokens/s, errors, unfinished requests), the servers' counters (prefix-cache hits and queries
+in tokens, requests and busy time per server) and the oracle hit ratio (`oracle.py`). The EPP scrapes
+metrics every 50 ms x the time scale, i.e. as often in simulated time as the default does in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from epp.tools.bench.harness import Children, cpu_seconds, load_average, tidy_workdir
+from epp.tools.bench.oracle import RecordingClient, oracle_hit_ratio, workload_bodies
+from epp.tools.bench.routers import RouterSpec, RunningRouter, parse_router, start_router
+from epp.tools.bench.saturation import Probe, SaturationSearch, search_saturation
+from epp.tools.loadgen.client import LoadClient
+from epp.tools.loadgen.fleet import SimFleet, fleet_stats
+from epp.tools.loadgen.progress import Progress
+from epp.tools.loadgen.runner import RunResult, run_closed_loop, run_open_loop
+from epp.tools.loadgen.stats import percentile, summarize
+from epp.tools.loadgen.workloads import UNIQUE_GROUP, Api, Workload, mixed, multiturn, shared_prefix, zipf
+from epp.tools.sim import SimConfig
+
+__all__ = [
+    "FULL",
+    "SMOKE",
+    "WORKLOADS",
+    "QualityOptions",
+    "QualityResult",
+    "RunRecord",
+    "Sizing",
+    "default_routers",
+    "make_workload",
+    "run_quality",
+]
+
+WORKLOADS = ("shared_prefix", "zipf", "mixed", "multiturn")
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """How big a benchmark is: the fleet, the time scale, run lengths and the workloads' shapes."""
+
+    servers: int
+    kv_blocks: int
+    time_scale: float
+    duration_s: float  # seconds of arrivals per run
+    search_duration_s: float
+    multipliers: tuple[float, ...]
+    shapes: Mapping[str, Mapping[str, Any]]
+    start_rates: Mapping[str, float]  # first guess of the saturation search (requests/s)
+    max_probes: int = 6
+
+
+_FULL_SHAPES: dict[str, dict[str, Any]] = {
+    "shared_prefix": {"groups": 32, "system_prompt_len": 1500, "question_len": 150, "output_len": 16},
+    "zipf": {
+        "groups": 160,
+        "system_prompt_len": 1500,
+        "question_len": 100,
+        "output_len": 16,
+        "exponent": 1.1,
+    },
+    "mixed": {
+        "groups": 16,
+        "system_prompt_len": 1500,
+        "question_len": 150,
+        "output_len": 16,
+        "unique_share": 0.3,
+        "unique_len": 4000,
+    },
+    "multiturn": {
+        "groups": 8,
+        "system_prompt_len": 1000,
+        "turns": 6,
+        "question_len": 500,
+        "output_len": 16,
+        "think_time_s": 0.3,
+    },
+}
+
+FULL = Sizing(
+    servers=8,
+    kv_blocks=2048,
+    time_scale=8.0,
+    duration_s=10.0,
+    search_duration_s=6.0,
+    multipliers=(0.5, 0.8, 1.0, 1.2),
+    shapes=_FULL_SHAPES,
+    start_rates={"shared_prefix": 36.0, "zipf": 24.0, "mixed": 12.0, "multiturn": 20.0},
+    max_probes=4,
+)
+
+SMOKE = Sizing(
+    servers=4,
+    kv_blocks=1024,
+    time_scale=4.0,
+    duration_s=2.0,
+    search_duration_s=2.0,
+    multipliers=(1.0,),
+    shapes={
+        "shared_prefix": {**_FULL_SHAPES["shared_prefix"], "groups": 8, "system_prompt_len": 600},
+        "zipf": {**_FULL_SHAPES["zipf"], "groups": 40, "system_prompt_len": 600},
+        "mixed": {**_FULL_SHAPES["mixed"], "groups": 8, "system_prompt_len": 600, "unique_len": 1500},
+        "multiturn": {
+            **_FULL_SHAPES["multiturn"],
+            "system_prompt_len": 600,
+            "question_len": 100,
+            "turns": 3,
+            "think_time_s": 0.1,
+        },
+    },
+    start_rates={"shared_prefix": 12.0, "zipf": 12.0, "mixed": 8.0, "multiturn": 12.0},
+    max_probes=3,
+)
+
+
+def default_routers(profiles_dir: Path | None = None) -> tuple[str, ...]:
+    """Our profiles (recommended.yaml too when it exists), plain Envoy twice, both rivals."""
+    ours = ["epp:default", "epp:prefix-heavy", "epp:random", "epp:least-loaded"]
+    root = profiles_dir or Path(__file__).resolve().parents[3] / "profiles"
+    if (root / "recommended.yaml").is_file() or (Path.cwd() / "profiles" / "recommended.yaml").is_file():
+        ours.append("epp:recommended")
+    return (*ours, "envoy-rr", "envoy-lr", "sglang", "vllm")
+
+
+@dataclass(frozen=True, slots=True)
+class QualityOptions:
+    sizing: Sizing = FULL
+    workloads: tuple[str, ...] = WORKLOADS
+    routers: tuple[str, ...] = ()  # () = default_routers()
+    seed: int = 0
+    saturation: Mapping[str, float] = field(default_factory=dict)  # given rates skip the search
+    search_with: tuple[str, ...] = ("sglang", "vllm")
+    saturation_factor: float = 3.0
+    scrape_interval_s: float | None = None  # None: 50 ms x time scale
+    ours: str = ""  # the EPP router the goals are checked for ("" = recommended, else default)
+    progress: bool | None = None
+    smoke: bool = False
+
+    @property
+    def router_specs(self) -> list[RouterSpec]:
+        return [parse_router(r) for r in (self.routers or default_routers())]
+
+    @property
+    def scrape_interval(self) -> float:
+        if self.scrape_interval_s is not None:
+            return self.scrape_interval_s
+        return 0.05 * self.sizing.time_scale
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One router on one workload at one rate (times in ms unless named _s)."""
+
+    workload: str
+    router: str
+    rate: float
+    multiplier: float | None
+    purpose: str  # "sweep" or "search"
+    requests: int
+    ok: int
+    errors: int
+    unfinished: int
+    ttft_p50_ms: float | None
+    ttft_p90_ms: float | None
+    ttft_p99_ms: float | None
+    e2e_p90_ms: float | None
+    output_tokens_per_s: float
+    hit_ratio: float
+    oracle_hit_ratio: float
+    balance_requests: float
+    balance_busy: float
+    duration_s: float
+    ttft_p90_ms_by_kind: dict[str, float | None] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    per_server: dict[str, dict[str, float]] = field(default_factory=dict)
+    server_ttft_p50_ms: float | None = None  # as the simulators measured it (no proxy, no network)
+    server_ttft_p90_ms: float | None = None
+    server_queue_p90_ms: float | None = None
+    #: p90 TTFT of the requests sent after the cold-start window (`WARM_AFTER_S`): every run starts with
+    #: empty caches, so its first seconds carry the first request of most prompt groups
+    ttft_p90_warm_ms: float | None = None
+    router_cpu_s: float = 0.0
+    fleet_cpu_s: float = 0.0
+    load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load before and after
+
+    @property
+    def failed(self) -> int:
+        return self.errors + self.unfinished
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RunRecord:
+        fields = dict(doc)
+        fields["load_average"] = tuple(fields.get("load_average", (0.0, 0.0)))
+        return cls(**fields)
+
+
+@dataclass(slots=True)
+class QualityResult:
+    options: QualityOptions
+    machine: dict[str, Any] = field(default_factory=dict)
+    saturation: dict[str, SaturationSearch] = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)
+    total_s: float = 0.0
+    tools: dict[str, str] = field(default_factory=dict)
+    merged: dict[str, Any] = field(default_factory=dict)
+
+    def merge(self, previous: Mapping[str, Any], source: str = "") -> None:
+        """Keep the sweep runs of `previous` (a quality.json) for the routers this run did not measure.
+
+        Rows measured now replace earlier rows of the same workload and router; the earlier runs'
+        saturation searches are kept for workloads that were not searched now; where the kept rows
+        come from (file, machine, routers) is recorded in `merged`.
+        """
+        now = {(r.workload, r.router) for r in self.runs if r.purpose == "sweep"}
+        kept = [
+            RunRecord.from_json(d)
+            for d in previous.get("runs", [])
+            if d.get("purpose") == "sweep" and (d["workload"], d["router"]) not in now
+        ]
+        self.runs = kept + self.runs
+        for workload, doc in previous.get("saturation", {}).items():
+            current = self.saturation.get(workload)
+            if current is None or current.best == "given":
+                self.saturation[workload] = SaturationSearch.from_json(workload, doc)
+        self.merged = {
+            "file": source,
+            "machine": previous.get("machine", {}),
+            "routers": sorted({r.router for r in kept}),
+            "total_s": previous.get("total_s"),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "benchmark": "epp bench quality",
+            "smoke": o.smoke,
+            "machine": self.machine,
+            "tools": self.tools,
+            "options": {
+                "sizing": asdict(o.sizing),
+                "workloads": list(o.workloads),
+                "routers": [s.name for s in o.router_specs],
+                "seed": o.seed,
+                "saturation_factor": o.saturation_factor,
+                "search_with": list(o.search_with),
+                "scrape_interval_s": o.scrape_interval,
+                "ours": o.ours,
+            },
+            "saturation": {k: v.to_json() for k, v in self.saturation.items()},
+            "runs": [asdict(r) for r in self.runs],
+            "total_s": round(self.total_s, 1),
+            "merged": self.merged,
+        }
+
+
+# ---- workloads ----------------------------------------------------------------------------------
+
+
+def make_workload(
+    name: str, rate: float, duration_s: float, shape: Mapping[str, Any], seed: int
+) -> tuple[Workload, float]:
+    """The workload for `rate` requests/s over `duration_s` seconds, and its session arrival rate.
+
+    Single-turn workloads have rate x duration requests; `multiturn` has rate x duration / turns
+    sessions that start at rate / turns per second (so requests arrive at about `rate`).
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0, got {rate}")
+    params = dict(shape)
+    if name == "multiturn":
+        turns = int(params.get("turns", 6))
+        sessions = max(1, round(rate * duration_s / turns))
+        return multiturn(sessions=sessions, seed=seed, **params), rate / turns
+    count = max(1, round(rate * duration_s))
+    if name == "shared_prefix":
+        groups = int(params.pop("groups", 8))
+        per_group = math.ceil(count / groups)
+        full = shared_prefix(groups=groups, prompts_per_group=per_group, seed=seed, **params)
+        return replace(full, sessions=full.sessions[:count]), rate
+    if name == "zipf":
+        return zipf(requests=count, seed=seed, **params), rate
+    if name == "mixed":
+        return mixed(requests=count, seed=seed, **params), rate
+    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
+# ---- one run --------------------------------------------------------------------------------------
+
+
+class Bench:
+    """The fleet and everything one run needs; `run()` measures one router on one workload and rate."""
+
+    def __init__(self, options: QualityOptions, say: Say, children: Children, workdir: Path) -> None:
+        self.options = options
+        self.say = say
+        self.children = children
+        self.workdir = workdir
+        sizing = options.sizing
+        # KV-cache events (ZMQ on a free port, announced at /kv_event_sources) only when a profile
+        # subscribes to them: the other routers then see exactly the fleet they always did
+        kv_events = "tcp://127.0.0.1:0" if any(r.needs_kv_events for r in options.router_specs) else None
+        configs = [
+            SimConfig(
+                name=f"sim-{i}",
+                time_scale=sizing.time_scale,
+                kv_blocks=sizing.kv_blocks,
+                seed=options.seed + i,
+                kv_events_endpoint=kv_events,
+            )
+            for i in range(sizing.servers)
+        ]
+        (workdir / "fleet").mkdir(parents=True, exist_ok=True)
+        self.fleet = SimFleet(configs, mode="subprocess", log_dir=workdir / "fleet")
+        self.model = SimConfig().model
+        self.total_runs = 0
+        self.done_runs = 0
+        self._oracles: dict[tuple[str, float, int], float] = {}
+
+    async def start(self) -> None:
+        sz = self.options.sizing
+        self.say(
+            f"starting {sz.servers} simulators (time scale {sz.time_scale:g}, {sz.kv_blocks} KV blocks each)"
+        )
+        try:
+            await self.fleet.start(timeout=180.0)
+        finally:
+            self.children.add(m.pid for m in self.fleet.members if m.pid is not None)
+
+    async def stop(self) -> None:
+        await self.fleet.stop()
+
+    async def idle_and_reset(self, timeout: float = 60.0) -> None:
+        """Wait until no simulator has work left, then drop their caches and restart their counters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.fleet.stats()
+            if all(int(s["waiting"]) == 0 and int(s["running"]) == 0 for s in stats):
+                break
+            if time.monotonic() > deadline:
+                self.say("warning: simulators still busy after the run; resetting anyway")
+                break
+            await asyncio.sleep(0.1)
+        await self.fleet.reset()
+
+    def epp_args(self) -> list[str]:
+        return ["--refresh-metrics-interval", f"{round(self.options.scrape_interval * 1000)}ms"]
+
+    async def _warm_up(self, client: LoadClient, api: Api) -> None:
+        """Unique short prompts through the fresh router until every one succeeds (or give up)."""
+        servers = self.options.sizing.servers
+        warm = shared_prefix(
+            groups=2 * servers,
+            prompts_per_group=1,
+            system_prompt_len=48,
+            question_len=8,
+            output_len=2,
+            seed=self.options.seed + 7919,
+            api=api,
+        )
+        last = ""
+        for _ in range(5):
+            run = await run_closed_loop(client, warm, concurrency=servers, duration_limit_s=30.0)
+            bad = [r for r in run.results if not r.ok]
+            if not bad and not run.unfinished:
+                return
+            last = bad[0].error or "" if bad else f"{run.unfinished} unfinished"
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"the router does not serve the warm-up requests: {last}")
+
+    def _oracle(self, workload: Workload, rate: float, client: RecordingClient) -> float:
+        if any(len(s.turns) > 1 for s in workload.sessions):
+            return oracle_hit_ratio(workload.api, client.bodies())
+        # the same rate can come with another duration (a saturation probe): key on the workload itself
+        key = (workload.describe(), rate, len(workload.sessions))
+        if key not in self._oracles:
+            self._oracles[key] = oracle_hit_ratio(workload.api, workload_bodies(workload, self.model))
+        return self._oracles[key]
+
+    @contextlib.asynccontextmanager
+    async def router_session(self, spec: RouterSpec, api: Api, name: str) -> AsyncIterator[RunningRouter]:
+        """A fresh router in front of the fleet, warmed up, with idle and reset simulators; stopped after."""
+        await self.idle_and_reset()
+        runs_dir = self.workdir / name
+        router = await start_router(
+            spec,
+            self.fleet.addresses,
+            runs_dir,
+            epp_args=self.epp_args(),
+            say=self.say,
+            children=self.children,
+        )
+        try:
+            async with LoadClient(router.url, api=api, model=self.model, timeout_s=60.0) as client:
+                await self._warm_up(client, api)
+            await self.idle_and_reset()
+            yield router
+        finally:
+            await router.stop()
+            shutil.rmtree(runs_dir, ignore_errors=True)
+
+    async def run(
+        self,
+        spec: RouterSpec,
+        workload_name: str,
+        rate: float,
+        *,
+        multiplier: float | None,
+        purpose: str,
+        duration_s: float,
+    ) -> RunRecord:
+        o = self.options
+        shape = o.sizing.shapes[workload_name]
+        workload, session_rate = make_workload(workload_name, rate, duration_s, shape, o.seed)
+        # Generous: a run that stalls ends with its unfinished requests counted rather than hanging.
+        limit = 3 * duration_s + 20.0 + (60.0 if workload_name == "multiturn" else 0.0)
+        t_begin = time.perf_counter()
+        name = f"{workload_name}-{rate:g}-{spec.name.replace(':', '-')}"
+        async with self.router_session(spec, workload.api, name) as router:
+            t_warm = time.perf_counter()
+            async with RecordingClient(
+                router.url, api=workload.api, model=self.model, timeout_s=limit
+            ) as client:
+                label = f"[{self.done_runs + 1}/{self.total_runs}] {workload_name} {rate:g}/s {spec.name}"
+                if purpose != "sweep":
+                    label = f"[{purpose}] {workload_name} {rate:g}/s {spec.name}"
+                progress = Progress(workload.num_requests, label, enabled=o.progress)
+                load0 = load_average()[0]
+                cpu0 = sum(cpu_seconds(p) for p in router.pids)
+                fleet0 = self.fleet_cpu()
+                try:
+                    run = await run_open_loop(
+                        client,
+                        workload,
+                        rate=session_rate,
+                        seed=o.seed,
+                        duration_limit_s=limit,
+                        on_result=lambda r: progress.advance(errors=0 if r.ok else 1),
+                    )
+                finally:
+                    progress.close()
+                router_cpu = sum(cpu_seconds(p) for p in router.pids) - cpu0
+                fleet_cpu = self.fleet_cpu() - fleet0
+                stats = fleet_stats(await self.fleet.stats())
+                t_run = time.perf_counter()
+                oracle = self._oracle(workload, rate, client)
+        log.info(
+            "%s %s %g/s: start + warm-up %.2fs, run %.2fs, oracle + stop %.2fs",
+            workload_name,
+            spec.name,
+            rate,
+            t_warm - t_begin,
+            t_run - t_warm,
+            time.perf_counter() - t_run,
+        )
+        if purpose == "sweep":
+            self.done_runs += 1
+        record = _record(workload_name, spec, rate, multiplier, purpose, run, stats, oracle)
+        record.router_cpu_s = round(router_cpu, 2)
+        record.fleet_cpu_s = round(fleet_cpu, 2)
+        record.load_average = (round(load0, 2), round(load_average()[0], 2))
+        return record
+
+    def fleet_cpu(self) -> float:
+        return sum(cpu_seconds(m.pid) for m in self.fleet.members if m.pid)
+
+
+#: Seconds from a run's start after which `RunRecord.ttft_p90_warm_ms` counts a request.
+WARM_AFTER_S = 3.0
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def _record(
+    workload: str,
+    spec: RouterSpec,
+    rate: float,
+    multiplier: float | None,
+    purpose: str,
+    run: RunResult,
+    stats: Any,
+    oracle: float,
+) -> RunRecord:
+    s = summarize(run)
+    by_kind: dict[str, float | None] = {}
+    if workload == "mixed":
+        for kind, unique in (("shared", False), ("unique", True)):
+            values = [
+                r.ttft_s
+                for r in run.results
+                if r.ok and r.ttft_s is not None and (r.group == UNIQUE_GROUP) == unique
+            ]
+            by_kind[kind] = _ms(percentile(values, 90))
+    warm = [r.ttft_s for r in run.results if r.ok and r.ttft_s is not None and r.start_s >= WARM_AFTER_S]
+    server_ttft = [float(x) for v in stats.per_server.values() for x in v.get("ttft_s", ())]
+    server_queue = [float(x) for v in stats.per_server.values() for x in v.get("queue_s", ())]
+    per_server = {
+        name: {
+            "requests": int(v.get("requests_finished", 0)),
+            "busy_s": round(float(v.get("busy_time_s", 0.0)), 3),
+            "hit_ratio": round(float(v.get("prefix_cache_hit_ratio", 0.0) or 0.0), 3),
+        }
+        for name, v in stats.per_server.items()
+    }
+    return RunRecord(
+        workload=workload,
+        router=spec.name,
+        rate=round(rate, 2),
+        multiplier=multiplier,
+        purpose=purpose,
+        requests=s.requests,
+        ok=s.ok,
+        errors=s.errors,
+        unfinished=s.unfinished,
+        ttft_p50_ms=_ms(s.ttft_p50_s),
+        ttft_p90_ms=_ms(s.ttft_p90_s),
+        ttft_p99_ms=_ms(s.ttft_p99_s),
+        e2e_p90_ms=_ms(s.e2e_p90_s),
+        output_tokens_per_s=round(s.output_tokens_per_s, 1),
+        hit_ratio=round(stats.hit_ratio, 4),
+        oracle_hit_ratio=round(oracle, 4),
+        balance_requests=round(stats.balance("requests_finished"), 3),
+        balance_busy=round(stats.balance("busy_time_s"), 3),
+        duration_s=round(s.duration_s, 2),
+        ttft_p90_ms_by_kind=by_kind,
+        error_kinds=dict(s.error_kinds),
+        per_server=per_server,
+        server_ttft_p50_ms=_ms(percentile(server_ttft, 50)),
+        server_ttft_p90_ms=_ms(percentile(server_ttft, 90)),
+        server_queue_p90_ms=_ms(percentile(server_queue, 90)),
+        ttft_p90_warm_ms=_ms(percentile(warm, 90)),
+    )
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+
+
+async def _saturation(bench: Bench, workload: str, rivals: Sequence[RouterSpec]) -> SaturationSearch:
+    o = bench.options
+
+    def prober(spec: RouterSpec) -> Probe:
+        async def probe(rate: float) -> RunRecord:
+            return await bench.run(
+                spec, workload, rate, multiplier=None, purpose="search", duration_s=o.sizing.search_duration_s
+            )
+
+        return probe
+
+    return await search_saturation(
+        workload,
+        [(spec.name, prober(spec)) for spec in rivals],
+        start=o.sizing.start_rates[workload],
+        factor=o.saturation_factor,
+        max_probes=o.sizing.max_probes,
+        say=bench.say,
+    )
+
+
+async def run_quality(
+    options: QualityOptions,
+    say: Say = print,
+    *,
+    children: Children | None = None,
+    on_run: Callable[[RunRecord, QualityResult], None] | None = None,
+) -> QualityResult:
+    """Run the benchmark; everything started is stopped before this returns or raises.
+
+    `on_run(record, result)` is called after every sweep run with the result so far.
+    """
+    from epp.tools.bench.rivals import TOOLS, installed_tool
+
+    children = children if children is not None else Children()
+    specs = options.router_specs
+    search_specs = [parse_router(r) for r in options.search_with]
+    missing = [w for w in options.workloads if w not in options.saturation]
+    if missing and not search_specs:
+        raise ValueError(f"no saturation rate for {', '.join(missing)} and no router to search with")
+    result = QualityResult(options=options)
+    begin = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="epp-bench-quality-"))
+    bench = Bench(options, say, children, workdir)
+    bench.total_runs = len(options.workloads) * len(options.sizing.multipliers) * len(specs)
+    ok = False
+    try:
+        await bench.start()
+        for workload in options.workloads:
+            if workload in options.saturation:
+                search = SaturationSearch.given(workload, options.saturation[workload])
+            else:
+                search = await _saturation(bench, workload, search_specs)
+                for record in search.records:
+                    result.runs.append(record)
+            result.saturation[workload] = search
+            say(f"{workload}: saturation rate {search.rate:g}/s ({search.describe()})")
+            for step, multiplier in enumerate(options.sizing.multipliers):
+                rate = round(search.rate * multiplier, 2)
+                # rotate the order from rate to rate: no router always runs first (or last) while the
+                # machine's load drifts
+                shift = (step + options.workloads.index(workload)) % len(specs)
+                for spec in specs[shift:] + specs[:shift]:
+                    record = await bench.run(
+                        spec,
+                        workload,
+                        rate,
+                        multiplier=multiplier,
+                        purpose="sweep",
+                        duration_s=options.sizing.duration_s,
+                    )
+                    result.runs.append(record)
+                    if on_run is not None:
+                        on_run(record, result)
+        ok = True
+    finally:
+        await bench.stop()
+        tidy_workdir(workdir, ok, say)
+    for name, tool in TOOLS.items():
+        if installed_tool(name) is not None:
+            result.tools[name] = tool.requirement
+    result.total_s = time.perf_counter() - begin
+    return result

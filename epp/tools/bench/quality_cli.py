@@ -1,0 +1,232 @@
+"""`epp bench quality`: flags, the run, the files it writes and what it prints.
+
+Writes `quality.json`, `quality.md` and `quality-<workload>.png` into `--out` (default
+`bench-results/quality-<time>/`) and prints the markdown report. Exit status 0 when every run
+finished without failed requests, 1 otherwise (or when something did not start), 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from epp.tools.bench.cli import out_dir_default
+from epp.tools.bench.harness import Children, machine_info, run_async_main
+from epp.tools.bench.quality import (
+    FULL,
+    SMOKE,
+    WORKLOADS,
+    QualityOptions,
+    QualityResult,
+    RunRecord,
+    run_quality,
+)
+from epp.tools.bench.routers import parse_router
+
+__all__ = ["build_parser", "main", "options_from_args"]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _saturation(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in _names(text):
+        name, sep, value = part.partition("=")
+        if not sep or name not in WORKLOADS:
+            raise argparse.ArgumentTypeError(f"expected WORKLOAD=RATE[,...] with WORKLOAD in {WORKLOADS}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad rate in {part!r}") from None
+        if out[name] <= 0:
+            raise argparse.ArgumentTypeError(f"rate must be > 0 in {part!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="epp bench quality",
+        description=(
+            "Scheduling quality on a simulated fleet: our EPP profiles behind Envoy vs Envoy round-robin / "
+            "least-request, sglang-router and vllm-router (cache_aware), on shared_prefix, zipf, mixed and "
+            "multiturn workloads, at 0.5-1.2x the rate where the best rival saturates."
+        ),
+    )
+    add = p.add_argument
+    add("--smoke", action="store_true", help="a small, fast configuration (CI): 4 servers, one rate")
+    add("--workloads", type=_names, default=None, help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    add(
+        "--routers",
+        type=_names,
+        default=None,
+        help="comma-separated: epp:PROFILE (name in profiles/ or a file), envoy-rr, envoy-lr, sglang, vllm "
+        "(default: every profile incl. recommended if present, both Envoys, both rivals)",
+    )
+    add("--servers", type=int, default=None, help="simulators in the fleet (default 8; smoke 4)")
+    add("--kv-blocks", type=int, default=None, help="KV blocks per simulator (default 2048; smoke 1024)")
+    add(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="simulator time scale (default 8: 8x slower than an H100)",
+    )
+    add("--duration", type=float, default=None, help="seconds of arrivals per run (default 10; smoke 2)")
+    add("--search-duration", type=float, default=None, help="seconds of arrivals per saturation probe")
+    add("--multipliers", type=_floats, default=None, help="rates as multiples of saturation (0.5,0.8,1,1.2)")
+    add(
+        "--saturation",
+        type=_saturation,
+        default={},
+        help="WORKLOAD=RATE,... known saturation rates (requests/s): skips their search",
+    )
+    add("--saturation-from", default=None, help="take the saturation rates from an earlier quality.json")
+    add(
+        "--merge",
+        default=None,
+        help="an earlier quality.json: reuse its saturation rates, keep its rows for routers not run now, "
+        "and write the combined report (e.g. to add a new profile to a full sweep)",
+    )
+    add("--search-with", type=_names, default=("sglang", "vllm"), help="routers whose best sets the rate")
+    add("--factor", type=float, default=3.0, help="saturated when p90 TTFT > FACTOR x its light-load p90")
+    add("--scrape-interval", type=float, default=None, help="EPP scrape interval in s (default 0.05 x scale)")
+    add(
+        "--ours", default="", help="the router the goals are checked for (default epp:recommended or default)"
+    )
+    add("--seed", type=int, default=0, help="seed of the workloads and arrival times")
+    add("--out", default=None, help="output directory (default bench-results/quality-TIME)")
+    add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: tty)")
+    add("-v", "--verbose", action="store_true", help="log what the harness does")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> QualityOptions:
+    base = SMOKE if args.smoke else FULL
+    servers = args.servers or base.servers
+    time_scale = args.time_scale or base.time_scale
+    # the search starts where the default fleet would saturate, scaled to this fleet's capacity
+    capacity = (servers / base.servers) * (base.time_scale / time_scale)
+    sizing = dataclasses.replace(
+        base,
+        servers=servers,
+        kv_blocks=args.kv_blocks or base.kv_blocks,
+        time_scale=time_scale,
+        start_rates={k: round(v * capacity, 2) for k, v in base.start_rates.items()},
+        duration_s=args.duration or base.duration_s,
+        search_duration_s=args.search_duration or base.search_duration_s,
+        multipliers=args.multipliers or base.multipliers,
+    )
+    if sizing.servers < 2 or sizing.kv_blocks < 64 or sizing.time_scale <= 0 or sizing.duration_s <= 0:
+        raise ValueError("need --servers >= 2, --kv-blocks >= 64, --time-scale > 0 and --duration > 0")
+    workloads = args.workloads or WORKLOADS
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    saturation: dict[str, float] = {}
+    for source in (args.merge, args.saturation_from):
+        if source:
+            doc = json.loads(Path(source).read_text())
+            saturation.update({k: float(v["rate"]) for k, v in doc.get("saturation", {}).items()})
+    saturation.update(args.saturation)
+    routers: tuple[str, ...] = args.routers or ()
+    if args.smoke and not routers:
+        routers = ("epp:default", "envoy-rr", "sglang", "vllm")
+    if args.smoke and not args.saturation and not args.saturation_from and not args.merge:
+        saturation = {w: base.start_rates[w] for w in workloads}
+    for r in (*routers, *args.search_with):
+        parse_router(r)  # raises ValueError early for a bad name or a missing profile
+    if args.factor <= 1:
+        raise ValueError("--factor must be > 1")
+    return QualityOptions(
+        sizing=sizing,
+        workloads=tuple(workloads),
+        routers=routers,
+        seed=args.seed,
+        saturation=saturation,
+        search_with=tuple(args.search_with),
+        saturation_factor=args.factor,
+        scrape_interval_s=args.scrape_interval,
+        ours=args.ours,
+        progress=args.progress,
+        smoke=args.smoke,
+    )
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _line(r: RunRecord) -> str:
+    p90 = "-" if r.ttft_p90_ms is None else f"{r.ttft_p90_ms:.0f}"
+    return (
+        f"  {r.workload} {r.rate:g}/s {r.router}: p90 TTFT {p90} ms, {r.output_tokens_per_s:.0f} tok/s, "
+        f"hit {r.hit_ratio:.3f}/{r.oracle_hit_ratio:.3f}, max/mean {r.balance_requests:.2f}, "
+        f"failed {r.errors}+{r.unfinished}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        options = options_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"epp bench quality: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    out_dir = Path(args.out) if args.out else out_dir_default("quality")
+    children = Children()
+    machine = machine_info()
+
+    partial = out_dir / "quality.partial.json"
+
+    def on_run(record: RunRecord, so_far: QualityResult) -> None:
+        _say(_line(record))
+        # a long sweep that dies half-way still leaves what it measured
+        out_dir.mkdir(parents=True, exist_ok=True)
+        so_far.machine = machine
+        partial.write_text(json.dumps(so_far.to_json(), indent=1) + "\n")
+
+    async def go(kids: Children) -> QualityResult:
+        return await run_quality(options, _say, children=kids, on_run=on_run)
+
+    status, result = run_async_main("epp bench quality", go, children)
+    if result is None:
+        if partial.exists():
+            print(f"epp bench quality: what was measured is in {partial}", file=sys.stderr)
+        return status
+    from epp.tools.bench.quality_report import render_markdown, write_outputs
+
+    result.machine = {**machine, "load_average_end": machine_info()["load_average"]}
+    if args.merge:
+        result.merge(json.loads(Path(args.merge).read_text()), args.merge)
+    write_outputs(result, out_dir)
+    partial.unlink(missing_ok=True)
+    _say("")
+    _say(render_markdown(result))
+    _say(f"results in {out_dir}/ (quality.json, quality.md, quality-*.png)")
+    failed = sum(r.failed for r in result.runs if r.purpose == "sweep")
+    if failed:
+        print(f"epp bench quality: {failed} requests failed or did not finish", file=sys.stderr)
+        return 1
+    return 0
