@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test check lint fmt type pytest schema schema-check demo bench-smoke clean
+.PHONY: install test check lint imports fmt type pytest schema schema-check demo bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check epp tests
 	$(BIN)/ruff format --check epp tests
+
+# the layer contracts ([tool.importlinter] in pyproject.toml; docs/architecture.md)
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-logo
 
 fmt: $(STAMP)
 	$(BIN)/ruff format epp tests
@@ -33,7 +37,7 @@ schema-check: $(STAMP)
 	  (echo "schemas/endpointpickerconfig.schema.json is stale: run 'make schema'" && exit 1)
 	$(BIN)/epp validate profiles/*.yaml
 
-check: lint type schema-check
+check: lint imports type schema-check
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q

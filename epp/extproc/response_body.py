@@ -24,12 +24,12 @@ from epp.extproc import messages as m
 from epp.extproc import wire as w
 from epp.metadata import CONTENT_LENGTH
 from epp.requestcontrol.context import RequestContext
+from epp.requestcontrol.director import Director
 from epp.requestcontrol.rewrite import ModelNameRestorer
 from epp.requestcontrol.usage import SseUsageScanner, Usage, usage_from_json_body
 
 if TYPE_CHECKING:
     from epp.extproc.request_side import Reply
-    from epp.extproc.response_side import ResponseSide
 
 __all__ = ["MAX_HELD_RESPONSE", "MAX_USAGE_COPY", "DuplexBody", "MessageBody", "NoBody", "ResponseBody"]
 
@@ -41,6 +41,21 @@ MAX_USAGE_COPY = 16 << 20
 MAX_HELD_RESPONSE = 8 << 20
 
 BUFFERED = m.BodyMode.BUFFERED
+
+
+class ResponseSide(Protocol):
+    """What a body mode needs of the response side that owns it (`epp.extproc.response_side`)."""
+
+    @property
+    def director(self) -> Director: ...
+
+    def complete(self) -> None:
+        """The response is complete: the director's completion runs (once)."""
+        ...
+
+    def with_hook_metadata(self, reply: Reply) -> Reply:
+        """`reply` with the dynamic metadata the response hooks set."""
+        ...
 
 
 class ResponseBody(Protocol):
