@@ -1,6 +1,7 @@
-"""The plugin author's API: value types, the cycle state, plugin protocols and the factory handle.
+"""The plugin author's API: value types, the cycle state, plugin protocols, the factory handle and the
+flow-control policy contracts.
 
-This package imports nothing from the rest of `epp` except `epp.errors`.
+This package imports nothing from the rest of `epp` (an import-linter contract, docs/architecture.md).
 """
 
 from epp.framework.cycle import CycleState, StateKey
