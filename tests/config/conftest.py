@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cfg_fakes import fake_registry
-
 from epp.registry import PluginRegistry
+
+from .cfg_fakes import fake_registry
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from cfg_fakes import Fake, fake_registry
 
 from epp.config import build_pipeline, load_config
 from epp.errors import ConfigError
 from epp.framework.types import Endpoint, InferenceRequest
 from epp.registry import PluginRegistry
 from epp.scheduling.pipeline import Pipeline
+
+from .cfg_fakes import Fake, fake_registry
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 

@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-from cfg_fakes import fake_registry
 
 from epp.config import build_pipeline, load_config_file
 from epp.errors import ConfigError
+
+from .cfg_fakes import fake_registry
 
 INVALID = Path(__file__).parent / "invalid"
 EXPECT = re.compile(r"^# expect: (\d+): (\S+): (.+)$")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from cfg_fakes import fake_registry
 
 from epp.config import load_config, load_config_file, load_config_source, load_default_config
 from epp.config.loader import DEFAULT_SOURCE, TEXT_SOURCE
 from epp.errors import ConfigError
 from epp.registry import PluginRegistry
+
+from .cfg_fakes import fake_registry
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from cfg_fakes import fake_registry
 from pydantic import BaseModel, ConfigDict
 
 import epp.plugins
@@ -18,6 +17,8 @@ from epp.config.problems import issues_from_jsonschema
 from epp.errors import ConfigError
 from epp.framework.plugins import PluginKind
 from epp.registry import PluginType
+
+from .cfg_fakes import fake_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "schemas" / "endpointpickerconfig.schema.json"

@@ -9,7 +9,6 @@ import asyncio
 import time
 
 import pytest
-from fc_helpers import until
 
 from epp.builtins import default_flow_policies
 from epp.config.api import FlowControlConfig
@@ -25,6 +24,8 @@ from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFai
 from epp.plugins.flowcontrol.ordering import EdfOrdering, FcfsOrdering
 from epp.plugins.saturation.utilization import UTILIZATION_DETECTOR
 from epp.scheduling.pipeline import Pipeline
+
+from .fc_helpers import until
 
 
 def make_datastore() -> Datastore:

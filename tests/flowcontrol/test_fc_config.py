@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fc_helpers import until
 
 from epp.builtins import builtin_registry, default_flow_policies
 from epp.config import build_pipeline, load_config
@@ -18,6 +17,8 @@ from epp.plugins.flowcontrol.fairness import RoundRobinFairness
 from epp.plugins.flowcontrol.ordering import EdfOrdering
 from epp.plugins.saturation.concurrency import ConcurrencyDetector
 from epp.plugins.saturation.utilization import UtilizationDetector
+
+from .fc_helpers import until
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from fc_helpers import POOL, RecordingObserver, SettableDetector, make_controller, req, until
 from prometheus_client import CollectorRegistry
 
 from epp.flowcontrol.band import BandSettings
@@ -19,6 +18,8 @@ from epp.observability.metrics import EppMetrics
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFairness
 from epp.plugins.flowcontrol.ordering import EdfOrdering, FcfsOrdering, SloDeadlineOrdering
 from epp.plugins.flowcontrol.usage_limit import StaticUsageLimit
+
+from .fc_helpers import POOL, RecordingObserver, SettableDetector, make_controller, req, until
 
 
 def spawn(c: FlowController, *requests) -> list[asyncio.Task]:

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
-from fc_helpers import until
 
 from epp.tools.loadgen.fleet import SimFleet
 from epp.tools.loadgen.gateway import Gateway
 from epp.tools.sim.config import SimConfig
+
+from .fc_helpers import until
 
 pytestmark = pytest.mark.envoy
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from fc_helpers import req
 
 from epp.flowcontrol.band import BandSettings, PriorityBand
 from epp.flowcontrol.queue import FlowQueue
@@ -15,6 +14,8 @@ from epp.plugins.flowcontrol import PLUGIN_TYPES
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFairness
 from epp.plugins.flowcontrol.ordering import EdfOrdering, FcfsOrdering, SloDeadlineOrdering
 from epp.plugins.flowcontrol.usage_limit import STATIC_USAGE_LIMIT_POLICY, StaticUsageLimit
+
+from .fc_helpers import req
 
 _seq = iter(range(1, 1_000_000))
 
