@@ -259,6 +259,12 @@ def _one_two_five(max_value: int) -> list[float]:
         exponent += 1
 
 
+_VLLM_ITL_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+_VLLM_ITL_BUCKETS += (2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+
+LabelSets = list[list[tuple[str, str]]]
+
+
 def vllm_page(
     state: ServerState,
     *,
@@ -276,11 +282,18 @@ def vllm_page(
     p = _Page(rng, created=1_732_000_000.5)
     _python_process_metrics(p)
     _http_instrumentator_metrics(p)
-    model = state.model
-    engine_sets: list[list[tuple[str, str]]] = [
-        [("model_name", model), ("engine", str(e))] for e in range(engines)
-    ]
+    engine_sets: LabelSets = [[("model_name", state.model), ("engine", str(e))] for e in range(engines)]
+    _vllm_state_gauges(p, state, engine_sets, legacy_kv_name)
+    _vllm_counters(p, engine_sets)
+    _vllm_request_histograms(p, engine_sets, state.served_requests, max_model_len)
+    _vllm_latency_histograms(p, engine_sets, state.served_requests)
+    _vllm_cache_config(p, state, engines)
+    _vllm_lora_info(p, state)
+    return p.text()
 
+
+def _vllm_state_gauges(p: _Page, state: ServerState, engine_sets: LabelSets, legacy_kv_name: bool) -> None:
+    """The scheduling signals: running and waiting requests, sleep state, KV-cache usage."""
     p.gauge(
         "vllm:num_requests_running",
         "Number of requests in model execution batches.",
@@ -307,6 +320,11 @@ def vllm_page(
         "KV-cache usage. 1 means 100 percent usage.",
         [(ls, state.kv_usage) for ls in engine_sets],
     )
+
+
+def _vllm_counters(p: _Page, engine_sets: LabelSets) -> None:
+    """Prefix-cache queries and hits, preemptions, tokens and finished requests (random totals)."""
+    rng = p.rng
     p.counter(
         "vllm:prefix_cache_queries_total",
         "Prefix cache queries, in terms of number of queried tokens.",
@@ -341,7 +359,10 @@ def vllm_page(
             for r in ("stop", "length", "abort")
         ],
     )
-    n = state.served_requests
+
+
+def _vllm_request_histograms(p: _Page, engine_sets: LabelSets, n: int, max_model_len: int) -> None:
+    """The per-request size histograms: prompt and generated tokens, tokens per step, parameters."""
     token_buckets = _one_two_five(max_model_len)
     p.histogram(
         "vllm:request_prompt_tokens",
@@ -392,6 +413,10 @@ def vllm_page(
         1024,
         n,
     )
+
+
+def _vllm_latency_histograms(p: _Page, engine_sets: LabelSets, n: int) -> None:
+    """TTFT, time per output token, inter-token latency and the phases of a request."""
     ttft = [*_VLLM_TTFT_BUCKETS, 80.0, 160.0, 640.0, 2560.0]
     p.histogram(
         "vllm:time_to_first_token_seconds",
@@ -401,27 +426,7 @@ def vllm_page(
         0.2,
         n,
     )
-    itl = [
-        0.01,
-        0.025,
-        0.05,
-        0.075,
-        0.1,
-        0.15,
-        0.2,
-        0.3,
-        0.4,
-        0.5,
-        0.75,
-        1.0,
-        2.5,
-        5.0,
-        7.5,
-        10.0,
-        20.0,
-        40.0,
-        80.0,
-    ]
+    itl = list(_VLLM_ITL_BUCKETS)
     p.histogram(
         "vllm:time_per_output_token_seconds",
         "Histogram of time per output token in seconds.",
@@ -438,8 +443,7 @@ def vllm_page(
         0.03,
         n * 200,
     )
-    e2e = list(_VLLM_E2E_BUCKETS)
-    e2e += [960.0, 1920.0, 7680.0]
+    e2e = [*_VLLM_E2E_BUCKETS, 960.0, 1920.0, 7680.0]
     for name, help_text, scale in (
         ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", 6.0),
         ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", 0.05),
@@ -448,6 +452,10 @@ def vllm_page(
         ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", 5.0),
     ):
         p.histogram(name, help_text, e2e, engine_sets, scale, n)
+
+
+def _vllm_cache_config(p: _Page, state: ServerState, engines: int) -> None:
+    """`vllm:cache_config_info`, one series per engine (block size and count as labels)."""
     p.gauge(
         "vllm:cache_config_info",
         "Information of the LLMEngine CacheConfig",
@@ -475,31 +483,25 @@ def vllm_page(
             for e in range(engines)
         ],
     )
-    lora_series: list[tuple[Sequence[tuple[str, str]], float]] = []
-    if state.max_loras > 0:
-        lora_series.append(
-            (
-                [
-                    ("max_lora", str(state.max_loras)),
-                    ("running_lora_adapters", ",".join(state.running_loras)),
-                    ("waiting_lora_adapters", ",".join(state.waiting_loras)),
-                ],
-                state.lora_info_time,
-            )
+
+
+def _vllm_lora_info(p: _Page, state: ServerState) -> None:
+    """`vllm:lora_requests_info` (only with LoRA enabled): the current series, then any earlier ones."""
+    if state.max_loras <= 0:
+        return
+    history = [(state.running_loras, state.waiting_loras, state.lora_info_time), *state.extra_lora_series]
+    lora_series: list[tuple[Sequence[tuple[str, str]], float]] = [
+        (
+            [
+                ("max_lora", str(state.max_loras)),
+                ("running_lora_adapters", ",".join(running)),
+                ("waiting_lora_adapters", ",".join(waiting)),
+            ],
+            ts,
         )
-        for running, waiting, ts in state.extra_lora_series:
-            lora_series.append(
-                (
-                    [
-                        ("max_lora", str(state.max_loras)),
-                        ("running_lora_adapters", ",".join(running)),
-                        ("waiting_lora_adapters", ",".join(waiting)),
-                    ],
-                    ts,
-                )
-            )
-        p.gauge("vllm:lora_requests_info", "Running stats on lora requests.", lora_series)
-    return p.text()
+        for running, waiting, ts in history
+    ]
+    p.gauge("vllm:lora_requests_info", "Running stats on lora requests.", lora_series)
 
 
 def sglang_page(state: ServerState, *, seed: int = 0) -> str:
@@ -642,21 +644,41 @@ def trtllm_serve_page(state: ServerState, *, seed: int = 0) -> str:
     return p.text()
 
 
+class _TritonPage:
+    """Families in Triton's (prometheus-cpp) text format: no `_created` series, integers without `.0`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(
+        self, name: str, help_text: str, typ: str, series: Sequence[tuple[Sequence[tuple[str, str]], float]]
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {typ}")
+        for labels, value in series:
+            v = int(value) if float(value).is_integer() and abs(value) < 1e15 else value
+            self.lines.append(f"{name}{_labels(labels)} {v}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+_TRITON_MODELS = (("ensemble", "1"), ("preprocessing", "1"), ("tensorrt_llm", "1"), ("postprocessing", "1"))
+_TRT = (("model", "tensorrt_llm"), ("version", "1"))
+
+
 def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
     """A Triton Inference Server page with the TensorRT-LLM backend's `nv_trt_llm_*` families."""
     rng = random.Random(seed)
-    lines: list[str] = []
+    page = _TritonPage()
+    _triton_inference_families(page, rng)
+    _trt_llm_families(page, state, rng)
+    _triton_hardware_families(page)
+    return page.text()
 
-    def family(
-        name: str, help_text: str, typ: str, series: Sequence[tuple[Sequence[tuple[str, str]], float]]
-    ) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {typ}")
-        for labels, value in series:
-            v = int(value) if float(value).is_integer() and abs(value) < 1e15 else value
-            lines.append(f"{name}{_labels(labels)} {v}")
 
-    models = [("ensemble", "1"), ("preprocessing", "1"), ("tensorrt_llm", "1"), ("postprocessing", "1")]
+def _triton_inference_families(page: _TritonPage, rng: random.Random) -> None:
+    """Triton's per-model request counters and pending requests, for the ensemble and its steps."""
     for name, help_text in (
         ("nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
         ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
@@ -674,20 +696,24 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
             "Cumulative inference compute output duration in microseconds",
         ),
     ):
-        family(
+        page.family(
             name,
             help_text,
             "counter",
-            [([("model", m), ("version", v)], float(rng.randint(0, 10**7))) for m, v in models],
+            [([("model", m), ("version", v)], float(rng.randint(0, 10**7))) for m, v in _TRITON_MODELS],
         )
-    family(
+    page.family(
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution per-model.",
         "gauge",
-        [([("model", m), ("version", v)], 0.0) for m, v in models],
+        [([("model", m), ("version", v)], 0.0) for m, v in _TRITON_MODELS],
     )
-    trt = [("model", "tensorrt_llm"), ("version", "1")]
-    family(
+
+
+def _trt_llm_families(page: _TritonPage, state: ServerState, rng: random.Random) -> None:
+    """The TensorRT-LLM backend's own families: requests, memory, KV-cache blocks, batcher, general."""
+    trt = list(_TRT)
+    page.family(
         "nv_trt_llm_request_metrics",
         "TRT LLM request metrics",
         "gauge",
@@ -708,14 +734,14 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
             ),
         ],
     )
-    family(
+    page.family(
         "nv_trt_llm_runtime_memory_metrics",
         "TRT LLM runtime memory metrics",
         "gauge",
         [([("memory_type", t), *trt], float(rng.randint(0, 10**9))) for t in ("pinned", "gpu", "cpu")],
     )
     used = int(state.kv_usage * state.num_blocks) if math.isfinite(state.kv_usage) else 0
-    family(
+    page.family(
         "nv_trt_llm_kv_cache_block_metrics",
         "TRT LLM KV cache block metrics",
         "gauge",
@@ -727,7 +753,7 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
             ([("kv_cache_block_type", "max"), *trt], float(state.num_blocks)),
         ],
     )
-    family(
+    page.family(
         "nv_trt_llm_inflight_batcher_metrics",
         "TRT LLM inflight_batcher-specific metrics",
         "gauge",
@@ -736,7 +762,7 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
             for k in ("total_context_tokens", "generation_requests", "micro_batch_id", "paused_requests")
         ],
     )
-    family(
+    page.family(
         "nv_trt_llm_general_metrics",
         "General TRT LLM metrics",
         "gauge",
@@ -745,6 +771,10 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
             ([("general_type", "timestamp"), *trt], 1_732_000_000.0),
         ],
     )
+
+
+def _triton_hardware_families(page: _TritonPage) -> None:
+    """GPU and CPU utilisation, memory, power and energy (constants: filler with the real names)."""
     gpu = [("gpu_uuid", "GPU-6a1f0a4e-5a4b-1c3d-9e8f-0123456789ab")]
     for name, help_text, value in (
         ("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", 0.87),
@@ -753,17 +783,16 @@ def triton_trtllm_page(state: ServerState, *, seed: int = 0) -> str:
         ("nv_gpu_power_usage", "GPU power usage in watts", 612.3),
         ("nv_gpu_power_limit", "GPU power management limit in watts", 700.0),
     ):
-        family(name, help_text, "gauge", [(gpu, value)])
-    family(
+        page.family(name, help_text, "gauge", [(gpu, value)])
+    page.family(
         "nv_energy_consumption",
         "GPU energy consumption in joules since the Triton Server started",
         "counter",
         [(gpu, 9.1e7)],
     )
-    family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge", [([], 0.12)])
-    family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge", [([], 2.1e12)])
-    family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge", [([], 3.4e11)])
-    return "\n".join(lines) + "\n"
+    page.family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge", [([], 0.12)])
+    page.family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge", [([], 2.1e12)])
+    page.family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge", [([], 3.4e11)])
 
 
 def page_for_engine(engine: str, state: ServerState, *, seed: int = 0) -> str:
