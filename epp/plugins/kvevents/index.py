@@ -6,12 +6,11 @@ drops blocks by engine hash, `AllBlocksCleared` drops the endpoint's blocks. A s
 index never saw (events missed, or subscribed mid-run) cannot be keyed: it and its descendants are kept as
 *unknown* so their removal is still understood, and counted in `stats().unknown_blocks`.
 
-Between routing and the engine's `BlockStored`, `speculate` inserts entries with an expiry (speculative
-entries) for the blocks a request will create, so the next request of the same prefix already sees them.
-A `BlockStored` for the same key confirms (replaces) the speculative entry.
-
-`match(keys, endpoints)` returns, per endpoint, how many leading blocks it holds consecutively (real or
-unexpired speculative), and the tier-weighted count (GPU blocks weigh 1.0, other media `other_tier_weight`).
+`match(keys, endpoints, now)` returns, per endpoint, how many leading blocks it holds consecutively, and
+the tier-weighted count (GPU blocks weigh 1.0, other media `other_tier_weight`). A reader may pass its
+own guesses as an overlay (`speculative`: key → endpoint → expiry, counted as GPU blocks until they
+expire); the index itself holds only what the engines reported. Stored-key listeners
+(`add_stored_listener`) are told the keys each `BlockStored` carried, after the batch is applied.
 
 Each endpoint keeps at most `max_blocks_per_endpoint` bridge entries (oldest stored first out), so lost
 `BlockRemoved` events cannot grow memory without bound. One lock; events and reads never interleave.
@@ -19,19 +18,22 @@ Each endpoint keeps at most `max_blocks_per_endpoint` bridge entries (oldest sto
 
 from __future__ import annotations
 
-import heapq
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from epp.framework.notify import notify_all
 from epp.plugins.kvevents.tokens import block_keys, lora_seed
 from epp.plugins.kvevents.wire import AllCleared, EventBatch, Removed, Stored
 
-__all__ = ["IndexStats", "MatchCounts", "PreciseIndex"]
+__all__ = ["IndexStats", "MatchCounts", "PreciseIndex", "StoredListener"]
 
 _GPU = 1
 _OTHER = 2
+
+#: Called with (endpoint key, keys a BlockStored carried).
+StoredListener = Callable[[str, Sequence[int]], None]
 
 
 def _medium_bit(medium: str | None) -> int:
@@ -43,7 +45,6 @@ class IndexStats:
     endpoints: int
     blocks: int
     unknown_blocks: int
-    speculative: int
     batches: int
 
 
@@ -66,24 +67,30 @@ class _Endpoint:
 
 
 class PreciseIndex:
-    def __init__(
-        self,
-        *,
-        max_blocks_per_endpoint: int = 1 << 20,
-        other_tier_weight: float = 0.8,
-        on_stored: Callable[[str, Sequence[int]], None] | None = None,
-    ) -> None:
+    def __init__(self, *, max_blocks_per_endpoint: int = 1 << 20) -> None:
         if max_blocks_per_endpoint < 1:
             raise ValueError("max_blocks_per_endpoint must be >= 1")
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
-        self._holders: dict[int, dict[str, float]] = {}
-        self._spec: dict[int, dict[str, float]] = {}
-        self._spec_queue: list[tuple[float, int, str]] = []  # a heap by expiry
+        self._holders: dict[int, dict[str, int]] = {}  # key -> endpoint -> media bitmask
         self._lora_names: frozenset[str] = frozenset()
         self._max = max_blocks_per_endpoint
-        self._other_weight = other_tier_weight
-        self._on_stored = on_stored
+        self._stored_listeners: tuple[StoredListener, ...] = ()
+
+    @property
+    def max_blocks_per_endpoint(self) -> int:
+        return self._max
+
+    # ---- listeners -----------------------------------------------------------------------------------
+
+    def add_stored_listener(self, listener: StoredListener) -> None:
+        """Call `listener(endpoint, keys)` after each applied batch that stored keys (outside the lock)."""
+        with self._lock:
+            self._stored_listeners = (*self._stored_listeners, listener)
+
+    def remove_stored_listener(self, listener: StoredListener) -> None:
+        with self._lock:
+            self._stored_listeners = tuple(x for x in self._stored_listeners if x != listener)
 
     # ---- events --------------------------------------------------------------------------------------
 
@@ -102,8 +109,9 @@ class PreciseIndex:
                     self._removed(endpoint, state, event.block_hashes, _medium_bit(event.medium))
                 elif isinstance(event, AllCleared):
                     self._clear(endpoint, state)
-        if stored and self._on_stored is not None:
-            self._on_stored(endpoint, stored)
+            listeners = self._stored_listeners
+        if stored and listeners:
+            notify_all(listeners, endpoint, stored, what="a KV-event batch")
         return stored
 
     def _stored(self, endpoint: str, state: _Endpoint, event: Stored, out: list[int]) -> None:
@@ -122,7 +130,7 @@ class PreciseIndex:
         if prev is None or len(tokens) < n * size:
             keys = [None] * n
         else:
-            keys = _continue(prev, tokens[: n * size], size)
+            keys = block_keys(tokens[: n * size], size, prev)
         bridge = state.bridge
         for engine_hash, key in zip(event.block_hashes, keys, strict=True):
             if engine_hash in bridge:
@@ -130,12 +138,9 @@ class PreciseIndex:
             bridge[engine_hash] = key
             if key is None:
                 continue
-            mask = state.blocks.get(key, 0)
-            state.blocks[key] = mask | bit
-            self._set_holder(key, endpoint, mask | bit)
-            spec = self._spec.get(key)
-            if spec is not None and spec.pop(endpoint, None) is not None and not spec:
-                del self._spec[key]
+            mask = state.blocks.get(key, 0) | bit
+            state.blocks[key] = mask
+            self._set_holder(key, endpoint, mask)
             out.append(key)
         while len(bridge) > self._max:
             _old_hash, old_key = bridge.popitem(last=False)
@@ -180,76 +185,45 @@ class PreciseIndex:
         state.bridge.clear()
 
     def _set_holder(self, key: int, endpoint: str, mask: int) -> None:
-        weight = 1.0 if mask & _GPU else self._other_weight
         holders = self._holders.get(key)
         if holders is None:
-            self._holders[key] = {endpoint: weight}
+            self._holders[key] = {endpoint: mask}
         else:
-            holders[endpoint] = weight
-
-    # ---- speculative entries -------------------------------------------------------------------------
-
-    def speculate(self, endpoint: str, keys: Iterable[int], expiry: float, now: float) -> int:
-        """Insert speculative entries for `keys` on `endpoint` until `expiry`; returns how many were new."""
-        added = 0
-        with self._lock:
-            self._prune(now)
-            state = self._endpoints.get(endpoint)
-            held = state.blocks if state is not None else {}
-            for key in keys:
-                if key in held:
-                    continue
-                spec = self._spec.get(key)
-                if spec is None:
-                    spec = self._spec[key] = {}
-                if endpoint not in spec:
-                    added += 1
-                spec[endpoint] = expiry
-                heapq.heappush(self._spec_queue, (expiry, key, endpoint))
-        return added
-
-    def shorten(self, endpoint: str, keys: Iterable[int], expiry: float) -> None:
-        """Bring the expiry of `endpoint`'s speculative entries for `keys` forward to `expiry`."""
-        with self._lock:
-            for key in keys:
-                spec = self._spec.get(key)
-                if spec is not None:
-                    old = spec.get(endpoint)
-                    if old is not None and old > expiry:
-                        spec[endpoint] = expiry
-                        heapq.heappush(self._spec_queue, (expiry, key, endpoint))
-
-    def _prune(self, now: float) -> None:
-        queue = self._spec_queue
-        while queue and queue[0][0] <= now:
-            expiry, key, endpoint = heapq.heappop(queue)
-            spec = self._spec.get(key)
-            if spec is not None and spec.get(endpoint) == expiry:
-                del spec[endpoint]
-                if not spec:
-                    del self._spec[key]
+            holders[endpoint] = mask
 
     # ---- reads ---------------------------------------------------------------------------------------
 
-    def match(self, keys: Sequence[int], endpoints: Collection[str], now: float) -> MatchCounts:
-        """Per endpoint, the leading blocks of `keys` it holds without a gap (real or speculative)."""
+    def match(
+        self,
+        keys: Sequence[int],
+        endpoints: Collection[str],
+        now: float,
+        *,
+        speculative: Mapping[int, Mapping[str, float]] | None = None,
+        other_tier_weight: float = 0.8,
+    ) -> MatchCounts:
+        """Per endpoint, the leading blocks of `keys` it holds without a gap (reported, or in the
+        `speculative` overlay with an expiry after `now`)."""
         blocks: dict[str, int] = {}
         weighted: dict[str, float] = {}
         if not keys or not endpoints:
             return MatchCounts(blocks, weighted)
+        spec_of = speculative.get if speculative else None
         with self._lock:
             holders_of = self._holders.get
-            spec_of = self._spec.get
             alive = list(endpoints)
             for key in keys:
                 holders = holders_of(key)
-                spec = spec_of(key)
+                spec = spec_of(key) if spec_of is not None else None
                 if holders is None and spec is None:
                     break
                 survivors: list[str] = []
                 for e in alive:
-                    w = holders.get(e) if holders is not None else None
-                    if w is None and spec is not None:
+                    w: float | None = None
+                    mask = holders.get(e) if holders is not None else None
+                    if mask is not None:
+                        w = 1.0 if mask & _GPU else other_tier_weight
+                    elif spec is not None:
                         expiry = spec.get(e)
                         if expiry is not None and expiry > now:
                             w = 1.0
@@ -267,12 +241,22 @@ class PreciseIndex:
             state = self._endpoints.get(endpoint)
             return state is not None and key in state.blocks
 
+    def held(self, endpoint: str, keys: Iterable[int]) -> frozenset[int]:
+        """The keys among `keys` that `endpoint` holds."""
+        with self._lock:
+            state = self._endpoints.get(endpoint)
+            if state is None:
+                return frozenset()
+            blocks = state.blocks
+            return frozenset(k for k in keys if k in blocks)
+
     def block_size(self, endpoint: str) -> int:
         """The block size the endpoint's events reported (0 before its first BlockStored)."""
         state = self._endpoints.get(endpoint)
         return state.block_size if state is not None else 0
 
     def batches(self, endpoint: str) -> int:
+        """Event batches applied for `endpoint` (0: its feed has delivered nothing yet)."""
         state = self._endpoints.get(endpoint)
         return state.batches if state is not None else 0
 
@@ -289,7 +273,6 @@ class PreciseIndex:
                 endpoints=len(self._endpoints),
                 blocks=blocks,
                 unknown_blocks=bridged - blocks if bridged > blocks else 0,
-                speculative=sum(len(s) for s in self._spec.values()),
                 batches=sum(s.batches for s in self._endpoints.values()),
             )
 
@@ -305,11 +288,6 @@ class PreciseIndex:
             state = self._endpoints.pop(endpoint, None)
             if state is not None:
                 self._clear(endpoint, state)
-            for key in [k for k, s in self._spec.items() if endpoint in s]:
-                spec = self._spec[key]
-                del spec[endpoint]
-                if not spec:
-                    del self._spec[key]
 
     def retain(self, keys: Collection[str]) -> list[str]:
         """Forget every endpoint not in `keys`; returns the forgotten ones."""
@@ -317,8 +295,3 @@ class PreciseIndex:
         for k in gone:
             self.remove_endpoint(k)
         return gone
-
-
-def _continue(prev: int, tokens: Sequence[int], block_size: int) -> list[int | None]:
-    """Keys of `tokens` (whole blocks) chained on from the parent key `prev`."""
-    return list(block_keys(tokens, block_size, prev))

@@ -35,9 +35,8 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from epp.framework.cycle import CycleState, StateKey
@@ -51,9 +50,11 @@ from epp.plugins.datakeys import (
     PrefixCacheMatchInfo,
     PrefixGroup,
 )
+from epp.plugins.kvevents.agreement import AgreementGuard
 from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.params import PrecisePrefixParams
 from epp.plugins.kvevents.sources import parse_discovery, resolve_address
+from epp.plugins.kvevents.speculation import SpeculativeEntries
 from epp.plugins.kvevents.subscriber import KVEventSubscriber, sleep_or_wake
 from epp.plugins.kvevents.tokens import BASE_SEED, Char4BlockKeys, block_keys, lora_seed, render_llama3_chat
 from epp.plugins.prefix.hashing import AVERAGE_CHARS_PER_TOKEN, block_hashes, seed_hash
@@ -76,10 +77,6 @@ PRECISE_PREFIX_CACHE_MATCH_INFO_KEY: StateKey[PrefixCacheMatchInfo] = StateKey(
     PRECISE_PREFIX_CACHE_MATCH_INFO
 )
 
-#: Agreement check: minimum expectations before judging, and the confirmed share below which we fall back.
-_MIN_EXPECTATIONS = 8
-_MIN_CONFIRMED_SHARE = 0.25
-_EXPECTATION_WINDOW = 32
 #: An expectation is settled at the latest this long after routing, or this long after the response ended.
 _EXPECTATION_HORIZON = 120.0
 _COMPLETION_GRACE = 2.0
@@ -99,18 +96,6 @@ class _Request:
     expected: int | None = None  # the deepest new key the engine should report
 
 
-@dataclass(slots=True)
-class _Agreement:
-    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=_EXPECTATION_WINDOW))
-    pending: dict[int, float] = field(default_factory=dict)  # deepest key -> deadline
-    mismatched: bool = False
-
-    def settle_expired(self, now: float) -> None:
-        for key in [k for k, deadline in self.pending.items() if deadline <= now]:
-            del self.pending[key]
-            self.outcomes.append(False)
-
-
 class PrecisePrefixCacheProducer:
     """DataProducer + PreRequest + EndpointObserver + BackgroundTask over a `PreciseIndex`."""
 
@@ -124,16 +109,14 @@ class PrecisePrefixCacheProducer:
         self.typed_name = typed_name
         self.params = params or PrecisePrefixParams()
         self._clock = clock
-        self.index = PreciseIndex(
-            max_blocks_per_endpoint=self.params.maxBlocksPerEndpoint,
-            other_tier_weight=self.params.otherTierWeight,
-            on_stored=self._confirm,
-        )
+        self.index = PreciseIndex(max_blocks_per_endpoint=self.params.maxBlocksPerEndpoint)
+        self.index.add_stored_listener(self._stored)
         self.history = PrefixIndex()
+        self.speculative = SpeculativeEntries()
+        self.agreement = AgreementGuard()
         self._char4 = Char4BlockKeys()
         self.subscriber = KVEventSubscriber(self.index, topic_filter=self.params.topicFilter)
         self._lock = threading.Lock()
-        self._agreement: dict[str, _Agreement] = {}
         self._known: dict[str, Endpoint] = {}
         self._seen: Sequence[Endpoint] = ()
         # set when endpoints or addresses appear, so subscriptions start at once rather than at the next
@@ -151,49 +134,12 @@ class PrecisePrefixCacheProducer:
         """Whether `key`'s matches come from its events (else from the routing history)."""
         if self.index.batches(key) == 0:
             return False
-        agreement = self._agreement.get(key)
-        return agreement is None or not agreement.mismatched
+        return not self.agreement.mismatched(key)
 
-    def _confirm(self, endpoint: str, keys: Sequence[int]) -> None:
-        """Called by the index with the keys a BlockStored carried: settle the expectations they meet."""
-        with self._lock:
-            agreement = self._agreement.get(endpoint)
-            if agreement is None or not agreement.pending:
-                return
-            pending = agreement.pending
-            for key in keys:
-                if pending.pop(key, None) is not None:
-                    agreement.outcomes.append(True)
-            self._judge(endpoint, agreement)
-
-    def _expect(self, endpoint: str, key: int, deadline: float, now: float) -> None:
-        """Expect `key` in a BlockStored from `endpoint` by `deadline` (moved up when the request ends)."""
-        with self._lock:
-            agreement = self._agreement.get(endpoint)
-            if agreement is None:
-                agreement = self._agreement[endpoint] = _Agreement()
-            agreement.settle_expired(now)
-            agreement.pending[key] = deadline
-            self._judge(endpoint, agreement)
-
-    @staticmethod
-    def _judge(endpoint: str, agreement: _Agreement) -> None:
-        outcomes = agreement.outcomes
-        if len(outcomes) < _MIN_EXPECTATIONS:
-            return
-        share = sum(outcomes) / len(outcomes)
-        mismatched = share < _MIN_CONFIRMED_SHARE
-        if mismatched != agreement.mismatched:
-            agreement.mismatched = mismatched
-            if mismatched:
-                log.warning(
-                    "KV events of %s do not match the request keys (%.0f%% of expected blocks confirmed): "
-                    "using the approximate index for it (is the tokenizer setting right?)",
-                    endpoint,
-                    share * 100,
-                )
-            else:
-                log.info("KV events of %s match the request keys again", endpoint)
+    def _stored(self, endpoint: str, keys: Sequence[int]) -> None:
+        """Told by the index the keys a BlockStored carried: they confirm guesses and expectations."""
+        self.speculative.confirm(endpoint, keys)
+        self.agreement.confirm(endpoint, keys)
 
     # ---- keys ----------------------------------------------------------------------------------------
 
@@ -256,7 +202,7 @@ class PrecisePrefixCacheProducer:
             live = [k for k in members if precise and self.live(k)] if size_keys else []
             matches: dict[str, int] = {}
             if live:
-                found = self.index.match(size_keys, live, now)
+                found = self.speculative.match(self.index, size_keys, live, now, self.params.otherTierWeight)
                 matches.update(found.blocks)
                 for k, w in found.weighted.items():
                     scores[k] = w / len(size_keys)
@@ -294,9 +240,9 @@ class PrecisePrefixCacheProducer:
         if not self.index.holds(target.key, keys[-1]):
             # settled when a BlockStored carries it, else when the request has ended (plus a grace)
             state.expected = keys[-1]
-            self._expect(target.key, keys[-1], now + max(ttl, _EXPECTATION_HORIZON), now)
+            self.agreement.expect(target.key, keys[-1], now + max(ttl, _EXPECTATION_HORIZON), now)
         if ttl > 0 and self.live(target.key):
-            self.index.speculate(target.key, keys, now + ttl, now)
+            self.speculative.add(self.index, target.key, keys, now + ttl, now)
             state.speculated = keys
 
     @property
@@ -314,24 +260,20 @@ class PrecisePrefixCacheProducer:
         now = self._clock()
         deadline = now + _COMPLETION_GRACE
         if state.speculated:
-            self.index.shorten(state.target, state.speculated, deadline)
+            self.speculative.shorten(state.target, state.speculated, deadline)
         if state.expected is not None:
-            with self._lock:
-                agreement = self._agreement.get(state.target)
-                if agreement is not None and state.expected in agreement.pending:
-                    if response.status and response.status != 200:
-                        del agreement.pending[state.expected]  # failed requests prove nothing
-                    else:
-                        agreement.pending[state.expected] = min(agreement.pending[state.expected], deadline)
+            failed = bool(response.status) and response.status != 200
+            self.agreement.settle(state.target, state.expected, deadline, failed=failed)
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
         self.index.retain(keys)
         self.history.retain(keys)
+        self.speculative.retain(keys)
+        self.agreement.retain(keys)
         with self._lock:
             for gone in [k for k in self._known if k not in keys]:
                 del self._known[gone]
                 self._discovered.pop(gone, None)
-                self._agreement.pop(gone, None)
             added = False
             for key in keys:
                 if key not in self._known:

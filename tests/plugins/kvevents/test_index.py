@@ -1,4 +1,5 @@
-"""The precise index: events keyed by token content, removal by engine hash, tiers, speculation, caps."""
+"""The precise index: events keyed by token content, removal by engine hash, tiers, an overlay of guesses,
+caps, stored-key listeners."""
 
 from __future__ import annotations
 
@@ -85,15 +86,16 @@ def test_all_blocks_cleared_forgets_one_endpoint_only() -> None:
 
 
 def test_tiers_weigh_and_a_gpu_removal_keeps_the_cpu_copy() -> None:
-    idx = PreciseIndex(other_tier_weight=0.5)
+    idx = PreciseIndex()
     idx.apply("a", batch(stored(PROMPT, medium="CPU")))
-    m = idx.match(keys(PROMPT), ["a"], 0.0)
+    m = idx.match(keys(PROMPT), ["a"], 0.0, other_tier_weight=0.5)
     assert m.blocks == {"a": 5} and m.weighted == {"a": 2.5}
+    assert idx.match(keys(PROMPT), ["a"], 0.0).weighted == {"a": pytest.approx(4.0)}  # the default 0.8
     idx.apply("a", batch(stored(PROMPT, medium="GPU")))
-    assert idx.match(keys(PROMPT), ["a"], 0.0).weighted == {"a": 5.0}
+    assert idx.match(keys(PROMPT), ["a"], 0.0, other_tier_weight=0.5).weighted == {"a": 5.0}
     engine = chain_block_hashes(PROMPT, BS)
     idx.apply("a", batch(Removed(tuple(engine), "GPU")))
-    m = idx.match(keys(PROMPT), ["a"], 0.0)
+    m = idx.match(keys(PROMPT), ["a"], 0.0, other_tier_weight=0.5)
     assert m.blocks == {"a": 5} and m.weighted == {"a": 2.5}
     idx.apply("a", batch(Removed(tuple(engine), "CPU")))
     assert idx.match(keys(PROMPT), ["a"], 0.0).blocks == {}
@@ -107,25 +109,14 @@ def test_lora_blocks_are_seeded_by_the_adapter_name() -> None:
     assert idx.match(keys(PROMPT, lora="sql"), ["a"], 0.0).blocks == {"a": 5}
 
 
-def test_speculative_entries_count_until_they_expire_and_are_confirmed_by_events() -> None:
+def test_an_overlay_of_guesses_counts_until_each_expires() -> None:
     idx = PreciseIndex()
     k = keys(PROMPT)
-    assert idx.speculate("a", k, expiry=10.0, now=0.0) == 5
-    assert idx.match(k, ["a"], now=5.0).blocks == {"a": 5}
-    assert idx.match(k, ["a"], now=10.0).blocks == {}  # expired
-    idx.speculate("a", k[:2], expiry=20.0, now=10.0)
-    idx.apply("a", batch(stored(PROMPT)))  # the engine confirms: now real, no longer speculative
-    assert idx.stats().speculative == 0
-    assert idx.match(k, ["a"], now=30.0).blocks == {"a": 5}
-    assert idx.speculate("a", k, expiry=40.0, now=30.0) == 0  # already held
-
-
-def test_expired_speculative_entries_are_pruned() -> None:
-    idx = PreciseIndex()
-    for i in range(50):
-        idx.speculate("a", [i], expiry=1.0 + i, now=0.0)
-    idx.speculate("a", [999], expiry=100.0, now=60.0)
-    assert idx.stats().speculative == 1
+    overlay = {key: {"a": 10.0} for key in k}
+    assert idx.match(k, ["a"], now=5.0, speculative=overlay).blocks == {"a": 5}
+    assert idx.match(k, ["a"], now=10.0, speculative=overlay).blocks == {}  # expired
+    idx.apply("a", batch(stored(PROMPT[:8])))  # reported blocks and guesses chain into one run
+    assert idx.match(k, ["a"], now=10.0, speculative={k[2]: {"a": 11.0}}).blocks == {"a": 3}
 
 
 def test_the_per_endpoint_cap_evicts_the_oldest_blocks() -> None:
@@ -140,17 +131,34 @@ def test_retain_and_remove_endpoint() -> None:
     idx = PreciseIndex()
     for e in ("a", "b", "c"):
         idx.apply(e, batch(stored(PROMPT)))
-    idx.speculate("c", [1], expiry=9.0, now=0.0)
     assert sorted(idx.retain({"a"})) == ["b", "c"]
     assert idx.match(keys(PROMPT), ["a", "b", "c"], 0.0).blocks == {"a": 5}
-    assert idx.stats().speculative == 0 and idx.stats().endpoints == 1
+    assert idx.stats().endpoints == 1
+    idx.remove_endpoint("a")
+    assert idx.size() == 0 and idx.batches("a") == 0
 
 
-def test_the_stored_callback_sees_the_new_keys() -> None:
+def test_stored_listeners_see_the_new_keys_until_removed() -> None:
     seen = []
-    idx = PreciseIndex(on_stored=lambda e, ks: seen.append((e, list(ks))))
+
+    def listener(e, ks):
+        seen.append((e, list(ks)))
+
+    idx = PreciseIndex()
+    idx.add_stored_listener(listener)
     idx.apply("a", batch(stored(PROMPT[:8])))
+    idx.apply("a", batch(Removed((1,))))  # nothing stored: not told
     assert seen == [("a", list(keys(PROMPT[:8])))]
+    idx.remove_stored_listener(listener)
+    idx.apply("b", batch(stored(PROMPT)))
+    assert len(seen) == 1
+
+
+def test_held_tells_which_keys_an_endpoint_holds() -> None:
+    idx = PreciseIndex()
+    idx.apply("a", batch(stored(PROMPT[:8])))
+    k = keys(PROMPT)
+    assert idx.held("a", k) == frozenset(k[:2]) and idx.held("b", k) == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -165,10 +173,11 @@ def test_the_stored_callback_sees_the_new_keys() -> None:
 def test_match_counts_leading_blocks_per_endpoint(held, expected) -> None:
     idx = PreciseIndex()
     k = keys(PROMPT)
+    overlay: dict[int, dict[str, float]] = {}
     for endpoint, blocks in held.items():
         for i in blocks:
-            idx.speculate(endpoint, [k[i]], expiry=99.0, now=0.0)
-    assert idx.match(k, ["a", "b"], now=1.0).blocks == expected
+            overlay.setdefault(k[i], {})[endpoint] = 99.0
+    assert idx.match(k, ["a", "b"], now=1.0, speculative=overlay).blocks == expected
 
 
 @settings(max_examples=100, deadline=None)

@@ -124,7 +124,7 @@ def test_an_endpoint_whose_events_never_match_falls_back_to_history() -> None:
         cycle = prepare(p, req)
         p.pre_request(cycle, req, result(A))
         clock.now += 20.0  # a long queue: no verdict while the request is in flight
-        assert p._agreement["a"].pending
+        assert p.agreement.pending("a")
         engine_store(p, "a", list(range(2000 + 100 * i, 2000 + 100 * i + 32)))  # blocks of other tokens
         p.response_complete(cycle, req, response(status=200), result(A))
         clock.now += 2.5  # the grace after completion passes unconfirmed
@@ -147,7 +147,7 @@ def test_confirmed_expectations_keep_the_endpoint_live() -> None:
         p.response_complete(cycle, req, response(status=200), result(A))
         clock.now += 3.0
     assert p.live("a")
-    assert all(p._agreement["a"].outcomes)
+    assert p.agreement.outcomes("a") and all(p.agreement.outcomes("a"))
 
 
 @pytest.mark.parametrize(
