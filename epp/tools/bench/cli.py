@@ -9,7 +9,8 @@
 | `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.tools.bench.NAME` |
 
 Exit status: 0 done (and, for `quality`/`overhead`, every request succeeded); 1 something failed; 2 bad
-usage; 130 interrupted (Ctrl-C); 143 terminated. Every process a benchmark starts is stopped on exit.
+usage, or the `bench` extra is missing (one line says so: `pip install 'epp[bench]'`); 130 interrupted
+(Ctrl-C); 143 terminated. Every process a benchmark starts is stopped on exit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from epp.tools.extras import reports_missing_extras
 
 __all__ = ["main"]
 
@@ -50,6 +53,7 @@ Run 'epp bench SUBCOMMAND --help' for its options.
 """
 
 
+@reports_missing_extras
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):

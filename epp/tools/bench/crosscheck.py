@@ -39,6 +39,7 @@ from epp.tools.bench.harness import Children, machine_info, run_async_main, tidy
 from epp.tools.bench.quality import FULL, Bench, QualityOptions, RunRecord
 from epp.tools.bench.rivals import InstallError, cache_root, ensure_tool, offline_env
 from epp.tools.bench.routers import parse_router
+from epp.tools.extras import require
 from epp.tools.loadgen.fleet import fleet_stats
 
 __all__ = ["CrossOptions", "build_tokenizer", "ip_config", "main", "parse_ip_summary", "run_crosscheck"]
@@ -388,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"epp bench crosscheck: {exc}", file=sys.stderr)
         return 2
+    require("epp bench crosscheck", "bench", envoy=any(parse_router(r).needs_envoy for r in routers))
     options = CrossOptions(
         routers=routers,
         rate=args.rate,

@@ -46,6 +46,8 @@ from typing import Any
 
 import grpc
 
+from epp.tools.extras import reports_missing_extras, require
+
 __all__ = ["LoadResult", "main", "run_closed_loop", "run_open_loop"]
 
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -838,11 +840,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@reports_missing_extras
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "serve":
         serve_main(args)
         return 0
+    if args.envoy:
+        require("epp bench extproc --envoy", "bench", envoy=True)
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     server_cpu = 0 if ncpu >= 2 else None
     if ncpu >= 2:

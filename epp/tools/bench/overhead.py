@@ -56,6 +56,7 @@ from epp.tools.bench.harness import (
 )
 from epp.tools.bench.instant import LeanClient, Timing, completion_request
 from epp.tools.bench.routers import RunningRouter, parse_router, start_router
+from epp.tools.extras import require
 from epp.tools.loadgen.runner import poisson_arrivals
 from epp.tools.loadgen.stats import percentile
 
@@ -872,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"epp bench overhead: {exc}", file=sys.stderr)
         return 2
+    # part 1 needs no Envoy; part 2 does for the EPP and Envoy routers
+    envoy = 2 in options.parts and any(parse_router(r).needs_envoy for r in options.routers)
+    require("epp bench overhead", "bench", envoy=envoy)
     out_dir = Path(args.out) if args.out else out_dir_default("overhead")
     machine = machine_info()
 

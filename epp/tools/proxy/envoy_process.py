@@ -35,9 +35,13 @@ class EnvoyError(RuntimeError):
 
 
 def find_envoy() -> str:
-    """The path of the Envoy binary (raises EnvoyError when there is none)."""
+    """The path of the Envoy binary (raises EnvoyError when there is none, or `$EPP_ENVOY_PATH` is set to
+    something that is not an executable file: a wrong setting is not silently replaced by another Envoy).
+    """
     env = os.environ.get("EPP_ENVOY_PATH")
     if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise EnvoyError(f"EPP_ENVOY_PATH={env} is not an executable file")
         return env
     purelib = Path(sysconfig.get_paths()["purelib"])
     candidates = [
