@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
 from epp.tools.loadgen.gateway import epp_flags
+from tests.helpers import free_port, until
 
 CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -71,20 +71,6 @@ def _registry():
     return registry
 
 
-def _dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_plugin_loops_are_reported_reloads_do_not_pile_up_and_dropped_loops_stop(
     tmp_path: Path, caplog
 ) -> None:
@@ -92,7 +78,7 @@ async def test_plugin_loops_are_reported_reloads_do_not_pile_up_and_dropped_loop
     cancelled.clear()
     config = tmp_path / "epp.yaml"
     config.write_text(CONFIG % "crash-loop")
-    flags = epp_flags([_dead_address()], config_file=config, secure_serving=False)
+    flags = epp_flags([f"127.0.0.1:{free_port()}"], config_file=config, secure_serving=False)
     settings = parse_settings(
         [*flags, "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0"], environ={}
     )
@@ -100,22 +86,22 @@ async def test_plugin_loops_are_reported_reloads_do_not_pile_up_and_dropped_loop
     with caplog.at_level(logging.INFO, logger="epp"):
         await app.start()
         try:
-            await _until(lambda: any("plugin-looper died" in r.getMessage() for r in caplog.records))
+            await until(lambda: any("plugin-looper died" in r.getMessage() for r in caplog.records))
             (died,) = [r for r in caplog.records if "plugin-looper died" in r.getMessage()]
             assert died.levelno == logging.ERROR and died.exc_info is not None
             assert not app.stopping.is_set()  # a plugin's loop is not the daemon's
 
             config.write_text(CONFIG % "steady-loop")
             app.request_reload()  # SIGHUP without a file watcher: a one-shot task
-            await _until(
+            await until(
                 lambda: app.holder.current.generation == 2 and started == ["crash-loop", "steady-loop"]
             )
             for _ in range(5):
                 app.request_reload()  # unchanged file: nothing to swap
-            await _until(lambda: not [t for t in app._tasks if t.get_name() == "sighup-reload"])
+            await until(lambda: not [t for t in app._tasks if t.get_name() == "sighup-reload"])
 
             config.write_text(CONFIG.replace("- {name: looper, type: %s}\n", ""))
             app.request_reload()
-            await _until(lambda: cancelled == ["steady-loop"])  # the dropped plugin's loop is stopped
+            await until(lambda: cancelled == ["steady-loop"])  # the dropped plugin's loop is stopped
         finally:
             await app.stop()

@@ -6,29 +6,20 @@ SIGHUP re-reads the config file, SIGTERM stops cleanly with exit status 0.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.tools.sim.config import SimConfig
-from epp.tools.sim.server import SimServer
+from tests.helpers import free_ports, until
 
 EPP = str(Path(sys.executable).with_name("epp"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _health(port: int, service: str) -> int:
@@ -41,16 +32,6 @@ async def _health(port: int, service: str) -> int:
         return int(resp.status)
 
 
-async def _until(pred, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await pred():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def _metric(port: int, name: str) -> str:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
@@ -58,14 +39,13 @@ async def _metric(port: int, name: str) -> str:
 
 
 async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_sigterm(
-    tmp_path: Path,
+    tmp_path: Path, start_sim
 ) -> None:
-    sim = SimServer(SimConfig(model="m", name="live", time_scale=0.01))
-    await sim.start()
-    dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    sim = await start_sim(model="m", name="live", time_scale=0.01)
+    dead_port, grpc_port, health_port, metrics_port = free_ports(4)
+    dead = f"127.0.0.1:{dead_port}"  # nothing listens there
     config = tmp_path / "epp.yaml"
     config.write_text(Path("profiles/default.yaml").read_text())
-    grpc_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
     log = (tmp_path / "epp.log").open("w")
     proc = subprocess.Popen(
         [
@@ -84,7 +64,9 @@ async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_
         env={**os.environ, "EPP_LOG_FORMAT": "json"},
     )
     try:
-        await _until(lambda: _is(health_port, "readiness", health_pb2.HealthCheckResponse.SERVING), 15)
+        await until(
+            lambda: _is(health_port, "readiness", health_pb2.HealthCheckResponse.SERVING), 15, interval=0.05
+        )
         assert await _health(health_port, "liveness") == health_pb2.HealthCheckResponse.SERVING
         assert await _health(health_port, "") == health_pb2.HealthCheckResponse.SERVING
         # the ext_proc port answers TLS (secure serving is on by default)
@@ -100,7 +82,7 @@ async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_
         async def reloaded() -> bool:
             return "epp_config_generation 2.0" in await _metric(metrics_port, "epp_config_generation")
 
-        await _until(reloaded, 10)
+        await until(reloaded, 10, interval=0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -109,7 +91,6 @@ async def test_daemon_ready_with_a_dead_endpoint_reloads_on_sighup_and_stops_on_
             if proc.poll() is None:
                 proc.kill()
             log.close()
-            await sim.stop()
     text = (tmp_path / "epp.log").read_text()
     assert code == 0, text
     assert '"msg": "epp stopped"' in text
@@ -123,10 +104,11 @@ async def _is(port: int, service: str, status: int) -> bool:
 def test_kubernetes_mode_without_credentials_is_a_clear_usage_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    grpc_port, health_port, metrics_port = free_ports(3)
     ports = [
-        f"--grpc-port={_free_port()}",
-        f"--grpc-health-port={_free_port()}",
-        f"--metrics-port={_free_port()}",
+        f"--grpc-port={grpc_port}",
+        f"--grpc-health-port={health_port}",
+        f"--metrics-port={metrics_port}",
     ]
     for extra in ([], [f"--kubeconfig={tmp_path / 'missing'}"]):
         res = subprocess.run(

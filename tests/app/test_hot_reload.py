@@ -21,9 +21,8 @@ import pytest
 from epp.app import App
 from epp.settings import parse_settings
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
-from epp.tools.sim.config import SimConfig
 from epp.tools.sim.metrics import MetricsOverride
-from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 
@@ -73,32 +72,30 @@ async def _served_by(http: aiohttp.ClientSession, url: str, i: int) -> tuple[int
 
 
 async def _until_served_by(http: aiohttp.ClientSession, url: str, name: str, timeout: float) -> float:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    """Send requests until `name` serves one (every one answered 200), and the next 5 too; the seconds
+    until the first."""
     i = 0
-    while True:
+
+    async def served() -> str:
+        nonlocal i
         i += 1
         status, server = await _served_by(http, url, i)
         assert status == 200
-        if server == name:
-            # and it stays there
-            for j in range(5):
-                assert (await _served_by(http, url, 1000 + i + j)) == (200, name)
-            return loop.time() - start
-        if loop.time() - start > timeout:
-            raise AssertionError(f"still served by {server!r}, not {name!r}, after {timeout}s")
-        await asyncio.sleep(0.05)
+        return server if server == name else ""
+
+    took = await until(served, timeout, interval=0.05, what=f"requests served by {name!r}")
+    for j in range(5):  # and it stays there
+        assert (await _served_by(http, url, 1000 + i + j)) == (200, name)
+    return took
 
 
 @pytest.fixture
-async def stack(tmp_path: Path):
+async def stack(tmp_path: Path, start_sim):
     # "shortq" has the short queue but a full KV cache; "lowkv" the opposite.
     sims = {
-        "shortq": SimServer(SimConfig(model="sim", name="shortq", time_scale=0.01, seed=1)),
-        "lowkv": SimServer(SimConfig(model="sim", name="lowkv", time_scale=0.01, seed=2)),
+        "shortq": await start_sim(model="sim", name="shortq", time_scale=0.01, seed=1),
+        "lowkv": await start_sim(model="sim", name="lowkv", time_scale=0.01, seed=2),
     }
-    for sim in sims.values():
-        await sim.start()
     sims["shortq"].set_metrics_override(MetricsOverride(waiting=0, kv=0.9))
     sims["lowkv"].set_metrics_override(MetricsOverride(waiting=8, kv=0.1))
     (tmp_path / "cm").mkdir()
@@ -125,8 +122,6 @@ async def stack(tmp_path: Path):
     finally:
         await envoy.stop()
         await app.stop()
-        for sim in sims.values():
-            await sim.stop()
 
 
 async def test_reload_moves_traffic_and_bad_edit_keeps_old_pipeline(stack, caplog) -> None:
@@ -144,11 +139,11 @@ async def test_reload_moves_traffic_and_bad_edit_keeps_old_pipeline(stack, caplo
 
         caplog.set_level(logging.ERROR, logger="epp.config.reloader")
         cm.update(BROKEN)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while registry.get_sample_value("epp_config_reload_total", {"result": "error"}) != 1.0:
-            assert loop.time() < deadline, "the bad edit was not reported"
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: registry.get_sample_value("epp_config_reload_total", {"result": "error"}) == 1.0,
+            5,
+            what="the bad edit reported",
+        )
         # routing unchanged, generation unchanged, the log says where and why
         for i in range(10):
             assert await _served_by(http, envoy.url, 5000 + i) == (200, "lowkv")
@@ -159,10 +154,11 @@ async def test_reload_moves_traffic_and_bad_edit_keeps_old_pipeline(stack, caplo
 
         # an emptied file (an edit caught half-written) is refused too, not run as the built-in default
         cm.update("# being edited\n")
-        deadline = loop.time() + 5
-        while registry.get_sample_value("epp_config_reload_total", {"result": "error"}) != 2.0:
-            assert loop.time() < deadline, "the emptied file was not reported"
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: registry.get_sample_value("epp_config_reload_total", {"result": "error"}) == 2.0,
+            5,
+            what="the emptied file reported",
+        )
         assert app.holder.current.generation == 2
         assert await _served_by(http, envoy.url, 6000) == (200, "lowkv")
         assert "the file is empty (or only comments)" in "\n".join(r.getMessage() for r in caplog.records)
@@ -189,11 +185,8 @@ async def test_repeated_reloads_under_traffic_fail_no_request(stack) -> None:
         for n in range(10):
             before = app.holder.current.generation
             cm.update(KV_ONLY if n % 2 == 0 else QUEUE_ONLY)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 15  # generous: CI machines are slow; the 2 s bound is tested above
-            while app.holder.current.generation == before:
-                assert loop.time() < deadline, "reload did not happen"
-                await asyncio.sleep(0.01)
+            # generous: CI machines are slow; the 2 s bound is tested above
+            await until(lambda b=before: app.holder.current.generation != b, 15, what="the reload")
         stop.set()
         await asyncio.gather(*clients)
     assert app.holder.current.generation == 11

@@ -17,8 +17,9 @@ from epp.datalayer.scraper import Scraper
 from epp.framework.types import Endpoint
 from epp.logs import TRACE
 from epp.tools.engine_pages import ServerState, page_for_engine, vllm_page
+from tests.helpers import free_port, until
 
-from .servers import MetricsServer, eventually, free_port
+from .servers import MetricsServer
 
 INTERVAL = 0.05
 
@@ -134,7 +135,7 @@ async def test_a_metric_change_is_visible_within_three_scrapes(servers, scraper_
         server.page = vllm_page(ServerState(waiting=new_value))
         before = server.requests
         changed_at = time.monotonic()
-        await eventually(lambda v=new_value: ds.get(key).metrics.waiting_queue_size == v, timeout=2)
+        await until(lambda v=new_value: ds.get(key).metrics.waiting_queue_size == v, timeout=2)
         # At most one scrape was in flight with the old page; the next one must carry the change.
         assert server.requests - before <= 3
         assert time.monotonic() - changed_at < 1.0
@@ -164,16 +165,16 @@ async def test_server_that_dies_keeps_last_metrics_and_comes_back(servers, scrap
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.waiting_queue_size == 5)
+    await until(lambda: ds.get("ep").metrics.waiting_queue_size == 5)
     await server.stop()
-    await eventually(lambda: not ds.get("ep").healthy)
+    await until(lambda: not ds.get("ep").healthy)
     stale = ds.get("ep").metrics
     assert stale.waiting_queue_size == 5 and stale.kv_cache_usage == 0.3
     await asyncio.sleep(3 * INTERVAL)
     assert ds.get("ep").metrics.update_time == stale.update_time  # no success, no new stamp
     revived = await servers(vllm_page(ServerState(waiting=8)), port=port)
     assert revived.port == port
-    await eventually(lambda: ds.get("ep").healthy and ds.get("ep").metrics.waiting_queue_size == 8)
+    await until(lambda: ds.get("ep").healthy and ds.get("ep").metrics.waiting_queue_size == 8)
     assert ds.get("ep").metrics.update_time > stale.update_time
 
 
@@ -196,7 +197,7 @@ async def test_hung_server_times_out_and_does_not_delay_the_others(servers, scra
     assert not ds.get("hung").healthy and scraper.stats()["hung"].last_error == "timed out"
     assert ds.get("fast").healthy
     hung.release()
-    await eventually(lambda: ds.get("hung").healthy)
+    await until(lambda: ds.get("hung").healthy)
 
 
 @pytest.mark.parametrize("outcome", ["success", "failure"])
@@ -211,16 +212,16 @@ async def test_a_scrape_that_lands_after_its_key_moved_is_dropped(servers, scrap
     ds.mark_synced()
     scraper = scraper_factory(ds, timeout=0.3 if outcome == "failure" else 5.0)
     await scraper.start()
-    await eventually(lambda: old.requests == 1)  # the scrape of the old address is in flight
+    await until(lambda: old.requests == 1)  # the scrape of the old address is in flight
     ds.set_endpoints([endpoint_for(new, key="pod-rank-0")])
     if outcome == "success":
         old.release()
-    await eventually(lambda: new.requests >= 1)  # the loop is done with the old address
+    await until(lambda: new.requests >= 1)  # the loop is done with the old address
     now = ds.get("pod-rank-0")
     assert now.port == new.port
     assert now.healthy and now.metrics.waiting_queue_size == 0
     new.release()
-    await eventually(lambda: ds.get("pod-rank-0").metrics.waiting_queue_size == 2)
+    await until(lambda: ds.get("pod-rank-0").metrics.waiting_queue_size == 2)
 
 
 async def test_http_error_status_is_a_failed_scrape(servers, scraper_factory):
@@ -230,14 +231,14 @@ async def test_http_error_status_is_a_failed_scrape(servers, scraper_factory):
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.waiting_queue_size == 6)
+    await until(lambda: ds.get("ep").metrics.waiting_queue_size == 6)
     server.status = 503
     server.page = vllm_page(ServerState(waiting=99))
-    await eventually(lambda: not ds.get("ep").healthy)
+    await until(lambda: not ds.get("ep").healthy)
     assert ds.get("ep").metrics.waiting_queue_size == 6
     assert scraper.stats()["ep"].last_error == "HTTP 503"
     server.status = 200
-    await eventually(lambda: ds.get("ep").healthy and ds.get("ep").metrics.waiting_queue_size == 99)
+    await until(lambda: ds.get("ep").healthy and ds.get("ep").metrics.waiting_queue_size == 99)
 
 
 MALFORMED = """\
@@ -257,10 +258,10 @@ async def test_malformed_lines_are_skipped_and_good_series_kept(servers, scraper
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.running_requests_size == 2)
+    await until(lambda: ds.get("ep").metrics.running_requests_size == 2)
     first = ds.get("ep").metrics
     server.page = MALFORMED
-    await eventually(lambda: ds.get("ep").metrics.waiting_queue_size == 4)
+    await until(lambda: ds.get("ep").metrics.waiting_queue_size == 4)
     m = ds.get("ep").metrics
     assert (m.running_requests_size, m.kv_cache_usage) == (2, 0.7)  # their lines are broken: last good kept
     assert m.update_time > first.update_time  # the queue was read: the metrics are fresh
@@ -276,10 +277,10 @@ async def test_missing_series_and_nan_keep_last_values(servers, scraper_factory)
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.kv_cache_usage == 0.6)
+    await until(lambda: ds.get("ep").metrics.kv_cache_usage == 0.6)
     page = vllm_page(ServerState(waiting=8, running=4, kv_usage=math.nan))
     server.page = "\n".join(line for line in page.splitlines() if "num_requests_running" not in line) + "\n"
-    await eventually(lambda: ds.get("ep").metrics.waiting_queue_size == 8)
+    await until(lambda: ds.get("ep").metrics.waiting_queue_size == 8)
     m = ds.get("ep").metrics
     assert m.kv_cache_usage == 0.6 and m.running_requests_size == 4
     assert not math.isnan(m.kv_cache_usage)
@@ -292,12 +293,12 @@ async def test_page_with_nothing_known_goes_stale_but_stays_healthy(servers, scr
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.update_time > 0)
+    await until(lambda: ds.get("ep").metrics.update_time > 0)
     server.page = "<html>not metrics</html>\n"
     requests = server.requests
-    await eventually(lambda: server.requests >= requests + 2)
+    await until(lambda: server.requests >= requests + 2)
     stamp = ds.get("ep").metrics.update_time
-    await eventually(lambda: server.requests >= requests + 4)
+    await until(lambda: server.requests >= requests + 4)
     assert ds.get("ep").metrics.update_time == stamp
     assert ds.get("ep").healthy
 
@@ -310,14 +311,14 @@ async def test_loops_follow_membership(servers, scraper_factory):
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: a.requests >= 2)
+    await until(lambda: a.requests >= 2)
     assert b.requests == 0
     ds.upsert(endpoint_for(b, key="b"))
-    await eventually(lambda: ds.get("b").metrics.waiting_queue_size == 2)
+    await until(lambda: ds.get("b").metrics.waiting_queue_size == 2)
     ds.remove("a")
     await asyncio.sleep(INTERVAL)  # a scrape already in flight may still land
     count, b_count = a.requests, b.requests
-    await eventually(lambda: b.requests >= b_count + 4)
+    await until(lambda: b.requests >= b_count + 4)
     assert a.requests == count
     assert set(scraper.stats()) == {"b"}
 
@@ -357,7 +358,7 @@ async def test_config_is_read_every_round(servers):
         await asyncio.wait_for(scraper.first_round_done.wait(), 2)
         assert ds.get("ep").metrics.update_time == 0.0
         current["ext"] = CoreMetricsExtractor(default_engine="sglang")
-        await eventually(lambda: ds.get("ep").metrics.waiting_queue_size == 6)
+        await until(lambda: ds.get("ep").metrics.waiting_queue_size == 6)
     finally:
         await scraper.stop()
 
@@ -385,11 +386,11 @@ async def test_failures_log_trace_every_time_and_info_on_change(servers, scraper
     caplog.set_level(TRACE, logger="epp.datalayer.scraper")
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: ds.get("ep").metrics.update_time > 0)
+    await until(lambda: ds.get("ep").metrics.update_time > 0)
     server.status = 500
-    await eventually(lambda: scraper.stats()["ep"].consecutive_failures >= 4)
+    await until(lambda: scraper.stats()["ep"].consecutive_failures >= 4)
     server.status = 200
-    await eventually(lambda: ds.get("ep").healthy)
+    await until(lambda: ds.get("ep").healthy)
     records = [r for r in caplog.records if r.name == "epp.datalayer.scraper"]
     trace_failures = [r for r in records if r.levelno == TRACE and "failed" in r.getMessage()]
     info = [r.getMessage() for r in records if r.levelno == logging.INFO]
@@ -405,5 +406,5 @@ async def test_connections_are_reused(servers, scraper_factory):
     ds.mark_synced()
     scraper = scraper_factory(ds)
     await scraper.start()
-    await eventually(lambda: server.requests >= 8)
+    await until(lambda: server.requests >= 8)
     assert len(server.peers) == 1  # keep-alive: every scrape on the same connection

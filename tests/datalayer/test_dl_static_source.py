@@ -13,8 +13,9 @@ from epp.datalayer.sources import configured_source_kind, start_endpoint_source
 from epp.datalayer.static_source import StaticEndpointSource, StaticTarget, parse_static_endpoints
 from epp.errors import SettingsError
 from epp.tools.engine_pages import ServerState, sglang_page
+from tests.helpers import until
 
-from .servers import MetricsServer, eventually
+from .servers import MetricsServer
 
 
 def test_parse_ipv4_ipv6_and_names():
@@ -102,7 +103,7 @@ async def test_unresolvable_name_is_retried_not_fatal(monkeypatch):
     assert source.unresolved == ["not-yet.invalid:2"]
     task = asyncio.create_task(source.run())
     try:
-        await eventually(lambda: len(ds) == 2)
+        await until(lambda: len(ds) == 2)
         assert ds.get("not-yet.invalid:2").ip == "127.0.0.1"
     finally:
         await source.stop()

@@ -29,6 +29,7 @@ from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.context import RequestOptions
 from epp.scheduling.pipeline import PipelineHolder
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from tests.helpers import until
 
 from .backends import EchoBackend
 
@@ -193,7 +194,7 @@ async def test_chat_streaming_usage_counted(gw, gateways, http) -> None:
         text = (await resp.read()).decode()
     events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == 5
-    await wait_for(lambda: g.epp.sample("inference_objective_input_tokens_sum", labels) == before + 9)
+    await until(lambda: g.epp.sample("inference_objective_input_tokens_sum", labels) == before + 9)
     assert g.epp.sample("inference_objective_output_tokens_sum", labels) >= 3
 
 
@@ -292,14 +293,6 @@ class _Boom:
         raise RuntimeError("boom")
 
 
-async def wait_for(cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("gw", GATEWAYS)
 async def test_client_cancel_mid_stream_completes_hooks_once(gw, gateways, backends, http) -> None:
     g = gateways[gw]
@@ -323,10 +316,8 @@ async def test_client_cancel_mid_stream_completes_hooks_once(gw, gateways, backe
     port = int(resp.headers["x-backend"])
     assert g.epp.sample("inference_objective_running_requests", {"model_name": "cancel-m"}) == 1
     resp.close()  # the client goes away mid-stream
-    await wait_for(lambda: len(g.epp.hook.infos) == done_before + 1)
-    await wait_for(
-        lambda: g.epp.sample("inference_objective_running_requests", {"model_name": "cancel-m"}) == 0
-    )
+    await until(lambda: len(g.epp.hook.infos) == done_before + 1)
+    await until(lambda: g.epp.sample("inference_objective_running_requests", {"model_name": "cancel-m"}) == 0)
     info = g.epp.hook.infos[-1]
     assert not info.complete and info.served_endpoint == f"127.0.0.1:{port}"
     by_port(backends, port).release.set()
@@ -344,14 +335,11 @@ async def test_epp_restart_while_envoy_runs(gateways, backends, http) -> None:
     assert code == 500  # failure_mode_allow: false, the EPP is down
     replacement = await start_epp(backends, None, port=g.epp.port)
     g.epp = replacement
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:  # Envoy reconnects on its own
-        code, _ = await _error(http, g.url, body)
-        if code == 200:
-            break
-        assert loop.time() < deadline, f"still {code} after the EPP came back"
-        await asyncio.sleep(0.1)
+
+    async def served() -> bool:
+        return (await _error(http, g.url, body))[0] == 200
+
+    await until(served, 15, interval=0.1, what="a 200 once the EPP came back (Envoy reconnects on its own)")
 
 
 async def test_served_endpoint_as_a_route_response_header_is_read_and_stripped(

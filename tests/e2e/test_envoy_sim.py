@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -17,16 +16,13 @@ from epp.framework.types import Endpoint
 from epp.observability.metrics import EppMetrics
 from epp.scheduling.pipeline import PipelineHolder
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
-from epp.tools.sim.config import SimConfig
-from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 
 
-async def test_streaming_chat_through_envoy_to_simulators(tmp_path) -> None:
-    sims = [SimServer(SimConfig(model="sim-model", time_scale=0.01, seed=i)) for i in range(2)]
-    for sim in sims:
-        await sim.start()
+async def test_streaming_chat_through_envoy_to_simulators(tmp_path, start_sim) -> None:
+    sims = [await start_sim(model="sim-model", time_scale=0.01, seed=i) for i in range(2)]
     registry = builtin_registry()
     datastore = Datastore()
     datastore.set_endpoints(Endpoint(key=s.address, ip="127.0.0.1", port=s.port) for s in sims)
@@ -62,10 +58,7 @@ async def test_streaming_chat_through_envoy_to_simulators(tmp_path) -> None:
             return metrics.registry.get_sample_value(name, labels)
 
         # the observer reads the usage off the critical path: it may land just after the client is done
-        deadline = asyncio.get_running_loop().time() + 10
-        while not sample("inference_objective_output_tokens_count"):
-            assert asyncio.get_running_loop().time() < deadline, "no usage recorded"
-            await asyncio.sleep(0.01)
+        await until(lambda: sample("inference_objective_output_tokens_count"), 10, what="the usage recorded")
         assert sample("inference_objective_output_tokens_sum") == usage["completion_tokens"]
         assert sample("inference_objective_input_tokens_sum") == usage["prompt_tokens"]
         # nothing but the observer read the response (the routing stream was shown none of it): neither the
@@ -74,5 +67,3 @@ async def test_streaming_chat_through_envoy_to_simulators(tmp_path) -> None:
     finally:
         await envoy.stop()
         await server.stop(0)
-        for sim in sims:
-            await sim.stop()

@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.extproc import wire as w
 from epp.plugins.producers.prefill_load import PrefillLoadProducer
+from tests.helpers import until
 
 from .helpers import (
     BUFFERED,
@@ -98,14 +99,6 @@ def sse(doc: object) -> bytes:
 TOKEN = sse({"choices": [{"text": "a"}]})
 USAGE = sse({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
 DONE = b"data: [DONE]\n\n"
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def ended(s) -> bool:

@@ -14,6 +14,7 @@ from epp.errors import ErrorCode, RequestError
 from epp.framework.types import TypedName
 from epp.metadata import BODY_CHUNK_LIMIT
 from epp.requestcontrol.context import RequestOptions
+from tests.helpers import until
 
 from .helpers import (
     BUFFERED,
@@ -519,7 +520,7 @@ async def test_served_endpoint_from_attribute_or_header_which_is_stripped() -> N
         (rh,) = await s.recv()
         assert removed_headers(rh) == ["x-gateway-destination-endpoint-served"]
         s.cancel()
-        await _until(lambda: len(rec.completed) == 2)
+        await until(lambda: len(rec.completed) == 2)
         assert [r.served_endpoint for r in rec.received] == ["10.0.0.2:8000", "10.0.0.1:8000"]
 
 
@@ -569,14 +570,6 @@ async def test_response_without_body_completes_on_headers() -> None:
         s.cancel()
 
 
-async def _until(cond, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_client_cancel_mid_stream_runs_complete_hooks_exactly_once() -> None:
     rec = Recorder()
     async with harness(recorder=rec) as h:
@@ -588,7 +581,7 @@ async def test_client_cancel_mid_stream_runs_complete_hooks_exactly_once() -> No
         assert h.sample("inference_objective_running_requests", {"model_name": "m1"}) == 1
         s.cancel()
         await asyncio.wait_for(rec.complete_event.wait(), 5)
-        await _until(lambda: h.sample("inference_objective_running_requests", {"model_name": "m1"}) == 0)
+        await until(lambda: h.sample("inference_objective_running_requests", {"model_name": "m1"}) == 0)
         assert len(rec.completed) == 1 and not rec.completed[0].complete
         assert len(rec.received) == 1
         # no response metrics for an incomplete response
@@ -602,7 +595,7 @@ async def test_stream_closed_after_routing_still_completes_once() -> None:
         s, _ = await route(h)
         await s.close()  # Envoy gave up before any response (e.g. upstream connect failure)
         assert await s.drain() == []
-        await _until(lambda: len(rec.completed) == 1)
+        await until(lambda: len(rec.completed) == 1)
         assert len(rec.received) == 0
 
 
@@ -616,7 +609,7 @@ async def test_cancel_before_routing_runs_no_hooks() -> None:
         # a routed request afterwards proves the server is healthy and the cancelled one left no trace
         s2, _ = await route(h)
         s2.cancel()
-        await _until(lambda: len(rec.completed) == 1)
+        await until(lambda: len(rec.completed) == 1)
         assert len(rec.pre) == 1
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.settings import FlowControlSettings
@@ -87,12 +85,3 @@ def make_controller(
         **settings_kw,
     )
     return FlowController(settings, candidates=lambda: POOL, detector=lambda: detector, observer=observer)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll `cond` on the event loop until it holds (AssertionError after `timeout` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)

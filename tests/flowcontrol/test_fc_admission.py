@@ -24,8 +24,7 @@ from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFai
 from epp.plugins.flowcontrol.ordering import EdfOrdering, FcfsOrdering
 from epp.plugins.saturation.utilization import UTILIZATION_DETECTOR
 from epp.scheduling.pipeline import Pipeline
-
-from .fc_helpers import until
+from tests.helpers import until
 
 
 def make_datastore() -> Datastore:

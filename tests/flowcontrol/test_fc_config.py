@@ -17,8 +17,7 @@ from epp.plugins.flowcontrol.fairness import RoundRobinFairness
 from epp.plugins.flowcontrol.ordering import EdfOrdering
 from epp.plugins.saturation.concurrency import ConcurrencyDetector
 from epp.plugins.saturation.utilization import UtilizationDetector
-
-from .fc_helpers import until
+from tests.helpers import until
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 

@@ -18,8 +18,9 @@ from epp.observability.metrics import EppMetrics
 from epp.plugins.flowcontrol.fairness import GlobalStrictFairness, RoundRobinFairness
 from epp.plugins.flowcontrol.ordering import EdfOrdering, FcfsOrdering, SloDeadlineOrdering
 from epp.plugins.flowcontrol.usage_limit import StaticUsageLimit
+from tests.helpers import until
 
-from .fc_helpers import POOL, RecordingObserver, SettableDetector, make_controller, req, until
+from .fc_helpers import POOL, RecordingObserver, SettableDetector, make_controller, req
 
 
 def spawn(c: FlowController, *requests) -> list[asyncio.Task]:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
-from epp.tools.loadgen.fleet import SimFleet
 from epp.tools.loadgen.gateway import Gateway
-from epp.tools.sim.config import SimConfig
-
-from .fc_helpers import until
+from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 
@@ -52,19 +50,21 @@ flowControl: {flow}
 
 
 @pytest.fixture
-async def fleet() -> AsyncIterator[SimFleet]:
-    configs = [SimConfig(model=MODEL, seed=i, time_scale=0.2) for i in range(2)]
-    async with SimFleet(configs) as f:
-        yield f
+async def fleet(start_sim) -> list[SimServer]:
+    return [await start_sim(model=MODEL, seed=i, time_scale=0.2) for i in range(2)]
 
 
-async def pin_queue(http: aiohttp.ClientSession, fleet: SimFleet, waiting: int | None) -> None:
-    for member in fleet.members:
+def addresses(fleet: list[SimServer]) -> list[str]:
+    return [sim.address for sim in fleet]
+
+
+async def pin_queue(http: aiohttp.ClientSession, fleet: list[SimServer], waiting: int | None) -> None:
+    for sim in fleet:
         if waiting is None:
-            async with http.delete(f"{member.url}/admin/metrics-override") as resp:
+            async with http.delete(f"{sim.url}/admin/metrics-override") as resp:
                 assert resp.status == 200
         else:
-            async with http.post(f"{member.url}/admin/metrics-override", json={"waiting": waiting}) as resp:
+            async with http.post(f"{sim.url}/admin/metrics-override", json={"waiting": waiting}) as resp:
                 assert resp.status == 200
 
 
@@ -86,17 +86,6 @@ async def post(
         f"{url}/v1/completions", json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
     ) as resp:
         return resp.status, await resp.text()
-
-
-async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
-    """Await `check()` (a coroutine function returning truthy) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def scraped_queue(gw: Gateway, value: int) -> Callable[[], bool]:
@@ -126,20 +115,20 @@ def samples(text: str, name: str) -> list[tuple[str, float]]:
 async def test_saturated_pool_sheds_sheddable_with_429_and_serves_critical(fleet, tmp_path):
     """Flow control off (the default config): upstream's legacy admission."""
     async with (
-        Gateway(fleet.addresses, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
+        Gateway(addresses(fleet), workdir=tmp_path, extra_args=OBJECTIVES) as gw,
         aiohttp.ClientSession() as http,
     ):
 
         async def batch_ok() -> bool:
             return (await post(http, gw.url, "batch"))[0] == 200
 
-        await eventually(batch_ok)  # not saturated: sheddable traffic is served
+        await until(batch_ok, interval=0.02)  # not saturated: sheddable traffic is served
         await pin_queue(http, fleet, 10)  # roofline 10 / 5 = 2.0 on every endpoint
 
         async def batch_shed() -> bool:
             return (await post(http, gw.url, "batch"))[0] == 429
 
-        await eventually(batch_shed)
+        await until(batch_shed, interval=0.02)
         status, body = await post(http, gw.url, "batch")
         assert status == 429
         assert body == "inference error: ResourceExhausted - system saturated, sheddable request dropped"
@@ -147,13 +136,13 @@ async def test_saturated_pool_sheds_sheddable_with_429_and_serves_critical(fleet
             status, body = await post(http, gw.url, objective)
             assert status == 200, (objective, body)
         await pin_queue(http, fleet, None)
-        await eventually(batch_ok)  # recovers once the queues drain (below 1 - hysteresis)
+        await until(batch_ok, interval=0.02)  # recovers once the queues drain (below 1 - hysteresis)
 
 
 async def test_flow_control_queues_sheddable_instead_of_dropping(fleet, tmp_path):
     config = flow_config(params="{metricsStalenessThreshold: 2s}", flow="{defaultRequestTTL: 20s}")
     async with (
-        Gateway(fleet.addresses, config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
+        Gateway(addresses(fleet), config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
         aiohttp.ClientSession() as http,
     ):
         assert (await post(http, gw.url, "batch"))[0] == 200
@@ -182,7 +171,7 @@ async def test_flow_control_queues_sheddable_instead_of_dropping(fleet, tmp_path
 async def test_ttl_expiry_in_queue_gives_503(fleet, tmp_path):
     config = flow_config(params="{metricsStalenessThreshold: 2s}", flow="{defaultRequestTTL: 300ms}")
     async with (
-        Gateway(fleet.addresses, config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
+        Gateway(addresses(fleet), config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
         aiohttp.ClientSession() as http,
     ):
         await pin_queue(http, fleet, 10)
@@ -199,7 +188,7 @@ async def test_ttl_expiry_in_queue_gives_503(fleet, tmp_path):
 async def test_client_disconnect_while_queued_leaks_nothing(fleet, tmp_path):
     config = flow_config(params="{metricsStalenessThreshold: 2s}")
     async with (
-        Gateway(fleet.addresses, config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
+        Gateway(addresses(fleet), config_text=config, workdir=tmp_path, extra_args=OBJECTIVES) as gw,
         aiohttp.ClientSession() as http,
     ):
         await pin_queue(http, fleet, 10)
@@ -234,11 +223,9 @@ async def test_client_disconnect_while_queued_leaks_nothing(fleet, tmp_path):
 
 
 @pytest.fixture
-async def slow_fleet() -> AsyncIterator[SimFleet]:
+async def slow_fleet(start_sim) -> list[SimServer]:
     """Real-time simulators: a 16-token request takes ~0.1-0.2 s, so a backlog builds up."""
-    configs = [SimConfig(model=MODEL, seed=i) for i in range(2)]
-    async with SimFleet(configs) as f:
-        yield f
+    return [await start_sim(model=MODEL, seed=i) for i in range(2)]
 
 
 @pytest.mark.parametrize("fairness", ["round-robin-fairness-policy", "global-strict-fairness-policy"])
@@ -249,7 +236,7 @@ async def test_two_tenants_share_a_saturated_pool(slow_fleet, tmp_path, fairness
         "{maxConcurrency: 1, hysteresis: 0}",
         f"{{defaultPriorityBand: {{fairnessPolicyRef: {fairness}}}}}",
     ).replace("plugins:\n- type: queue-scorer", f"plugins:\n- type: queue-scorer\n- type: {fairness}", 1)
-    gateway = Gateway(slow_fleet.addresses, config_text=config, workdir=tmp_path, extra_args=OBJECTIVES)
+    gateway = Gateway(addresses(slow_fleet), config_text=config, workdir=tmp_path, extra_args=OBJECTIVES)
     async with gateway as gw, aiohttp.ClientSession() as http:
         order: list[str] = []
 

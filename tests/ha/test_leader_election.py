@@ -17,6 +17,7 @@ from kubernetes import client
 
 from epp.extproc.health import ReadinessState
 from epp.k8s.leader import LeaderElector, LeaseSettings, lease_name
+from tests.helpers import until
 
 from .kmock_server import KmockThread
 
@@ -32,15 +33,6 @@ def kmock_api() -> Iterator[KmockThread]:
 
 def _lease(identity: str) -> LeaseSettings:
     return LeaseSettings(name=lease_name("ns1", "pool-a"), namespace="ns1", identity=identity, **FAST)
-
-
-async def _until(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def _holder(server: KmockThread) -> str:
@@ -60,7 +52,7 @@ async def test_one_leader_and_graceful_handover(kmock_api: KmockThread) -> None:
         r.set_scraped(True)
     a = LeaderElector(kmock_api.api_client(), _lease("pod-a"), ready_a)
     await a.start()
-    await _until(lambda: a.is_leader)
+    await until(lambda: a.is_leader)
     b = LeaderElector(kmock_api.api_client(), _lease("pod-b"), ready_b)
     await b.start()
     # b keeps retrying but never leads while a renews
@@ -73,7 +65,7 @@ async def test_one_leader_and_graceful_handover(kmock_api: KmockThread) -> None:
     t0 = loop.time()
     await a.stop()  # graceful: releases the lease
     assert not ready_a.ready
-    await _until(lambda: b.is_leader, timeout=5)
+    await until(lambda: b.is_leader, timeout=5)
     # a released lease is taken at the next retry, well before the lease would have expired
     assert loop.time() - t0 < FAST["lease_duration"]
     assert ready_b.ready
@@ -86,7 +78,7 @@ async def test_crashed_leader_is_replaced_after_lease_duration(kmock_api: KmockT
     ready_a, ready_b = ReadinessState(leader_election=True), ReadinessState(leader_election=True)
     a = LeaderElector(kmock_api.api_client(), _lease("pod-a"), ready_a)
     await a.start()
-    await _until(lambda: a.is_leader)
+    await until(lambda: a.is_leader)
     # simulate a crash: stop renewing without releasing
     assert a._task is not None
     a._task.cancel()
@@ -94,7 +86,7 @@ async def test_crashed_leader_is_replaced_after_lease_duration(kmock_api: KmockT
     await b.start()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await _until(lambda: b.is_leader, timeout=10)
+    await until(lambda: b.is_leader, timeout=10)
     waited = loop.time() - t0
     # b must observe the lease unchanged for a whole lease duration before taking it
     assert waited >= FAST["lease_duration"] - 0.2
@@ -103,7 +95,7 @@ async def test_crashed_leader_is_replaced_after_lease_duration(kmock_api: KmockT
 
 
 async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_looks_ready_again(
-    kmock_api: KmockThread, monkeypatch
+    kmock_api: KmockThread, monkeypatch, start_sim
 ) -> None:
     """SIGTERM on the leader: the standby may take over while in-flight streams drain; meanwhile this
     replica's readiness stays NOT_SERVING even though its lease loop would otherwise still be renewing."""
@@ -114,12 +106,9 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     from epp.app import App
     from epp.settings import parse_settings
     from epp.tools.loadgen.gateway import epp_flags
-    from epp.tools.sim.config import SimConfig
-    from epp.tools.sim.server import SimServer
 
     monkeypatch.setenv("POD_NAME", "pool-a-7d9f8b6c5-x2x4z")  # the lease is named after its Deployment
-    sim = SimServer(SimConfig(model="m", name="s0", time_scale=0.01))
-    await sim.start()
+    sim = await start_sim(model="m", name="s0", time_scale=0.01)
     flags = epp_flags([sim.address], secure_serving=False)
     flags += ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--pool-namespace=ns1"]
     flags += ["--ha-enable-leader-election", "--ha-lease-duration=2s", "--ha-renew-deadline=1s"]
@@ -129,7 +118,7 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     await app.start()
     stopping: asyncio.Task[None] | None = None
     try:
-        await _until(lambda: app.readiness.ready)
+        await until(lambda: app.readiness.ready)
         assert _holder(kmock_api).startswith("pool-a-7d9f8b6c5-x2x4z_")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
             call = pbg.ExternalProcessorStub(channel).Process()
@@ -140,7 +129,7 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
             )
             await call.write(msg)
             stopping = asyncio.create_task(app.stop())
-            await _until(lambda: _holder(kmock_api) == "", timeout=5)
+            await until(lambda: _holder(kmock_api) == "", timeout=5)
             assert not stopping.done()  # released while the stream is still draining
             for _ in range(10):  # several retry periods of the (now stopped) lease loop
                 assert not app.readiness.ready
@@ -152,7 +141,6 @@ async def test_a_stopping_leader_releases_the_lease_before_draining_and_never_lo
     finally:
         if stopping is None:
             await app.stop()
-        await sim.stop()
 
 
 class _SwitchableProxy:
@@ -220,11 +208,11 @@ async def test_a_leader_cut_off_from_the_api_server_steps_down_by_its_renew_dead
     a = LeaderElector(client.ApiClient(cfg), settings, ready)
     await a.start()
     try:
-        await _until(lambda: a.is_leader)
+        await until(lambda: a.is_leader)
         proxy.black_hole = True
         loop = asyncio.get_running_loop()
         cut = loop.time()
-        await _until(lambda: not ready.ready, timeout=10)
+        await until(lambda: not ready.ready, timeout=10)
         # stepped down within the renew deadline (+ one retry period and scheduling slack), well before
         # the lease (4 s since its last renew) could pass to a follower
         assert loop.time() - cut < settings.renew_deadline + settings.retry_period + 0.8

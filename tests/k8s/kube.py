@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -182,12 +181,3 @@ class Kube:
 
     def delete_x(self, plural: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(X_GROUP, "v1alpha2", self.ns, plural, name)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `check` every 10 ms until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

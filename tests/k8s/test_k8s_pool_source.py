@@ -15,9 +15,9 @@ import pytest
 
 from epp.datalayer.datastore import Datastore
 from epp.k8s.pool_source import InferencePoolSource, PoolSpec, SelectorSource
+from tests.helpers import until
 
 from .conftest import FAST
-from .kube import eventually
 
 
 def endpoints(ds: Datastore) -> dict[str, str]:
@@ -49,7 +49,7 @@ async def test_pool_pods_become_endpoints(kube, pool_source, kube_server):
     ds = Datastore()
     source = pool_source(ds)
     await source.start()
-    await eventually(lambda: ds.synced)
+    await until(lambda: ds.synced)
     assert endpoints(ds) == {"vllm-a-rank-0": "10.0.0.1:8000"}
     ep = ds.get("vllm-a-rank-0")
     assert (ep.pod_name, ep.namespace, ep.rank) == ("vllm-a", "default", 0)
@@ -67,13 +67,13 @@ async def test_not_synced_until_the_pool_exists(kube, pool_source, caplog):
     source = pool_source(ds)
     with caplog.at_level(logging.WARNING, logger="epp.k8s.pool_source"):
         await source.start()
-        await eventually(lambda: any("not found" in r.getMessage() for r in caplog.records))
+        await until(lambda: any("not found" in r.getMessage() for r in caplog.records))
         await asyncio.sleep(0.2)
     assert not ds.synced and len(ds) == 0
     (missing,) = [r.getMessage() for r in caplog.records if "not found" in r.getMessage()]
     assert "default/pool (group inference.networking.k8s.io)" in missing
     await kube.create_pool("pool", {"app": "vllm"}, [8000])
-    await eventually(lambda: ds.synced and len(ds) == 1)
+    await until(lambda: ds.synced and len(ds) == 1)
 
 
 async def test_pod_ready_not_ready_deleted(kube, pool_source):
@@ -81,17 +81,17 @@ async def test_pod_ready_not_ready_deleted(kube, pool_source):
     await kube.create_pool("pool", {"app": "vllm"}, [8000])
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: ds.synced)
+    await until(lambda: ds.synced)
     assert endpoints(ds) == {}
     await kube.create_pod("p", "10.0.0.7", ready=False)
     await asyncio.sleep(0.1)
     assert endpoints(ds) == {}
     await kube.set_ready("p", True)
-    await eventually(lambda: endpoints(ds) == {"p-rank-0": "10.0.0.7:8000"})
+    await until(lambda: endpoints(ds) == {"p-rank-0": "10.0.0.7:8000"})
     await kube.set_ready("p", False)
-    await eventually(lambda: endpoints(ds) == {})
+    await until(lambda: endpoints(ds) == {})
     await kube.delete_pod("p")
-    await eventually(lambda: endpoints(ds) == {})
+    await until(lambda: endpoints(ds) == {})
 
 
 async def test_terminating_pod_leaves_before_it_is_gone(kube, pool_source):
@@ -101,9 +101,9 @@ async def test_terminating_pod_leaves_before_it_is_gone(kube, pool_source):
     await kube.create_pod("p", "10.0.0.7", finalizers=["example.com/drain"])
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: len(ds) == 1)
+    await until(lambda: len(ds) == 1)
     await kube.delete_pod("p")
-    await eventually(lambda: endpoints(ds) == {})
+    await until(lambda: endpoints(ds) == {})
     await kube.patch_pod("p", {"metadata": {"finalizers": []}})  # now it really goes away
     await asyncio.sleep(0.05)
     assert endpoints(ds) == {}
@@ -116,9 +116,9 @@ async def test_selector_change_swaps_the_pods(kube, pool_source, kube_server):
     await kube.create_pool("pool", {"app": "vllm"}, [8000])
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
+    await until(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
     await kube.patch_pool("pool", {"selector": {"matchLabels": {"app": "sglang"}}})
-    await eventually(lambda: endpoints(ds) == {"s1-rank-0": "10.0.0.2:8000"})
+    await until(lambda: endpoints(ds) == {"s1-rank-0": "10.0.0.2:8000"})
 
     # The pod watch asked the server to filter (real servers do) as well as filtering itself.
     def selectors() -> list[str]:
@@ -127,12 +127,12 @@ async def test_selector_change_swaps_the_pods(kube, pool_source, kube_server):
             for r in kube_server.k8s[kmock.action.WATCH, kmock.resource("v1/pods")]
         ]
 
-    await eventually(lambda: "app=vllm" in selectors() and "app=sglang" in selectors())
+    await until(lambda: "app=vllm" in selectors() and "app=sglang" in selectors())
     # A pod relabelled out of the selector leaves; one relabelled in joins.
     await kube.patch_pod("v1", {"metadata": {"labels": {"app": "sglang"}}})
-    await eventually(lambda: set(endpoints(ds)) == {"s1-rank-0", "v1-rank-0"})
+    await until(lambda: set(endpoints(ds)) == {"s1-rank-0", "v1-rank-0"})
     await kube.patch_pod("s1", {"metadata": {"labels": {"app": "gone"}}})
-    await eventually(lambda: set(endpoints(ds)) == {"v1-rank-0"})
+    await until(lambda: set(endpoints(ds)) == {"v1-rank-0"})
 
 
 async def test_old_pods_serve_until_the_new_selector_has_listed(kube, pool_source, kube_server):
@@ -153,13 +153,13 @@ async def test_old_pods_serve_until_the_new_selector_has_listed(kube, pool_sourc
     ds = Datastore()
     source = pool_source(ds)
     await source.start()
-    await eventually(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
+    await until(lambda: endpoints(ds) == {"v1-rank-0": "10.0.0.1:8000"})
     await kube.patch_pool("pool", {"selector": {"matchLabels": {"app": "sglang"}}})
-    await eventually(
+    await until(
         lambda: source._next_pods is not None and "500" in source._next_pods.informer.list_watch.last_error
     )
     await kube.patch_pod("v1", {"metadata": {"annotations": {"touched": "yes"}}})  # an event on the old watch
-    await eventually(
+    await until(
         lambda: (
             source._pods is not None
             and any(
@@ -182,7 +182,7 @@ async def test_multiple_target_ports_active_ports_and_declared_ports(kube, pool_
     await kube.create_pod("v6", "fd00::5", annotations={"inference.networking.k8s.io/active-ports": "8002"})
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: len(ds) == 7)
+    await until(lambda: len(ds) == 7)
     assert endpoints(ds) == {
         "all-rank-0": "10.0.0.1:8000",
         "all-rank-1": "10.0.0.1:8001",
@@ -197,7 +197,7 @@ async def test_multiple_target_ports_active_ports_and_declared_ports(kube, pool_
     await kube.patch_pod(
         "annotated", {"metadata": {"annotations": {"inference.networking.k8s.io/active-ports": "8000,8002"}}}
     )
-    await eventually(
+    await until(
         lambda: (
             {k for k in endpoints(ds) if k.startswith("annotated")}
             == {"annotated-rank-0", "annotated-rank-2"}
@@ -205,7 +205,7 @@ async def test_multiple_target_ports_active_ports_and_declared_ports(kube, pool_
     )
     # Target ports shrink: ranks beyond the list disappear.
     await kube.patch_pool("pool", {"targetPorts": [{"number": 8000}]})
-    await eventually(lambda: set(endpoints(ds)) == {"all-rank-0", "annotated-rank-0", "declared-rank-0"})
+    await until(lambda: set(endpoints(ds)) == {"all-rank-0", "annotated-rank-0", "declared-rank-0"})
 
 
 async def test_metrics_survive_unrelated_pod_churn(kube, pool_source):
@@ -216,10 +216,10 @@ async def test_metrics_survive_unrelated_pod_churn(kube, pool_source):
     await kube.create_pod("a", "10.0.0.1")
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: len(ds) == 1)
+    await until(lambda: len(ds) == 1)
     ds.update_metrics("a-rank-0", EndpointMetrics(waiting_queue_size=4, update_time=1.0))
     await kube.create_pod("b", "10.0.0.2")
-    await eventually(lambda: len(ds) == 2)
+    await until(lambda: len(ds) == 2)
     assert ds.get("a-rank-0").metrics.waiting_queue_size == 4
 
 
@@ -229,11 +229,11 @@ async def test_pool_deleted_and_recreated(kube, pool_source):
     await kube.create_pod("a", "10.0.0.1")
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: len(ds) == 1)
+    await until(lambda: len(ds) == 1)
     await kube.delete_pool("pool")
-    await eventually(lambda: len(ds) == 0)
+    await until(lambda: len(ds) == 0)
     await kube.create_pool("pool", {"app": "vllm"}, [8001])
-    await eventually(lambda: endpoints(ds) == {"a-rank-0": "10.0.0.1:8001"})
+    await until(lambda: endpoints(ds) == {"a-rank-0": "10.0.0.1:8001"})
 
 
 async def test_other_pools_are_ignored(kube, pool_source):
@@ -245,7 +245,7 @@ async def test_other_pools_are_ignored(kube, pool_source):
     await asyncio.sleep(0.2)
     assert not ds.synced
     await kube.create_pool("pool", {"app": "vllm"}, [8000])
-    await eventually(lambda: endpoints(ds) == {"a-rank-0": "10.0.0.1:8000"})
+    await until(lambda: endpoints(ds) == {"a-rank-0": "10.0.0.1:8000"})
 
 
 async def test_invalid_pool_keeps_the_last_good_one(kube, pool_source, caplog):
@@ -254,9 +254,9 @@ async def test_invalid_pool_keeps_the_last_good_one(kube, pool_source, caplog):
     await kube.create_pod("a", "10.0.0.1")
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: len(ds) == 1)
+    await until(lambda: len(ds) == 1)
     await kube.patch_pool("pool", {"targetPorts": []})
-    await eventually(lambda: "is invalid" in caplog.text)
+    await until(lambda: "is invalid" in caplog.text)
     assert endpoints(ds) == {"a-rank-0": "10.0.0.1:8000"}
 
 
@@ -279,13 +279,13 @@ async def test_watch_expiry_relists(kube, pool_source, kube_server, style):
     ds = Datastore()
     source = pool_source(ds)
     await source.start()
-    await eventually(lambda: len(ds) == 1)
+    await until(lambda: len(ds) == 1)
     # The first listing, then one relisting per expired watch.
-    await eventually(lambda: source._pods is not None and source._pods.informer.list_watch.relists >= 3)
+    await until(lambda: source._pods is not None and source._pods.informer.list_watch.relists >= 3)
     assert len(list(kube_server.k8s[kmock.action.LIST, kmock.resource("v1/pods")])) >= 3
     # The watch after the relisting delivers new changes.
     await kube.create_pod("b", "10.0.0.2")
-    await eventually(lambda: len(ds) == 2)
+    await until(lambda: len(ds) == 2)
     assert source._pods.informer.list_watch.relists == 3
 
 
@@ -301,7 +301,7 @@ async def test_api_errors_are_retried_with_backoff(kube, pool_source, kube_serve
     ds = Datastore()
     source = pool_source(ds)
     await source.start()
-    await eventually(lambda: ds.synced and len(ds) == 1)
+    await until(lambda: ds.synced and len(ds) == 1)
     assert "500" in source._pods.informer.list_watch.last_error
 
 
@@ -329,8 +329,8 @@ async def test_objectives_and_rewrites_follow_the_cluster(kube, pool_source):
     await kube.create_x("inferencemodelrewrites", "theirs", {"poolRef": {"name": "other"}, "rules": [rule]})
     ds = Datastore()
     await pool_source(ds).start()
-    await eventually(lambda: ds.objectives == {"critical": 10, "plain": 0})
-    await eventually(lambda: len(ds.rewrite_rules) == 3)
+    await until(lambda: ds.objectives == {"critical": 10, "plain": 0})
+    await until(lambda: len(ds.rewrite_rules) == 3)
     assert [(r.name, r.order, r.matches) for r in ds.rewrite_rules] == [
         ("older", 0, ()),
         ("older", 1, ("llama",)),
@@ -339,11 +339,11 @@ async def test_objectives_and_rewrites_follow_the_cluster(kube, pool_source):
     assert ds.rewrite_rules[1].targets[0].model == "llama-v2" and ds.rewrite_rules[1].targets[0].weight == 3
     assert ds.rewrite_rules[0].created < ds.rewrite_rules[2].created
     await kube.patch_x("inferenceobjectives", "plain", {"priority": -1})
-    await eventually(lambda: ds.objectives.get("plain") == -1)
+    await until(lambda: ds.objectives.get("plain") == -1)
     await kube.delete_x("inferenceobjectives", "critical")
-    await eventually(lambda: ds.objectives == {"plain": -1})
+    await until(lambda: ds.objectives == {"plain": -1})
     await kube.delete_x("inferencemodelrewrites", "older")
-    await eventually(lambda: [r.name for r in ds.rewrite_rules] == ["newer"])
+    await until(lambda: [r.name for r in ds.rewrite_rules] == ["newer"])
 
 
 async def test_selector_source_standalone(kube, api, kube_server):
@@ -361,10 +361,10 @@ async def test_selector_source_standalone(kube, api, kube_server):
     )
     await source.start()
     try:
-        await eventually(lambda: ds.synced)
+        await until(lambda: ds.synced)
         assert endpoints(ds) == {"a-rank-0": "10.0.0.1:3000", "a-rank-1": "10.0.0.1:3001"}
         await kube.patch_pod("b", {"metadata": {"labels": {"tier": "gpu"}}})
-        await eventually(lambda: len(ds) == 4)
+        await until(lambda: len(ds) == 4)
         lists = list(kube_server.k8s[kmock.action.LIST, kmock.resource("v1/pods")])
         assert lists[0].params.get("labelSelector") == "app=vllm,tier=gpu"
         # No CRDs are touched in standalone mode.
@@ -381,7 +381,7 @@ async def test_stop_ends_the_watch_threads(kube, api):
         ds, api, selector={"app": "vllm"}, target_ports=[8000], namespace="default", options=FAST
     )
     await source.start()
-    await eventually(lambda: ds.synced)
+    await until(lambda: ds.synced)
     lw = source._watch.informer.list_watch
     assert lw.alive
     started = asyncio.get_running_loop().time()

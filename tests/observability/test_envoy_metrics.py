@@ -14,7 +14,6 @@ request — including one logged by a plugin — carries its request id and mode
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -34,9 +33,8 @@ from epp.logs import configure_logging
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
-from epp.tools.sim.config import SimConfig
 from epp.tools.sim.metrics import MetricsOverride
-from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 
@@ -140,15 +138,6 @@ async def scrape(http: aiohttp.ClientSession, port: int) -> Scrape:
         return Scrape(await resp.text())
 
 
-async def until(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        await asyncio.sleep(0.02)
-
-
 class LogCapture:
     """The process's logging as the daemon configures it (`configure_logging`), into a buffer."""
 
@@ -180,10 +169,8 @@ class LogCapture:
 
 
 @pytest.fixture
-async def stack(tmp_path):
-    sims = [SimServer(SimConfig(model=MODEL, name=f"sim{i}", time_scale=0.01, seed=i)) for i in range(2)]
-    for sim in sims:
-        await sim.start()
+async def stack(tmp_path, start_sim):
+    sims = [await start_sim(model=MODEL, name=f"sim{i}", time_scale=0.01, seed=i) for i in range(2)]
     settings = parse_settings(
         [
             f"--static-endpoints={','.join(s.address for s in sims)}",
@@ -211,8 +198,6 @@ async def stack(tmp_path):
     finally:
         await envoy.stop()
         await app.stop()
-        for sim in sims:
-            await sim.stop()
         logs.restore()
 
 
@@ -310,7 +295,9 @@ async def test_metrics_and_logs_after_traffic_through_envoy(stack) -> None:
             and s.total("inference_pool_per_pod_queue_size") == 0  # the pinned queues are gone
         )
 
-    await until(settled, what="running requests and queues back to 0, the prefix indexer size reported")
+    await until(
+        settled, interval=0.02, what="running requests and queues back to 0, the prefix indexer size reported"
+    )
     m = await scrape(http, port)
     model = {"model_name": MODEL, "target_model_name": MODEL}
 

@@ -12,6 +12,7 @@ from epp.datalayer.datastore import Datastore
 from epp.framework.types import Endpoint, EndpointMetrics
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolMetricsRefresher, describe_endpoints
+from tests.helpers import until
 
 
 def _ep(key: str, queue: int = 0, kv: float = 0.0, running: int = 0, at: float = 0.0) -> Endpoint:
@@ -87,8 +88,7 @@ async def test_refresher_honours_the_interval_and_refresh_now() -> None:
     r.refresh_pool = timed  # type: ignore[method-assign]
     task = asyncio.create_task(r.run())
     try:
-        while len(times) < 4:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(times) >= 4)
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(g >= 0.24 for g in gaps), gaps
         assert _value(m, "inference_pool_average_queue_size", name="p") == 2
@@ -97,19 +97,14 @@ async def test_refresher_honours_the_interval_and_refresh_now() -> None:
         # a long interval: refresh_now still recomputes at once
         r.interval = 30.0
         n = len(times)
-        while len(times) == n:  # the refresh after which the 30 s interval applies
-            await asyncio.sleep(0.01)
+        await until(lambda: len(times) > n)  # the refresh after which the 30 s interval applies
         ds.update_metrics("a", EndpointMetrics(waiting_queue_size=9, update_time=100.0))
-        start = loop.time()
         r.refresh_now()
-        while _value(m, "inference_pool_average_queue_size", name="p") != 9:
-            assert loop.time() - start < 2.0, "refresh_now did not refresh"
-            await asyncio.sleep(0.01)
+        # within 2 s, not the 30 s interval
+        await until(lambda: _value(m, "inference_pool_average_queue_size", name="p") == 9, 2.0)
         # the prefix indexer size keeps its own 50 ms period
         plugins[0].n = 1
-        while _value(m, "inference_extension_prefix_indexer_size") != 6:
-            assert loop.time() - start < 2.0, "prefix indexer size not refreshed"
-            await asyncio.sleep(0.01)
+        await until(lambda: _value(m, "inference_extension_prefix_indexer_size") == 6, 2.0)
     finally:
         task.cancel()
 
@@ -158,20 +153,18 @@ async def test_a_failing_refresh_is_logged_once_and_the_loop_goes_on(caplog) -> 
     broken = _Broken()
     r = PoolMetricsRefresher(m, ds, lambda: [broken], interval=0.02, staleness=2.0, size_interval=0.02)
     task = asyncio.create_task(r.run())
-    loop = asyncio.get_running_loop()
     try:
         with caplog.at_level(logging.INFO, logger="epp.observability.pool"):
-            start = loop.time()
-            while r.refreshes < 5:  # the pool averages keep refreshing although the size fails each time
+
+            def refreshed() -> bool:  # the pool averages keep refreshing although the size fails each time
                 assert not task.done(), task
-                assert loop.time() - start < 5.0
-                await asyncio.sleep(0.01)
+                return r.refreshes >= 5
+
+            await until(refreshed, 5.0)
             failures = [rec for rec in caplog.records if "refresh_prefix_size failed" in rec.getMessage()]
             assert len(failures) == 1 and failures[0].exc_info is not None
             broken.fail = False
-            while _value(m, "inference_extension_prefix_indexer_size") != 3:
-                assert loop.time() - start < 5.0
-                await asyncio.sleep(0.01)
+            await until(lambda: _value(m, "inference_extension_prefix_indexer_size") == 3, 5.0)
             assert any("refresh_prefix_size works again" in rec.getMessage() for rec in caplog.records)
     finally:
         task.cancel()

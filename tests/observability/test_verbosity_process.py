@@ -7,25 +7,16 @@ one must have logged DEBUG lines but no TRACE line at all.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from epp.tools.sim.config import SimConfig
 from epp.tools.sim.server import SimServer
+from tests.helpers import free_ports, until
 
 EPP = str(Path(sys.executable).with_name("epp"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _lines(path: Path) -> list[dict]:
@@ -34,13 +25,14 @@ def _lines(path: Path) -> list[dict]:
 
 def _start(tmp_path: Path, sim: SimServer, v: int) -> tuple[subprocess.Popen, Path]:
     log_path = tmp_path / f"epp-v{v}.log"
+    grpc_port, health_port, metrics_port = free_ports(3)
     args = [
         EPP,
         f"--static-endpoints={sim.address}",
         "--bind-address=127.0.0.1",
-        f"--grpc-port={_free_port()}",
-        f"--grpc-health-port={_free_port()}",
-        f"--metrics-port={_free_port()}",
+        f"--grpc-port={grpc_port}",
+        f"--grpc-health-port={health_port}",
+        f"--metrics-port={metrics_port}",
         "--secure-serving=false",
         f"-v={v}",
         "--log-format=json",
@@ -51,20 +43,19 @@ def _start(tmp_path: Path, sim: SimServer, v: int) -> tuple[subprocess.Popen, Pa
 
 
 async def _until_logged(path: Path, pred, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def logged() -> bool:
         text = path.read_text()
         complete = text[: text.rfind("\n") + 1]  # ignore a line still being written
-        if any(pred(json.loads(line)) for line in complete.splitlines() if line.strip()):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not logged in {timeout}s:\n{text[-2000:]}")
-        await asyncio.sleep(0.05)
+        return any(pred(json.loads(line)) for line in complete.splitlines() if line.strip())
+
+    try:
+        await until(logged, timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"not logged in {timeout}s:\n{path.read_text()[-2000:]}") from None
 
 
-async def test_trace_only_at_v5_and_json_lines(tmp_path: Path) -> None:
-    sim = SimServer(SimConfig(model="m", name="sim", time_scale=0.01))
-    await sim.start()
+async def test_trace_only_at_v5_and_json_lines(tmp_path: Path, start_sim) -> None:
+    sim = await start_sim(model="m", name="sim", time_scale=0.01)
     procs = []
     try:
         p5, log5 = _start(tmp_path, sim, 5)
@@ -85,7 +76,6 @@ async def test_trace_only_at_v5_and_json_lines(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             assert proc.wait(timeout=15) == 0
-        await sim.stop()
 
     lines5, lines4 = _lines(log5), _lines(log4)  # every line parses as JSON
     assert {"info", "debug", "trace"} <= {ln["level"] for ln in lines5}

@@ -1,10 +1,11 @@
-"""Builders shared by the plugin tests: endpoints, requests, handles and cycles; a poll-until."""
+"""Builders shared by the plugin tests: endpoints, requests, handles and cycles.
+
+`until` is `tests.helpers.until`, re-exported here because tests/plugins/kvevents imports it from this module.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable
 from typing import Any
 
 from epp.framework.cycle import CycleState
@@ -22,6 +23,7 @@ from epp.framework.types import (
 )
 from epp.plugins import register_builtins
 from epp.registry import PluginRegistry
+from tests.helpers import until as until
 
 
 def ep(key: str, ip: str | None = None, port: int = 8000, **metrics: Any) -> Endpoint:
@@ -98,13 +100,3 @@ def response(served: str = "", **kw: Any) -> ResponseInfo:
 
 def tn(type_name: str, name: str | None = None) -> TypedName:
     return TypedName(type_name, name or type_name)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` every 20 ms until it is true; fail naming `what` after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)

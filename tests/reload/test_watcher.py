@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from epp.config.watcher import ConfigWatcher, content_hash
+from tests.helpers import until
 
 
 def _configmap_dir(root: Path, content: str, ts: str) -> Path:
@@ -34,14 +35,6 @@ def _swap(root: Path, content: str, ts: str) -> None:
     (root / old_target).rmdir()
 
 
-async def _collect(watcher: ConfigWatcher, seen: list[bytes], want: int, timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while len(seen) < want:
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(wait(), timeout)
-
-
 @contextlib.asynccontextmanager
 async def _watching(path: Path, loaded: bytes) -> AsyncIterator[tuple[ConfigWatcher, list[bytes]]]:
     """A running watcher of `path` for a daemon that loaded `loaded`; yields it and what it reported."""
@@ -64,12 +57,12 @@ async def test_configmap_symlink_swap_triggers_one_callback_per_new_content(tmp_
     async with _watching(path, b"v: 1\n") as (watcher, seen):
         await asyncio.wait_for(watcher.ready.wait(), 5)
         _swap(tmp_path, "v: 2\n", "2026_01_02")
-        await _collect(watcher, seen, 1)
+        await until(lambda: len(seen) >= 1)
         assert seen == [b"v: 2\n"]
         # same content again under a new timestamp: hash unchanged, no callback
         _swap(tmp_path, "v: 2\n", "2026_01_03")
         _swap(tmp_path, "v: 3\n", "2026_01_04")
-        await _collect(watcher, seen, 2)
+        await until(lambda: len(seen) >= 2)
         assert seen == [b"v: 2\n", b"v: 3\n"]
 
 
@@ -81,15 +74,15 @@ async def test_in_place_edit_and_manual_trigger(tmp_path: Path) -> None:
         tmp = tmp_path / ".epp.yaml.swp"
         tmp.write_text("a: 2\n")
         os.replace(tmp, path)
-        await _collect(watcher, seen, 1)
+        await until(lambda: len(seen) >= 1)
         assert seen == [b"a: 2\n"]
         watcher.trigger()  # SIGHUP path: re-read even without a filesystem event
-        await _collect(watcher, seen, 2)
+        await until(lambda: len(seen) >= 2)
         assert seen[-1] == b"a: 2\n"
         # an unrelated file in the directory does not produce a callback with changed content
         (tmp_path / "other.txt").write_text("x")
         path.write_text("a: 3\n")
-        await _collect(watcher, seen, 3)
+        await until(lambda: len(seen) >= 3)
         assert seen[-1] == b"a: 3\n"
 
 
@@ -98,6 +91,6 @@ async def test_an_edit_made_before_the_watch_attached_is_applied(tmp_path: Path)
     that window raised no event the watch could see."""
     path = tmp_path / "epp.yaml"
     path.write_text("a: 2\n")  # what the file says now, while the daemon loaded "a: 1" a moment ago
-    async with _watching(path, b"a: 1\n") as (watcher, seen):
-        await _collect(watcher, seen, 1)
+    async with _watching(path, b"a: 1\n") as (_, seen):
+        await until(lambda: len(seen) >= 1)
         assert seen == [b"a: 2\n"]

@@ -3,11 +3,9 @@ in a temporary directory) and the fleet picture the pod process sends them."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import shutil
 import tempfile
-import time
 
 import pytest
 
@@ -29,6 +27,7 @@ from epp.workers.codec import decode_endpoint, unpack
 from epp.workers.picture import PicturePublisher
 from epp.workers.statebus import StateBus
 from epp.workers.worker import apply_picture_message
+from tests.helpers import until
 
 CONFIG = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -50,13 +49,6 @@ def _holder(text: str = CONFIG) -> PipelineHolder:
 
 def _producer(holder: PipelineHolder) -> ApproxPrefixCacheProducer:
     return next(p for p in holder.current.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
-
-
-async def _until(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 EPS = [
@@ -92,13 +84,16 @@ async def test_a_decision_of_one_worker_reaches_the_other_within_milliseconds(sh
     try:
         a, b = (_producer(h) for h in holders)
         b.endpoints_changed(frozenset(e.key for e in EPS))
+
         # ZeroMQ connects asynchronously: keep deciding until the first message gets through
-        deadline = time.monotonic() + 5
-        while b.index.size() == 0:
-            assert time.monotonic() < deadline, "no shared decision arrived"
+        def shared() -> bool:
+            if b.index.size():
+                return True
             _route(a, "r", EPS[1])
             buses[0].notify()
-            await asyncio.sleep(0.01)
+            return False
+
+        await until(shared, 5, what="a shared decision")
         probe = InferenceRequest(
             request_id="p", model="m", target_model="m", prefix_material=b"shared " * 600
         )
@@ -118,7 +113,7 @@ async def test_a_decision_of_one_worker_reaches_the_other_within_milliseconds(sh
         before = buses[1].received
         _route(a, "r2", EPS[0])
         buses[0].notify()
-        await _until(lambda: buses[1].received > before)
+        await until(lambda: buses[1].received > before)
         assert _producer(holders[1]).index.size() == 0
         assert seen[-1][0] == "ignored"
     finally:
@@ -136,7 +131,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     rules = (ModelRewriteRule("r", ("m",), (RewriteTarget("m2", 1),)),)
     pod.set_rewrite_rules(rules)
     pod.mark_synced()
-    await _until(lambda: any(m[0] == c.SYNCED for m in sent))
+    await until(lambda: any(m[0] == c.SYNCED for m in sent))
     copy = Datastore()
 
     def apply(message: list) -> None:
@@ -149,7 +144,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     # a scrape changes one endpoint's metrics: only that endpoint travels
     sent.clear()
     pod.update_metrics(EPS[0].key, EndpointMetrics(waiting_queue_size=5, update_time=2.0))
-    await _until(lambda: bool(sent))
+    await until(lambda: bool(sent))
     assert [m[0] for m in sent] == [c.UPDATE] and len(sent[0][1]) == 1
     for m in sent:
         apply(m)
@@ -157,7 +152,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     # new labels (same members): the whole membership travels
     sent.clear()
     pod.upsert(dataclasses.replace(pod.get(EPS[0].key), labels={"role": "decode"}))
-    await _until(lambda: bool(sent))
+    await until(lambda: bool(sent))
     assert [m[0] for m in sent] == [c.ENDPOINTS]
     for m in sent:
         apply(m)
@@ -165,7 +160,7 @@ async def test_the_fleet_picture_reaches_a_worker_copy() -> None:
     # an endpoint leaves: the whole membership travels
     sent.clear()
     pod.remove(EPS[1].key)
-    await _until(lambda: bool(sent))
+    await until(lambda: bool(sent))
     for m in sent:
         apply(m)
     assert copy.keys() == frozenset({EPS[0].key})

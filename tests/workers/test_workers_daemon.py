@@ -19,8 +19,7 @@ import pytest
 
 from epp.tools.loadgen.gateway import EppProcess
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
-from epp.tools.sim.config import SimConfig
-from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 
@@ -61,15 +60,6 @@ async def _metrics(http: aiohttp.ClientSession, epp: EppProcess) -> str:
         return await resp.text()
 
 
-async def _until(cond, timeout: float = 10.0, interval: float = 0.05) -> float:
-    """Poll `cond` (a coroutine function) until it is true; returns the seconds it took."""
-    start = time.monotonic()
-    while not await cond():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(interval)
-    return time.monotonic() - start
-
-
 def _worker_pids(log: str) -> dict[int, int]:
     """The latest pid of each worker slot, from the daemon's log."""
     out: dict[int, int] = {}
@@ -97,13 +87,8 @@ async def _complete(http: aiohttp.ClientSession, url: str, i: int, max_tokens: i
 
 
 @pytest.fixture
-async def fleet():
-    sims = [SimServer(SimConfig(model="sim-model", time_scale=0.05, seed=i)) for i in range(2)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+async def fleet(start_sim):
+    return [await start_sim(model="sim-model", time_scale=0.05, seed=i) for i in range(2)]
 
 
 async def test_two_workers_one_picture_one_reload_and_a_killed_worker_comes_back(
@@ -141,7 +126,7 @@ async def test_two_workers_one_picture_one_reload_and_a_killed_worker_comes_back
                     _sample(t, "inference_objective_output_tokens_count") == 40
                 )
 
-            await _until(counted)
+            await until(counted, interval=0.05)
             text = await _metrics(http, epp)
             assert _sample(text, "inference_objective_running_requests") == 0
             assert text.count("# TYPE inference_objective_request_total counter") == 1
@@ -152,7 +137,7 @@ async def test_two_workers_one_picture_one_reload_and_a_killed_worker_comes_back
             async def reloaded() -> bool:
                 return "config generation 2 is live on all 2 workers" in epp.log_text()
 
-            await _until(reloaded)
+            await until(reloaded, interval=0.05)
             assert _sample(await _metrics(http, epp), "epp_config_generation") == 2
 
             # ---- SIGKILL one worker under load
@@ -169,7 +154,8 @@ async def test_two_workers_one_picture_one_reload_and_a_killed_worker_comes_back
             async def spare_waiting() -> bool:
                 return _sample(await _metrics(http, epp), "epp_workers", '{state="spare"}') == 1
 
-            await _until(spare_waiting)  # the steady state: a warm spare waits to replace a dead worker
+            # the steady state: a warm spare waits to replace a dead worker
+            await until(spare_waiting, interval=0.05)
             clients = [asyncio.create_task(client(i)) for i in range(8)]
             await asyncio.sleep(1.0)
             counted_before = _sample(await _metrics(http, epp), "inference_objective_request_total")
@@ -183,7 +169,7 @@ async def test_two_workers_one_picture_one_reload_and_a_killed_worker_comes_back
                     return False
                 return _sample(await _metrics(http, epp), "epp_workers", '{state="ready"}') == 2
 
-            recovery = await _until(back, timeout=10.0, interval=0.02)
+            recovery = await until(back, timeout=10.0, interval=0.02)
             await asyncio.sleep(1.5)
             stop.set()
             await asyncio.gather(*clients)
