@@ -5,12 +5,16 @@
 | `quality` | scheduling quality: our profiles vs Envoy and the rivals on four workloads (`quality.py`) |
 | `overhead` | what the EPP costs: decisions/s, CPU per request and per streamed token, TTFT (`overhead.py`) |
 | `crosscheck` | one quality comparison with `inference-perf` as the client (`crosscheck.py`) |
-| `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` now |
+| `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` |
 | `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.tools.bench.NAME` |
 
+The rivals and inference-perf are installed only by `install`, or by `quality`, `overhead` and
+`crosscheck` when given `--install-rivals`; without, a missing one stops the command before it starts
+anything ("sglang-router is not installed: run 'epp bench install' or pass --install-rivals", status 2).
+
 Exit status: 0 done (and, for `quality`/`overhead`, every request succeeded); 1 something failed; 2 bad
-usage, or the `bench` extra is missing (one line says so: `pip install 'epp[bench]'`); 130 interrupted
-(Ctrl-C); 143 terminated. Every process a benchmark starts is stopped on exit.
+usage, a rival not installed, or the `bench` extra missing (one line says so: `pip install 'epp[bench]'`);
+130 interrupted (Ctrl-C); 143 terminated. Every process a benchmark starts is stopped on exit.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ _USAGE = """usage: epp bench {quality,overhead,crosscheck,install,schedule,scrap
   overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs
                Envoy, upstream's full-duplex config, sglang-router, direct)
   crosscheck   the same comparison driven by inference-perf (a client we did not write)
-  install      install the rival routers and inference-perf into .cache/bench/venvs/
+  install      install the rival routers and inference-perf into .cache/bench/venvs/ (quality, overhead
+               and crosscheck never install them unless given --install-rivals)
   schedule | scrape | extproc | overload
                the micro-benchmarks (python -m epp.tools.bench.NAME)
 
@@ -74,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def install_main(argv: Sequence[str]) -> int:
     from epp.tools.bench.rivals import TOOLS, InstallError, ensure_tool
 
-    p = argparse.ArgumentParser(prog="epp bench install", description="Install benchmark tools on demand.")
+    p = argparse.ArgumentParser(
+        prog="epp bench install",
+        description="Install the benchmarks' third-party tools into .cache/bench/venvs/ (pinned versions).",
+    )
     p.add_argument("tools", nargs="*", help=f"any of {', '.join(TOOLS)} (default: all)")
     p.add_argument("--json", action="store_true", help="print {tool: executable} as JSON")
     args = p.parse_args(list(argv))
@@ -84,7 +92,7 @@ def install_main(argv: Sequence[str]) -> int:
     found: dict[str, str] = {}
     for name in args.tools or list(TOOLS):
         try:
-            found[name] = str(ensure_tool(name, say=lambda s: print(s, file=sys.stderr, flush=True)))
+            found[name] = str(ensure_tool(name, install=True, say=_say_err))
         except InstallError as exc:
             print(f"epp bench install: {exc}", file=sys.stderr)
             return 1
@@ -94,6 +102,10 @@ def install_main(argv: Sequence[str]) -> int:
         for name, exe in found.items():
             print(f"{name}: {exe}")
     return 0
+
+
+def _say_err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def out_dir_default(kind: str) -> Path:

@@ -37,8 +37,8 @@ import yaml
 
 from epp.tools.bench.harness import Children, machine_info, run_async_main, tidy_workdir, write_report
 from epp.tools.bench.quality import FULL, Bench, QualityOptions, RunRecord
-from epp.tools.bench.rivals import InstallError, cache_root, ensure_tool, offline_env
-from epp.tools.bench.routers import parse_router
+from epp.tools.bench.rivals import cache_root, check_tools, ensure_tool, offline_env
+from epp.tools.bench.routers import parse_router, rival_tools
 from epp.tools.extras import require
 from epp.tools.loadgen.fleet import fleet_stats
 
@@ -102,6 +102,8 @@ class CrossOptions:
     kv_blocks: int = FULL.kv_blocks
     time_scale: float = FULL.time_scale
     seed: int = 1
+    #: install inference-perf and the rival routers if they are not (else a missing one is an error)
+    install_rivals: bool = False
 
 
 def ip_config(options: CrossOptions, base_url: str, model: str, tokenizer: Path, out: Path) -> dict[str, Any]:
@@ -253,7 +255,7 @@ def _row_from_record(r: RunRecord, prompt_tokens: float) -> CrossRow:
 async def run_crosscheck(options: CrossOptions, say: Say, children: Children) -> CrossResult:
     result = CrossResult(options=options)
     begin = time.perf_counter()
-    exe = await asyncio.to_thread(ensure_tool, "inference-perf", say=say)
+    exe = await asyncio.to_thread(ensure_tool, "inference-perf", install=options.install_rivals, say=say)
     tokenizer = await asyncio.to_thread(build_tokenizer, exe.parent / "python", say)
     shape = {
         "groups": options.groups,
@@ -270,7 +272,11 @@ async def run_crosscheck(options: CrossOptions, say: Say, children: Children) ->
         shapes={**FULL.shapes, "shared_prefix": shape},
     )
     qopts = QualityOptions(
-        sizing=sizing, workloads=("shared_prefix",), routers=options.routers, seed=options.seed
+        sizing=sizing,
+        workloads=("shared_prefix",),
+        routers=options.routers,
+        seed=options.seed,
+        install_rivals=options.install_rivals,
     )
     workdir = Path(tempfile.mkdtemp(prefix="epp-bench-crosscheck-"))
     bench = Bench(qopts, say, children, workdir)
@@ -372,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--servers", type=int, default=d.servers, help="simulators")
     add("--time-scale", type=float, default=d.time_scale, help="simulator time scale")
     add("--groups", type=int, default=d.groups, help="shared-prefix groups")
+    add(
+        "--install-rivals",
+        action="store_true",
+        help="install inference-perf and the rival routers into .cache/bench/venvs/ if they are not (else "
+        "a missing one is an error; 'epp bench install' installs them beforehand)",
+    )
     add("--out", default=None, help="output directory (default bench-results/crosscheck-TIME)")
     return p
 
@@ -389,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"epp bench crosscheck: {exc}", file=sys.stderr)
         return 2
-    require("epp bench crosscheck", "bench", envoy=any(parse_router(r).needs_envoy for r in routers))
+    specs = [parse_router(r) for r in routers]
+    require("epp bench crosscheck", "bench", envoy=any(s.needs_envoy for s in specs))
     options = CrossOptions(
         routers=routers,
         rate=args.rate,
@@ -397,21 +410,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers=args.servers,
         time_scale=args.time_scale,
         groups=args.groups,
+        install_rivals=args.install_rivals,
     )
-    out_dir = Path(args.out) if args.out else out_dir_default("crosscheck")
-    machine = machine_info()
 
     def say(text: str) -> None:
         print(text, flush=True)
 
+    tools = ["inference-perf", *rival_tools(specs)]
+    status = check_tools("epp bench crosscheck", tools, install=options.install_rivals, say=say)
+    if status:
+        return status
+    out_dir = Path(args.out) if args.out else out_dir_default("crosscheck")
+    machine = machine_info()
+
     async def go(children: Children) -> CrossResult:
         return await run_crosscheck(options, say, children)
 
-    try:
-        status, result = run_async_main("epp bench crosscheck", go)
-    except InstallError as exc:  # pragma: no cover - surfaced by run_async_main as status 1
-        print(f"epp bench crosscheck: {exc}", file=sys.stderr)
-        return 1
+    status, result = run_async_main("epp bench crosscheck", go)
     if result is None:
         return status
     result.machine = {**machine, "load_average_end": machine_info()["load_average"]}

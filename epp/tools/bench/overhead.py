@@ -55,7 +55,8 @@ from epp.tools.bench.harness import (
     write_report,
 )
 from epp.tools.bench.instant import LeanClient, Timing, completion_request
-from epp.tools.bench.routers import RunningRouter, parse_router, start_router
+from epp.tools.bench.rivals import check_tools
+from epp.tools.bench.routers import RunningRouter, parse_router, rival_tools, start_router
 from epp.tools.extras import require
 from epp.tools.loadgen.runner import poisson_arrivals
 from epp.tools.loadgen.stats import percentile
@@ -104,6 +105,8 @@ class OverheadOptions:
     rounds: int = 1
     seed: int = 0
     parts: tuple[int, ...] = (1, 2)
+    #: install a rival router that is not installed yet (else starting it raises `rivals.NotInstalled`)
+    install_rivals: bool = False
 
 
 SMOKE = OverheadOptions(
@@ -563,6 +566,7 @@ async def _part2(options: OverheadOptions, say: Say, children: Children, result:
                 workdir / spec.name.replace(":", "-"),
                 epp_args=options.epp_args,
                 children=children,
+                install=options.install_rivals,
             )
             targets.append(_Target(spec.name, backends.addresses, router))
         say(
@@ -827,13 +831,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--duration", type=float, default=None, help="seconds per measurement (default 10; smoke 2)")
     add("--rounds", type=int, default=None, help="rounds of part 2 (default 1)")
     add("--endpoints", type=int, default=64, help="endpoints in the EPP's datastore (part 1)")
+    add(
+        "--install-rivals",
+        action="store_true",
+        help="install sglang-router into .cache/bench/venvs/ if it is not (else a missing one is an error; "
+        "'epp bench install' installs it beforehand)",
+    )
     add("--out", default=None, help="output directory (default bench-results/overhead-TIME)")
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> OverheadOptions:
     base = SMOKE if args.smoke else OverheadOptions()
-    changes: dict[str, Any] = {"endpoints": args.endpoints}
+    changes: dict[str, Any] = {"endpoints": args.endpoints, "install_rivals": args.install_rivals}
     if args.part:
         changes["parts"] = tuple(sorted(set(args.part)))
     if args.routers:
@@ -873,14 +883,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"epp bench overhead: {exc}", file=sys.stderr)
         return 2
-    # part 1 needs no Envoy; part 2 does for the EPP and Envoy routers
-    envoy = 2 in options.parts and any(parse_router(r).needs_envoy for r in options.routers)
-    require("epp bench overhead", "bench", envoy=envoy)
-    out_dir = Path(args.out) if args.out else out_dir_default("overhead")
-    machine = machine_info()
+    # part 1 needs no Envoy and no rival; part 2 starts the routers
+    specs = [parse_router(r) for r in options.routers] if 2 in options.parts else []
+    require("epp bench overhead", "bench", envoy=any(s.needs_envoy for s in specs))
 
     def say(text: str) -> None:
         print(text, flush=True)
+
+    status = check_tools("epp bench overhead", rival_tools(specs), install=options.install_rivals, say=say)
+    if status:
+        return status
+    out_dir = Path(args.out) if args.out else out_dir_default("overhead")
+    machine = machine_info()
 
     async def go(children: Children) -> OverheadResult:
         return await run_overhead(options, say, children)

@@ -162,10 +162,18 @@ class QualityOptions:
     ours: str = ""  # the EPP router the goals are checked for ("" = recommended, else default)
     progress: bool | None = None
     smoke: bool = False
+    #: install a rival router that is not installed yet (else starting it raises `rivals.NotInstalled`)
+    install_rivals: bool = False
 
     @property
     def router_specs(self) -> list[RouterSpec]:
         return [parse_router(r) for r in (self.routers or default_routers())]
+
+    @property
+    def specs_to_start(self) -> list[RouterSpec]:
+        """Every router the run may start: the sweep's, and the search's when a saturation rate is missing."""
+        search = any(w not in self.saturation for w in self.workloads)
+        return [*self.router_specs, *(parse_router(r) for r in self.search_with if search)]
 
     @property
     def scrape_interval(self) -> float:
@@ -415,6 +423,7 @@ class Bench:
             epp_args=self.epp_args(),
             say=self.say,
             children=self.children,
+            install=self.options.install_rivals,
         )
         try:
             async with LoadClient(router.url, api=api, model=self.model, timeout_s=60.0) as client:

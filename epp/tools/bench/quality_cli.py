@@ -26,7 +26,8 @@ from epp.tools.bench.quality import (
     RunRecord,
     run_quality,
 )
-from epp.tools.bench.routers import parse_router
+from epp.tools.bench.rivals import check_tools
+from epp.tools.bench.routers import parse_router, rival_tools
 from epp.tools.extras import require
 
 __all__ = ["build_parser", "main", "options_from_args"]
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ours", default="", help="the router the goals are checked for (default epp:recommended or default)"
     )
     add("--seed", type=int, default=0, help="seed of the workloads and arrival times")
+    add(
+        "--install-rivals",
+        action="store_true",
+        help="install sglang-router / vllm-router into .cache/bench/venvs/ if they are not (else a missing "
+        "one is an error; 'epp bench install' installs them beforehand)",
+    )
     add("--out", default=None, help="output directory (default bench-results/quality-TIME)")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: tty)")
     add("-v", "--verbose", action="store_true", help="log what the harness does")
@@ -166,6 +173,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         ours=args.ours,
         progress=args.progress,
         smoke=args.smoke,
+        install_rivals=args.install_rivals,
     )
 
 
@@ -191,8 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"epp bench quality: {exc}", file=sys.stderr)
         return 2
     # the plots need matplotlib; Envoy is needed unless only the rival routers run
-    specs = [*options.router_specs, *(parse_router(r) for r in options.search_with)]
+    specs = options.specs_to_start
     require("epp bench quality", "bench", modules=("matplotlib",), envoy=any(s.needs_envoy for s in specs))
+    status = check_tools("epp bench quality", rival_tools(specs), install=options.install_rivals, say=_say)
+    if status:
+        return status
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

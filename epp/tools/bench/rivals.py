@@ -1,11 +1,14 @@
-"""Third-party tools the benchmarks run, each installed on demand into its own virtualenv under `.cache/`.
+"""Third-party tools the benchmarks run, each in its own virtualenv under `.cache/`, installed on request.
 
 The rival routers (`sglang-router`, `vllm-router`) and the `inference-perf` client are not project
-dependencies: `ensure_tool(name)` creates `.cache/bench/venvs/<name>` with a suitable interpreter,
-`pip install`s the pinned requirement from the package index pip is configured for, and returns the
-tool's executable. A marker file records what was installed, so later calls return at once; a lock
-file serialises concurrent installs (a test run and a manual run). `inference-perf` needs Python
->= 3.12, found next to this interpreter, in `~/.pyenv/versions/`, or on `$PATH`.
+dependencies. `ensure_tool(name)` returns the tool's executable if it is installed, and otherwise raises
+`NotInstalled` ("run 'epp bench install' or pass --install-rivals"): nothing is installed behind the
+user's back. `ensure_tool(name, install=True)` (what `epp bench install` and `--install-rivals` do)
+creates `.cache/bench/venvs/<name>` with a suitable interpreter, `pip install`s the pinned requirement
+from the package index pip is configured for, and returns the executable. A marker file records what was
+installed, so later calls return at once; a lock file serialises concurrent installs (a test run and a
+manual run). `inference-perf` needs Python >= 3.12, found next to this interpreter, in
+`~/.pyenv/versions/`, or on `$PATH`.
 
 `InstallError.offline` says that the package index could not be reached (the one case in which a
 smoke test may skip the rivals).
@@ -20,16 +23,19 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "TOOLS",
     "InstallError",
+    "NotInstalled",
     "Tool",
     "cache_root",
+    "check_tools",
     "ensure_tool",
+    "ensure_tools",
     "find_python",
     "installed_tool",
     "offline_env",
@@ -66,6 +72,14 @@ class InstallError(RuntimeError):
     def __init__(self, message: str, *, offline: bool = False) -> None:
         super().__init__(message)
         self.offline = offline
+
+
+class NotInstalled(InstallError):
+    """A tool is not installed and installing was not asked for (`install=False`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not installed: run 'epp bench install' or pass --install-rivals")
+        self.name = name
 
 
 def cache_root() -> Path:
@@ -171,38 +185,73 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def ensure_tool(name: str, *, say: Callable[[str], None] | None = None, timeout: float = 900.0) -> Path:
-    """Install `name` (a key of TOOLS) if needed and return its executable; raises InstallError."""
+def ensure_tool(
+    name: str, *, install: bool = False, say: Callable[[str], None] | None = None, timeout: float = 900.0
+) -> Path:
+    """The executable of `name` (a key of TOOLS). When it is not installed: with `install`, install it
+    now; without, raise `NotInstalled` (nothing is run). Raises InstallError when installing fails."""
     if name not in TOOLS:
         raise InstallError(f"unknown tool {name!r}; known: {', '.join(TOOLS)}")
     found = installed_tool(name)
     if found is not None:
         return found
+    if not install:
+        raise NotInstalled(name)
     tool = TOOLS[name]
     venv = _venv_dir(tool)
     with _locked(venv.parent / f"{tool.name}.lock"):
         found = installed_tool(name)  # another process may have finished it meanwhile
         if found is not None:
             return found
-        python = find_python(tool.min_python)
-        if python is None:
-            need = ".".join(map(str, tool.min_python))
-            raise InstallError(f"{tool.name} needs Python >= {need}; none found (try ~/.pyenv/versions/)")
-        if say is not None:
-            say(f"installing {tool.requirement} into {venv} (once) ...")
+        return _install(tool, venv, say, timeout)
+
+
+def _install(tool: Tool, venv: Path, say: Callable[[str], None] | None, timeout: float) -> Path:
+    python = find_python(tool.min_python)
+    if python is None:
+        need = ".".join(map(str, tool.min_python))
+        raise InstallError(f"{tool.name} needs Python >= {need}; none found (try ~/.pyenv/versions/)")
+    if say is not None:
+        say(f"installing {tool.requirement} into {venv} (once) ...")
+    shutil.rmtree(venv, ignore_errors=True)
+    made = _run([python, "-m", "venv", str(venv)], 300)
+    if made.returncode != 0:
+        raise InstallError(f"cannot create a virtualenv for {tool.name}: {made.stderr.strip()[-1000:]}")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    res = _run([*pip, tool.requirement], timeout)
+    if res.returncode != 0:
+        text = (res.stdout + res.stderr).strip()
+        offline = bool(_OFFLINE_HINTS.search(text))
         shutil.rmtree(venv, ignore_errors=True)
-        made = _run([python, "-m", "venv", str(venv)], 300)
-        if made.returncode != 0:
-            raise InstallError(f"cannot create a virtualenv for {tool.name}: {made.stderr.strip()[-1000:]}")
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-        res = _run([*pip, tool.requirement], timeout)
-        if res.returncode != 0:
-            text = (res.stdout + res.stderr).strip()
-            offline = bool(_OFFLINE_HINTS.search(text))
-            shutil.rmtree(venv, ignore_errors=True)
-            raise InstallError(f"pip install {tool.requirement} failed:\n{text[-2000:]}", offline=offline)
-        exe = venv / "bin" / tool.executable
-        if not exe.is_file():
-            raise InstallError(f"{tool.requirement} installed no {tool.executable} script")
-        (venv / _MARKER).write_text(tool.requirement + "\n")
-        return exe
+        raise InstallError(f"pip install {tool.requirement} failed:\n{text[-2000:]}", offline=offline)
+    exe = venv / "bin" / tool.executable
+    if not exe.is_file():
+        raise InstallError(f"{tool.requirement} installed no {tool.executable} script")
+    (venv / _MARKER).write_text(tool.requirement + "\n")
+    return exe
+
+
+def ensure_tools(
+    names: Iterable[str], *, install: bool = False, say: Callable[[str], None] | None = None
+) -> dict[str, Path]:
+    """`ensure_tool` for each of `names` (each once, in order): the executables by name.
+
+    A benchmark calls it before it starts anything, so that a missing tool stops it at once."""
+    return {name: ensure_tool(name, install=install, say=say) for name in dict.fromkeys(names)}
+
+
+def check_tools(
+    prog: str, names: Iterable[str], *, install: bool = False, say: Callable[[str], None] | None = None
+) -> int:
+    """What a benchmark command runs before it starts anything: `ensure_tools(names, install=...)`.
+
+    Returns 0 when every tool is there (installed now if `install`); otherwise prints `prog: why` on
+    stderr and returns the exit status: 2 when a tool is not installed (and installing was not asked
+    for), 1 when installing failed.
+    """
+    try:
+        ensure_tools(names, install=install, say=say)
+    except InstallError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, NotInstalled) else 1
+    return 0

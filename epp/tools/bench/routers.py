@@ -17,7 +17,8 @@ EPP and waits on its reply (the "before" of that change). Any `epp` spec takes `
 (`epp:recommended@2`; without it the daemon's default); with N > 1 its Envoy runs two worker threads
 and opens a connection to the EPP per 16 streams, so the streams spread over the workers.
 
-`start_router(spec, addresses, workdir)` starts one and waits until it answers; `processes` names its
+`start_router(spec, addresses, workdir)` starts one and waits until it answers (a rival router must be
+installed already, `epp bench install`, unless `install=True`: `--install-rivals`); `processes` names its
 processes by role (`epp` and `envoy`, `envoy`, or `router` for a rival); `stop()` stops what it
 started by PID (the rivals run in their own process group, which is signalled as a whole, so nothing is
 left behind). The rival routers get `offline_env()`: both their `--host` and `--prometheus-host` are
@@ -32,7 +33,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
@@ -54,6 +55,7 @@ __all__ = [
     "RunningRouter",
     "free_ports",
     "parse_router",
+    "rival_tools",
     "start_router",
 ]
 
@@ -315,6 +317,11 @@ def rival_argv(spec: RouterSpec, exe: Path, addresses: Sequence[str], port: int,
     return [str(exe), *common, "--log-level", "warning"]
 
 
+def rival_tools(specs: Iterable[RouterSpec]) -> list[str]:
+    """The tools (keys of `rivals.TOOLS`) the rival routers among `specs` run, each once."""
+    return list(dict.fromkeys(_RIVAL_TOOLS[s.kind] for s in specs if s.is_rival))
+
+
 async def start_router(
     spec: RouterSpec,
     addresses: Sequence[str],
@@ -327,50 +334,83 @@ async def start_router(
     children: Children | None = None,
     timeout: float = 60.0,
     attempts: int = 3,
+    install: bool = False,
 ) -> RunningRouter:
     """Start `spec` in front of `addresses` and wait until it serves; stops it again on failure.
 
     `epp_args` are extra daemon flags for `epp:` routers; `body_mode` / `observer` override the spec's
     Envoy config for them. `children` records every process as soon as it exists (for the last-resort
-    cleanup).
+    cleanup). A rival router that is not installed raises `rivals.NotInstalled` unless `install` (then
+    it is installed first).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "epp":
-        several = spec.workers is not None and spec.workers > 1
-        if spec.workers is not None:
-            epp_args = [*epp_args, "--workers", str(spec.workers)]
-        gateway = Gateway(
-            addresses,
-            config_file=spec.profile,
-            workdir=workdir,
-            epp_mode="subprocess",
-            extra_args=epp_args,
-            # several workers get work only over the connections Envoy opens: a thread per worker and
-            # a stream limit per connection spread the streams over several (docs/operations.md)
-            envoy_concurrency=2 if several else 1,
-            ext_proc_max_streams=16 if several else None,
-            secure_serving=spec.policy != "plaintext",  # TLS to Envoy as deployed, unless asked not to
-            body_mode=spec.body_mode if body_mode is None else body_mode,
-            observer=spec.observer if observer is None else observer,
-        )
-        try:
-            await gateway.start()
-        finally:
-            if children is not None:
-                children.add(gateway.pids)
-        return _EppRouter(spec, gateway)
+        return await _start_epp(spec, addresses, workdir, epp_args, body_mode, observer, children)
     if spec.kind == "envoy":
-        routing: Literal["round_robin", "least_request"] = (
-            "least_request" if spec.policy == "least_request" else "round_robin"
-        )
-        envoy = EnvoyProcess(EnvoyConfig(routing=routing, static_endpoints=list(addresses)), workdir)
-        try:
-            await envoy.start()
-        finally:
-            if children is not None and envoy.proc is not None:
-                children.add([envoy.proc.pid])
-        return _EnvoyRouter(spec, envoy)
-    exe = await asyncio.to_thread(ensure_tool, _RIVAL_TOOLS[spec.kind], say=say)
+        return await _start_envoy(spec, addresses, workdir, children)
+    exe = await asyncio.to_thread(ensure_tool, _RIVAL_TOOLS[spec.kind], install=install, say=say)
+    return await _start_rival(spec, exe, addresses, workdir, children, timeout, attempts)
+
+
+async def _start_epp(
+    spec: RouterSpec,
+    addresses: Sequence[str],
+    workdir: Path,
+    epp_args: Sequence[str],
+    body_mode: BodyMode | None,
+    observer: bool | None,
+    children: Children | None,
+) -> _EppRouter:
+    several = spec.workers is not None and spec.workers > 1
+    if spec.workers is not None:
+        epp_args = [*epp_args, "--workers", str(spec.workers)]
+    gateway = Gateway(
+        addresses,
+        config_file=spec.profile,
+        workdir=workdir,
+        epp_mode="subprocess",
+        extra_args=epp_args,
+        # several workers get work only over the connections Envoy opens: a thread per worker and
+        # a stream limit per connection spread the streams over several (docs/operations.md)
+        envoy_concurrency=2 if several else 1,
+        ext_proc_max_streams=16 if several else None,
+        secure_serving=spec.policy != "plaintext",  # TLS to Envoy as deployed, unless asked not to
+        body_mode=spec.body_mode if body_mode is None else body_mode,
+        observer=spec.observer if observer is None else observer,
+    )
+    try:
+        await gateway.start()
+    finally:
+        if children is not None:
+            children.add(gateway.pids)
+    return _EppRouter(spec, gateway)
+
+
+async def _start_envoy(
+    spec: RouterSpec, addresses: Sequence[str], workdir: Path, children: Children | None
+) -> _EnvoyRouter:
+    routing: Literal["round_robin", "least_request"] = (
+        "least_request" if spec.policy == "least_request" else "round_robin"
+    )
+    envoy = EnvoyProcess(EnvoyConfig(routing=routing, static_endpoints=list(addresses)), workdir)
+    try:
+        await envoy.start()
+    finally:
+        if children is not None and envoy.proc is not None:
+            children.add([envoy.proc.pid])
+    return _EnvoyRouter(spec, envoy)
+
+
+async def _start_rival(
+    spec: RouterSpec,
+    exe: Path,
+    addresses: Sequence[str],
+    workdir: Path,
+    children: Children | None,
+    timeout: float,
+    attempts: int,
+) -> RivalProcess:
+    """Launch the rival on free ports; a start that lost a port race ("in use" in its log) is retried."""
     last: Exception | None = None
     for attempt in range(attempts):
         port, metrics = free_ports(2)

@@ -20,7 +20,7 @@ def rivals_available() -> bool:
     """Install sglang-router and vllm-router (cached); False only when the package index is unreachable."""
     try:
         for name in ("sglang-router", "vllm-router"):
-            ensure_tool(name)
+            ensure_tool(name, install=True)
     except InstallError as exc:
         if exc.offline:
             return False
