@@ -6,9 +6,10 @@ empty spec string disables the signal. Among the series a spec matches, the one 
 wins; pages rarely carry timestamps, so usually the first one does (upstream's rule).
 
 An `EngineMapping` says where each scheduling signal lives on one engine's page; `BUILTIN_ENGINES` holds
-the four engines of `reference/protocol.md` §2.1. A signal may list several specs tried in order: the
-built-in vLLM mapping reads `vllm:kv_cache_usage_perc` and falls back to the older
-`vllm:gpu_cache_usage_perc`, so old and new vLLM servers both work.
+the four engines of upstream's model-server protocol: `vllm`, `sglang`, `trtllm-serve` and
+`triton-tensorrt-llm` (their metric names are tabled in docs/datalayer.md, "Engines and metric names").
+A signal may list several specs tried in order: the built-in vLLM mapping reads `vllm:kv_cache_usage_perc`
+and falls back to the older `vllm:gpu_cache_usage_perc`, so old and new vLLM servers both work.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Registry entries of the data-layer plugins: `metrics-data-source` and `core-metrics-extractor`.
 
-Parameter names, defaults and semantics are upstream's (see `reference/config-and-plugins.md` and
-`reference/protocol.md` §2.5-2.6). Unlike upstream, unknown parameter keys and bad metric specs are
-errors at load time, not silently ignored.
+Parameter names, defaults and semantics are upstream's (documented in docs/plugins/metrics-data-source.md,
+docs/plugins/core-metrics-extractor.md and docs/datalayer.md). Unlike upstream, unknown parameter keys and
+bad metric specs are errors at load time, not silently ignored.
 """
 
 from __future__ import annotations

