@@ -21,7 +21,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +31,7 @@ from epp.settings import parse_settings
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.proxy.envoy_config import BodyMode
 
-__all__ = ["EppMode", "EppProcess", "EppServer", "Gateway", "epp_flags"]
+__all__ = ["EppMode", "EppOptions", "EppProcess", "EppServer", "Gateway", "epp_flags"]
 
 EppMode = Literal["inprocess", "subprocess"]
 
@@ -61,25 +61,41 @@ def epp_flags(
     return args
 
 
-class EppServer:
+class EppOptions(TypedDict, total=False):
+    """How to run the daemon, the same for `EppServer` and `EppProcess` (the defaults as in `epp_flags`)."""
+
+    config_file: str | Path | None
+    config_text: str | None
+    secure_serving: bool
+    #: more daemon flags, after those of `epp_flags`
+    extra_args: Sequence[str]
+
+
+class _Epp:
+    """What `EppServer` and `EppProcess` share: the daemon's flags (`args`) and whether it serves TLS."""
+
+    def __init__(self, endpoints: Sequence[str], **options: Unpack[EppOptions]) -> None:
+        unknown = sorted(set(options) - EppOptions.__optional_keys__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}")
+        self.secure_serving = options.get("secure_serving", True)
+        flags = epp_flags(
+            endpoints,
+            config_file=options.get("config_file"),
+            config_text=options.get("config_text"),
+            secure_serving=self.secure_serving,
+        )
+        self.args = [*flags, *options.get("extra_args", ())]
+
+
+class EppServer(_Epp):
     """One in-process EPP. Envoy reaches it on `127.0.0.1:grpc_port`."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        *,
-        config_file: str | Path | None = None,
-        config_text: str | None = None,
-        secure_serving: bool = True,
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        args = epp_flags(
-            endpoints, config_file=config_file, config_text=config_text, secure_serving=secure_serving
-        )
-        settings = parse_settings([*args, *extra_args], environ={})
+    def __init__(self, endpoints: Sequence[str], **options: Unpack[EppOptions]) -> None:
+        super().__init__(endpoints, **options)
+        settings = parse_settings(self.args, environ={})
         # The flags reject port 0; free ports are what a fleet of test gateways needs.
         self.settings = settings.model_copy(update={"grpc_port": 0, "grpc_health_port": 0, "metrics_port": 0})
-        self.secure_serving = secure_serving
         self.app: App | None = None
 
     @property
@@ -140,27 +156,18 @@ class _PortTaken(Exception):
     pass
 
 
-class EppProcess:
+class EppProcess(_Epp):
     """The EPP as its own process (`python -m epp`), stopped by its PID. Same surface as `EppServer`."""
 
     def __init__(
         self,
         endpoints: Sequence[str],
         *,
-        config_file: str | Path | None = None,
-        config_text: str | None = None,
-        secure_serving: bool = True,
-        extra_args: Sequence[str] = (),
         python: str = sys.executable,
         log_path: str | Path | None = None,
+        **options: Unpack[EppOptions],
     ) -> None:
-        self.args = [
-            *epp_flags(
-                endpoints, config_file=config_file, config_text=config_text, secure_serving=secure_serving
-            ),
-            *extra_args,
-        ]
-        self.secure_serving = secure_serving
+        super().__init__(endpoints, **options)
         self.python = python
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="epp-")) / "epp.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -297,25 +304,18 @@ class Gateway:
         envoy_concurrency: int = 1,
         ext_proc_max_streams: int | None = None,
     ) -> None:
+        options: EppOptions = {
+            "config_file": config_file,
+            "config_text": config_text,
+            "secure_serving": secure_serving,
+            "extra_args": extra_args,
+        }
         self.epp: EppServer | EppProcess
         if epp_mode == "subprocess":
             log_path = Path(workdir) / "epp.log" if workdir is not None else None
-            self.epp = EppProcess(
-                endpoints,
-                config_file=config_file,
-                config_text=config_text,
-                secure_serving=secure_serving,
-                extra_args=extra_args,
-                log_path=log_path,
-            )
+            self.epp = EppProcess(endpoints, log_path=log_path, **options)
         elif epp_mode == "inprocess":
-            self.epp = EppServer(
-                endpoints,
-                config_file=config_file,
-                config_text=config_text,
-                secure_serving=secure_serving,
-                extra_args=extra_args,
-            )
+            self.epp = EppServer(endpoints, **options)
         else:
             raise ValueError(f"epp_mode must be 'inprocess' or 'subprocess', got {epp_mode!r}")
         self.workdir = workdir
