@@ -245,7 +245,7 @@ class App:
             data_source=data_layer.data_source,
             extractor=data_layer.extractor,
             interval=s.refresh_metrics_interval,
-            on_error=lambda key: self.metrics.scrape_errors.labels(key).inc(),
+            on_error=lambda key: self.metrics.scrape.errors.labels(key).inc(),
         )
         await self._scraper.start()
         self._spawn(self._watch_readiness(), "readiness")

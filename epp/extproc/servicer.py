@@ -181,7 +181,7 @@ class ExtProcServicer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
             self.registry.unregister(ctx)
             self.director.finish(ctx)
         elif request.orphan_error:
-            self.director.metrics.record_error("", "", request.orphan_error)
+            self.director.meter.error("", "", request.orphan_error)
 
     @staticmethod
     def _reject(request: RequestSide, err: RequestError | None) -> m.ProcessingResponse:

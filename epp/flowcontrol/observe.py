@@ -59,7 +59,7 @@ class NullFlowObserver:
 
 
 class PrometheusFlowObserver:
-    """Records flow control into an `EppMetrics` (the `fc_*` families)."""
+    """Records flow control into an `EppMetrics` (its `flow_control` families)."""
 
     def __init__(
         self,
@@ -88,8 +88,8 @@ class PrometheusFlowObserver:
         state[0] += sign
         state[1] += sign * item.size_bytes
         state[2] = now
-        self.metrics.fc_queue_size.labels(*labels).set(state[0])
-        self.metrics.fc_queue_bytes.labels(*labels).set(state[1])
+        self.metrics.flow_control.queue_size.labels(*labels).set(state[0])
+        self.metrics.flow_control.queue_bytes.labels(*labels).set(state[1])
         if now >= self._next_gc:
             self._gc(now)
 
@@ -98,8 +98,8 @@ class PrometheusFlowObserver:
         for labels, (count, _size, last) in list(self._series.items()):
             if count == 0 and now - last >= self.series_idle_gc:
                 del self._series[labels]
-                self.metrics.fc_queue_size.remove(*labels)
-                self.metrics.fc_queue_bytes.remove(*labels)
+                self.metrics.flow_control.queue_size.remove(*labels)
+                self.metrics.flow_control.queue_bytes.remove(*labels)
 
     def enqueued(self, item: QueueItem) -> None:
         self._move(item, +1)
@@ -110,7 +110,7 @@ class PrometheusFlowObserver:
     def finished(self, item: QueueItem, enqueue_seconds: float) -> None:
         r = item.request
         outcome = (item.outcome or Outcome.REJECTED_OTHER).value
-        self.metrics.fc_queue_duration.labels(
+        self.metrics.flow_control.queue_duration.labels(
             item.key.fairness_id,
             str(item.key.priority),
             outcome,
@@ -118,12 +118,12 @@ class PrometheusFlowObserver:
             r.model,
             r.target_model,
         ).observe(item.waited)
-        self.metrics.fc_enqueue_duration.labels(
+        self.metrics.flow_control.enqueue_duration.labels(
             item.key.fairness_id, str(item.key.priority), outcome
         ).observe(enqueue_seconds)
 
     def pool_saturation(self, value: float) -> None:
-        self.metrics.fc_pool_saturation.labels(self.metrics.pool_name).set(value)
+        self.metrics.flow_control.pool_saturation.labels(self.metrics.pool_name).set(value)
 
     def dispatch_cycle(self, seconds: float) -> None:
-        self.metrics.fc_dispatch_cycle.observe(seconds)
+        self.metrics.flow_control.dispatch_cycle.observe(seconds)

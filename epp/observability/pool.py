@@ -1,4 +1,4 @@
-"""The pool gauges' refresh loop (upstream's metrics logger) and the per-endpoint series at scrape time.
+"""The pool gauges: their recording, the refresh loop (upstream's metrics logger), the per-endpoint series.
 
 - `inference_pool_*` averages and `ready_pods` are recomputed every `--refresh-prometheus-metrics-interval`
   (default 5 s), and once at once when asked (`refresh_now`, e.g. when the endpoints were first scraped,
@@ -22,7 +22,7 @@ from epp.datalayer.datastore import Datastore
 from epp.framework.types import Endpoint
 from epp.observability.metrics import EppMetrics
 
-__all__ = ["PoolMetricsRefresher", "describe_endpoints"]
+__all__ = ["PoolGauges", "PoolMetricsRefresher", "describe_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,53 @@ def describe_endpoints(endpoints: Sequence[Endpoint], now: float, staleness: flo
     return ", ".join(parts) if parts else "(none)"
 
 
+class PoolGauges:
+    """Records the pool families of one `EppMetrics`: averages, ready pods, per-endpoint series."""
+
+    def __init__(self, metrics: EppMetrics) -> None:
+        self.name = metrics.pool_name
+        self.pool = metrics.pool
+        self.scrape = metrics.scrape
+        self._averages_set = False
+
+    def update_averages(self, endpoints: Sequence[Endpoint], now: float, staleness: float) -> None:
+        """Recompute the pool averages from endpoints with fresh metrics (upstream's refresh loop).
+
+        `ready_pods` counts fresh endpoints. With none fresh the averages keep their last values, as
+        upstream: a dead scrape must not read as an idle pool to an autoscaler (they start at 0).
+        """
+        fresh = [e for e in endpoints if e.metrics.age(now) <= staleness]
+        name = self.name
+        n = len(fresh)
+        self.pool.ready_pods.labels(name).set(n)
+        if n == 0 and self._averages_set:
+            return
+        self._averages_set = n > 0
+        self.pool.avg_kv_cache.labels(name).set(
+            sum(e.metrics.kv_cache_usage for e in fresh) / n if n else 0.0
+        )
+        self.pool.avg_queue.labels(name).set(
+            sum(e.metrics.waiting_queue_size for e in fresh) / n if n else 0.0
+        )
+        self.pool.avg_running.labels(name).set(
+            sum(e.metrics.running_requests_size for e in fresh) / n if n else 0.0
+        )
+
+    def update_endpoint_series(self, endpoints: Sequence[Endpoint], now: float) -> None:
+        """One `per_pod_queue_size` (and metrics-age) series per endpoint, exactly the current ones.
+
+        Upstream computes the per-pod series at scrape time (a custom collector); the app calls this
+        before every scrape, so departed endpoints vanish and new ones appear at once.
+        """
+        name = self.name
+        self.pool.per_pod_queue.clear()
+        self.scrape.metrics_age.clear()
+        for e in endpoints:
+            self.pool.per_pod_queue.labels(name, e.key).set(e.metrics.waiting_queue_size)
+            age = e.metrics.age(now)
+            self.scrape.metrics_age.labels(e.key).set(age if age != float("inf") else -1.0)
+
+
 class PoolMetricsRefresher:
     def __init__(
         self,
@@ -56,6 +103,7 @@ class PoolMetricsRefresher:
         debug_interval: float = 5.0,
     ) -> None:
         self.metrics = metrics
+        self.gauges = PoolGauges(metrics)
         self.datastore = datastore
         self.plugins = plugins
         self.interval = interval
@@ -74,13 +122,13 @@ class PoolMetricsRefresher:
     def before_scrape(self) -> None:
         """Bring the per-endpoint series up to date (called by the /metrics handler)."""
         ds = self.datastore
-        self.metrics.update_endpoint_series(ds.snapshot(), ds.clock())
+        self.gauges.update_endpoint_series(ds.snapshot(), ds.clock())
 
     def refresh_pool(self) -> None:
         ds = self.datastore
         endpoints = ds.snapshot()
         now = ds.clock()
-        self.metrics.update_pool_averages(endpoints, now, self.staleness)
+        self.gauges.update_averages(endpoints, now, self.staleness)
         self.refreshes += 1
         if log.isEnabledFor(logging.DEBUG) and now - self._last_debug >= self.debug_interval:
             self._last_debug = now
@@ -97,7 +145,7 @@ class PoolMetricsRefresher:
             index_size = getattr(plugin, "index_size", None)
             if callable(index_size):
                 size += int(index_size())
-        self.metrics.set_prefix_indexer_size(size)
+        self.metrics.scheduler.prefix_indexer_size.set(size)
 
     def _guarded(self, refresh: Callable[[], None]) -> None:
         """Run one refresh; a failure is logged (once until it succeeds again), never the loop's end."""

@@ -1,9 +1,10 @@
-"""The per-request metrics of `EppMetrics`, with their labelled children cached.
+"""The request path's recording: `inference_objective_*`, scheduling attempts and model rewrites.
 
-prometheus_client's `.labels(...)` validates and locks on every call (~2 µs); a request records about ten
-labelled samples, so the children are looked up once per (model, target model) and reused. Label values
-come from clients (model names), so the caches are bounded: past `MAX_ENTRIES` they are simply cleared.
-Semantics and names stay those of `EppMetrics` (upstream's).
+The families are declared in `epp.observability.families` (`EppMetrics.requests`, `.scheduler`); this
+is where a request's samples are recorded. prometheus_client's `.labels(...)` validates and locks on
+every call (~2 µs); a request records about ten labelled samples, so the children are looked up once per
+(model, target model) and reused. Label values come from clients (model names), so the caches are
+bounded: past `MAX_ENTRIES` they are simply cleared. Semantics and names are upstream's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from epp.framework.types import Endpoint
+from epp.observability.families import RequestFamilies
 from epp.observability.metrics import EppMetrics
 
 __all__ = ["RequestMeter"]
@@ -21,22 +23,23 @@ MAX_ENTRIES = 4096
 class _ModelSeries:
     __slots__ = ("cached", "duration", "input", "ntpot", "output", "request_sizes", "response_sizes", "ttft")
 
-    def __init__(self, m: EppMetrics, model: str, target: str) -> None:
-        self.request_sizes = m.request_sizes.labels(model, target)
-        self.duration = m.request_duration.labels(model, target)
-        self.ttft = m.request_ttft.labels(model, target)
-        self.response_sizes = m.response_sizes.labels(model, target)
-        self.input = m.input_tokens.labels(model, target)
-        self.cached = m.prompt_cached_tokens.labels(model, target)
-        self.output = m.output_tokens.labels(model, target)
-        self.ntpot = m.ntpot.labels(model, target)
+    def __init__(self, f: RequestFamilies, model: str, target: str) -> None:
+        self.request_sizes = f.request_sizes.labels(model, target)
+        self.duration = f.duration.labels(model, target)
+        self.ttft = f.ttft.labels(model, target)
+        self.response_sizes = f.response_sizes.labels(model, target)
+        self.input = f.input_tokens.labels(model, target)
+        self.cached = f.prompt_cached_tokens.labels(model, target)
+        self.output = f.output_tokens.labels(model, target)
+        self.ntpot = f.ntpot.labels(model, target)
 
 
 class RequestMeter:
     """What the director records per request (requests, sizes, running, attempts, response usage)."""
 
     def __init__(self, metrics: EppMetrics) -> None:
-        self.metrics = metrics
+        self._requests = metrics.requests
+        self._attempt_family = metrics.scheduler.attempts
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._totals: dict[tuple[str, str, int], Any] = {}
         self._running: dict[str, Any] = {}
@@ -48,7 +51,7 @@ class RequestMeter:
         if series is None:
             if len(self._series) >= MAX_ENTRIES:
                 self._series.clear()
-            series = self._series[key] = _ModelSeries(self.metrics, model, target)
+            series = self._series[key] = _ModelSeries(self._requests, model, target)
         return series
 
     def request(self, model: str, target: str, priority: int, size_bytes: int) -> None:
@@ -58,7 +61,7 @@ class RequestMeter:
         if total is None:
             if len(self._totals) >= MAX_ENTRIES:
                 self._totals.clear()
-            total = self._totals[key] = self.metrics.request_total.labels(model, target, str(priority))
+            total = self._totals[key] = self._requests.total.labels(model, target, str(priority))
         total.inc()
         self._model(model, target).request_sizes.observe(size_bytes)
 
@@ -67,7 +70,7 @@ class RequestMeter:
         if child is None:
             if len(self._running) >= MAX_ENTRIES:
                 self._running.clear()
-            child = self._running[model] = self.metrics.running_requests.labels(model)
+            child = self._running[model] = self._requests.running.labels(model)
         return child
 
     def running_inc(self, model: str) -> None:
@@ -83,19 +86,22 @@ class RequestMeter:
         if child is None:
             if len(self._attempts) >= MAX_ENTRIES:
                 self._attempts.clear()
-            child = self._attempts[key] = self.metrics.scheduler_attempts.labels(
+            child = self._attempts[key] = self._attempt_family.labels(
                 "success", target, key[1], endpoint.namespace, str(endpoint.port)
             )
         child.inc()
 
     def schedule_failed(self, target: str) -> None:
-        self.metrics.record_scheduler_attempt(False, target, None)
+        """A failed scheduling attempt: no endpoint, so empty endpoint labels."""
+        self._attempt_family.labels("failure", target, "", "", "").inc()
 
     def error(self, model: str, target: str, code: str) -> None:
-        self.metrics.record_error(model, target, code)
+        """A request failed with `code` (counted once, when its stream ends)."""
+        if code:  # upstream records nothing for an empty code
+            self._requests.errors.labels(model, target, code).inc()
 
     def model_rewrite(self, rule: str, model: str, target: str) -> None:
-        self.metrics.record_model_rewrite(rule, model, target)
+        self._requests.model_rewrites.labels(rule, model, target).inc()
 
     def completed(self, model: str, target: str, *, duration: float, ttft: float = 0.0) -> None:
         """A response completed: its duration, and its TTFT when known (> 0: a first body chunk was seen)."""

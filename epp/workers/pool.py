@@ -201,7 +201,7 @@ class WorkerPool:
             self._lost(slot)
             if self._stop.is_set():
                 return
-            self.metrics.worker_restarts.inc()
+            self.metrics.workers.restarts.inc()
             lived = time.monotonic() - slot.started_at
             delay = 0.0 if lived > _STABLE_AFTER else backoff
             backoff = _BACKOFF_MIN if lived > _STABLE_AFTER else min(backoff * 2, _BACKOFF_MAX)
@@ -357,10 +357,11 @@ class WorkerPool:
 
     def _gauge(self) -> None:
         ready = sum(s.ready for s in self.slots)
-        self.metrics.workers_ready.labels("ready").set(ready)
-        self.metrics.workers_ready.labels("starting").set(self.count - ready)
+        self.metrics.workers.processes.labels("ready").set(ready)
+        self.metrics.workers.processes.labels("starting").set(self.count - ready)
         spare = self._spare
-        self.metrics.workers_ready.labels("spare").set(int(spare is not None and spare.identity is not None))
+        spare_waiting = int(spare is not None and spare.identity is not None)
+        self.metrics.workers.processes.labels("spare").set(spare_waiting)
 
     async def _collect_every(self, interval: float) -> None:
         """Between scrapes too, so a worker that dies takes at most `interval` of its counts with it."""

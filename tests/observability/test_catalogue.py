@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.observability.metrics import EppMetrics
@@ -233,8 +232,7 @@ OURS = {
 
 def _families(metrics: EppMetrics) -> dict[str, object]:
     """The text exposition after one sample per metric (labels filled with 'x'), parsed back."""
-    collectors = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
-    for collector in collectors:
+    for collector in metrics.collectors():
         labelnames = collector._labelnames
         child = collector.labels(*["x"] * len(labelnames)) if labelnames else collector
         if hasattr(child, "observe"):

@@ -9,6 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.framework.types import Endpoint, EndpointMetrics, TypedName
 from epp.observability.http import MetricsHttpServer
 from epp.observability.metrics import EppMetrics
+from epp.observability.pool import PoolGauges
+from epp.requestcontrol.meter import RequestMeter
 
 
 async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -18,7 +20,7 @@ async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, st
 
 async def test_metrics_served_in_prometheus_text_with_upstream_names() -> None:
     metrics = EppMetrics(CollectorRegistry(), pool_name="pool-a")
-    metrics.record_request("m", "m-target", 0, 1234)
+    RequestMeter(metrics).request("m", "m-target", 0, 1234)
     metrics.plugin_duration("Scorer", TypedName("queue-scorer", "queue"), 0.0002)
     eps = [
         Endpoint(
@@ -35,12 +37,14 @@ async def test_metrics_served_in_prometheus_text_with_upstream_names() -> None:
         ),
     ]
     refreshed = []
-    server = MetricsHttpServer(
-        metrics.registry,
-        host="127.0.0.1",
-        port=0,
-        before_scrape=lambda: (refreshed.append(1), metrics.update_pool_gauges(eps, 10.5, 2.0)),
-    )
+    gauges = PoolGauges(metrics)
+
+    def before_scrape() -> None:
+        refreshed.append(1)
+        gauges.update_averages(eps, 10.5, 2.0)
+        gauges.update_endpoint_series(eps, 10.5)
+
+    server = MetricsHttpServer(metrics.registry, host="127.0.0.1", port=0, before_scrape=before_scrape)
     port = await server.start()
     try:
         status, text = await _get(f"http://127.0.0.1:{port}/metrics")
@@ -77,7 +81,7 @@ async def test_stale_endpoints_are_not_ready_pods() -> None:
         Endpoint("stale", "127.0.0.1", 2, metrics=EndpointMetrics(kv_cache_usage=1.0, update_time=90.0)),
         Endpoint("never", "127.0.0.1", 3),
     ]
-    metrics.update_pool_gauges(eps, now=101.0, staleness=2.0)
+    PoolGauges(metrics).update_averages(eps, now=101.0, staleness=2.0)
     reg = metrics.registry
     assert reg.get_sample_value("inference_pool_ready_pods", {"name": "p"}) == 1.0
     assert reg.get_sample_value("inference_pool_average_kv_cache_utilization", {"name": "p"}) == 0.4

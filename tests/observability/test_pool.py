@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from epp.datalayer.datastore import Datastore
 from epp.framework.types import Endpoint, EndpointMetrics
 from epp.observability.metrics import EppMetrics
-from epp.observability.pool import PoolMetricsRefresher, describe_endpoints
+from epp.observability.pool import PoolGauges, PoolMetricsRefresher, describe_endpoints
 from tests.helpers import until
 
 
@@ -32,32 +32,34 @@ def _value(m: EppMetrics, metric: str, /, **labels: str) -> float | None:
 
 def test_averages_over_fresh_endpoints_and_kept_when_none_is_fresh() -> None:
     m = EppMetrics(CollectorRegistry(), pool_name="p")
+    gauges = PoolGauges(m)
     eps = [_ep("a", 4, 0.2, 2, at=100.0), _ep("b", 2, 0.6, 4, at=100.0), _ep("stale", 90, 1.0, 9, at=50.0)]
-    m.update_pool_averages(eps, now=101.0, staleness=2.0)
+    gauges.update_averages(eps, now=101.0, staleness=2.0)
     assert _value(m, "inference_pool_ready_pods", name="p") == 2
     assert _value(m, "inference_pool_average_queue_size", name="p") == 3
     assert _value(m, "inference_pool_average_running_requests", name="p") == 3
     assert abs(_value(m, "inference_pool_average_kv_cache_utilization", name="p") - 0.4) < 1e-9
     # every endpoint goes stale: ready pods 0, averages keep their last values (upstream)
-    m.update_pool_averages(eps, now=200.0, staleness=2.0)
+    gauges.update_averages(eps, now=200.0, staleness=2.0)
     assert _value(m, "inference_pool_ready_pods", name="p") == 0
     assert _value(m, "inference_pool_average_queue_size", name="p") == 3
 
 
 def test_averages_start_at_zero_before_any_fresh_endpoint() -> None:
     m = EppMetrics(CollectorRegistry(), pool_name="p")
-    m.update_pool_averages([_ep("never")], now=5.0, staleness=2.0)
+    PoolGauges(m).update_averages([_ep("never")], now=5.0, staleness=2.0)
     assert _value(m, "inference_pool_average_kv_cache_utilization", name="p") == 0
     assert _value(m, "inference_pool_ready_pods", name="p") == 0
 
 
 def test_endpoint_series_follow_membership() -> None:
     m = EppMetrics(CollectorRegistry(), pool_name="p")
-    m.update_endpoint_series([_ep("a-rank-0", 3, at=9.0), _ep("b-rank-0", 1)], now=10.0)
+    gauges = PoolGauges(m)
+    gauges.update_endpoint_series([_ep("a-rank-0", 3, at=9.0), _ep("b-rank-0", 1)], now=10.0)
     assert _value(m, "inference_pool_per_pod_queue_size", name="p", model_server_pod="a-rank-0") == 3
     assert _value(m, "epp_endpoint_metrics_age_seconds", endpoint="a-rank-0") == 1.0
     assert _value(m, "epp_endpoint_metrics_age_seconds", endpoint="b-rank-0") == -1.0  # never scraped
-    m.update_endpoint_series([_ep("b-rank-0", 5)], now=11.0)
+    gauges.update_endpoint_series([_ep("b-rank-0", 5)], now=11.0)
     assert _value(m, "inference_pool_per_pod_queue_size", name="p", model_server_pod="a-rank-0") is None
     assert _value(m, "inference_pool_per_pod_queue_size", name="p", model_server_pod="b-rank-0") == 5
 

@@ -23,6 +23,7 @@ from epp.observability.metrics import WORKER_MAX_GAUGES, WORKER_METRICS, EppMetr
 from epp.plugins.producers.approx_prefix import ApproxPrefixCacheProducer
 from epp.plugins.producers.inflight_load import InFlightLoadProducer
 from epp.plugins.producers.prefill_ledger import EndpointLoad, PrefillLedger
+from epp.requestcontrol.meter import RequestMeter
 from epp.workers.codec import (
     decode_endpoint,
     decode_rules,
@@ -79,11 +80,12 @@ def test_cgroup_quota_bounds_the_cpus(tmp_path: Path) -> None:
 
 def _worker_families(requests: int, running: int, index_size: int) -> list:
     m = EppMetrics(CollectorRegistry())
+    meter = RequestMeter(m)
     for _ in range(requests):
-        m.record_request("m", "m", 0, 100)
-        m.request_duration.labels("m", "m").observe(0.3)
-    m.running_requests.labels("m").set(running)
-    m.prefix_indexer_size.set(index_size)
+        meter.request("m", "m", 0, 100)
+        m.requests.duration.labels("m", "m").observe(0.3)
+    m.requests.running.labels("m").set(running)
+    m.scheduler.prefix_indexer_size.set(index_size)
     names = m.family_names(WORKER_METRICS)
     return pickle.loads(pickle.dumps([f for f in m.registry.collect() if f.name in names]))
 
@@ -99,8 +101,8 @@ def _exposed(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
 
 def test_worker_metrics_add_up_keep_the_largest_index_and_survive_a_dead_worker() -> None:
     pod = EppMetrics(CollectorRegistry())
-    pod.config_generation.set(7)
-    pod.prefix_indexer_size.set(999)  # the pod process's own (unused) copy must not show
+    pod.config.generation.set(7)
+    pod.scheduler.prefix_indexer_size.set(999)  # the pod process's own (unused) copy must not show
     workers = WorkerMetrics(max_gauges=pod.family_names(WORKER_MAX_GAUGES))
     exposition = CollectorRegistry(auto_describe=False)
     exposition.register(ExcludingCollector(pod.registry, pod.family_names(WORKER_METRICS)))
