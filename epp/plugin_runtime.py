@@ -2,7 +2,16 @@
 
 - `BackgroundTask` plugins: their loop starts when the pipeline holding them goes live and is cancelled
   when a reload drops them (awaited on stop); a loop that dies or returns is logged.
+- `KVEventConsumer` plugins (`epp.datalayer.kvevents`, e.g. `precise-prefix-cache-producer`): the data
+  layer's KV-event source for the subscription each declares is started (`KVEventSources.acquire`) when
+  its pipeline goes live, and the plugin is handed the source's index to read; when a reload drops the
+  plugin it is detached and the source released, stopped once no live plugin declares its subscription.
+  A swap acquires for the new pipeline before releasing the old one's, so a subscription both keep goes
+  on without a gap (same sockets, same index) even when the plugin itself was rebuilt.
 - `EndpointObserver` plugins: told the endpoint keys at every membership change and at every swap.
+
+Each decision process (the daemon, or each worker of `--workers N`) has its own runtime, and so its own
+KV-event subscriptions.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ import asyncio
 import logging
 
 from epp.datalayer.datastore import Datastore
+from epp.datalayer.kvevents.source import KVEventSources
+from epp.datalayer.kvevents.subscription import KVEventConsumer, KVEventSubscription
 from epp.framework.plugins import BackgroundTask, EndpointObserver
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
 
@@ -31,13 +42,16 @@ class PluginRuntime:
         self.holder = holder
         self.datastore = datastore
         self.log_membership = log_membership
+        self.kv_events = KVEventSources(datastore)
         self._members: frozenset[str] = frozenset()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()  # of plugins a reload dropped
+        self._consumers: dict[int, tuple[KVEventConsumer, KVEventSubscription]] = {}
 
     def start(self) -> None:
         self.holder.subscribe(self._on_swap)
         self.datastore.subscribe_membership(self._on_membership)
+        self._attach_kv_events(self.holder.current)
         self._start_tasks(self.holder.current)
 
     def tell_membership(self) -> None:
@@ -49,6 +63,7 @@ class PluginRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.kv_events.stop()
 
     def _on_membership(self, keys: frozenset[str]) -> None:
         added, removed = keys - self._members, self._members - keys
@@ -69,13 +84,27 @@ class PluginRuntime:
         for plugin in new.plugins.values():
             if isinstance(plugin, EndpointObserver):
                 plugin.endpoints_changed(keys)
+        self._attach_kv_events(new)  # before the release below: a subscription both keep goes on
         live = {id(p) for p in new.plugins.values()}
+        for pid in [pid for pid in self._consumers if pid not in live]:
+            plugin, subscription = self._consumers.pop(pid)
+            plugin.attach_kv_events(None)
+            self.kv_events.release(subscription, plugin)
         for pid in [pid for pid in self._tasks if pid not in live]:
             retired = self._tasks.pop(pid)
             retired.cancel()
             self._retired.add(retired)  # awaited by stop() if it has not finished by then
             retired.add_done_callback(self._retired.discard)
         self._start_tasks(new)
+
+    def _attach_kv_events(self, pipeline: Pipeline) -> None:
+        for plugin in pipeline.plugins.values():
+            if isinstance(plugin, KVEventConsumer) and id(plugin) not in self._consumers:
+                subscription = plugin.kv_event_subscription()
+                if subscription is None:
+                    continue
+                plugin.attach_kv_events(self.kv_events.acquire(subscription, plugin))
+                self._consumers[id(plugin)] = (plugin, subscription)
 
     def _start_tasks(self, pipeline: Pipeline) -> None:
         for name, plugin in pipeline.plugins.items():

@@ -3,7 +3,7 @@
 Per request (`prepare_data`, no I/O): the prompt's token ids (see `tokens.py`) are cut into
 chained block keys at each candidate's block size, and matched
 - for endpoints with a *live* event feed, against the precise index (what the engine reported it holds,
-  plus unexpired speculative entries), counting the leading blocks held without a gap;
+  plus unexpired speculative entries, `speculation.py`), counting the leading blocks held without a gap;
 - for the others, against an approximate index of this EPP's own routing history, keyed the same way
   (exactly what `approx-prefix-cache-producer` does, but over token keys).
 The result is written as `PrefixCacheMatchInfo` (so `prefix-cache-scorer`, `prefix-cache-affinity-filter`,
@@ -15,35 +15,33 @@ matched against the history only.
 Once a target is picked (`pre_request`) its keys are added to the history, and for a live endpoint as
 speculative entries (`speculativeTtlSeconds`) that the engine's `BlockStored` later confirms.
 
-Live = the endpoint's subscription has delivered at least one batch and its events agree with our keys. The
-agreement check guards against a tokenizer mismatch (e.g. `char4` in front of a real BPE engine, whose
-events would never match): for each routed request that should make the engine store a new block, the
-deepest such key is expected in a `BlockStored` within the TTL. When, over at least 8 recent expectations,
-fewer than a quarter were confirmed, the endpoint falls back to the history index (logged once).
+Live = the endpoint's event feed has delivered at least one batch and its events agree with our keys
+(`agreement.py`: the guard against a tokenizer mismatch, which falls the endpoint back to the history).
 
-The background task (`run`) subscribes to each endpoint's ZMQ publisher (address from the parameters, or
-discovered with `GET /kv_event_sources`) and applies events; endpoints are learnt from the candidates seen
-and from pool membership (static `ip:port` keys). Several EPP replicas subscribed to the same publishers
-build the same index, so they agree on cache state without talking to each other.
+The events themselves are the data layer's: this plugin declares the subscription its parameters describe
+(`kv_event_subscription`: addresses, template, discovery, topic, resync, cap) and the plugin runtime starts
+the `epp.datalayer.kvevents` source for it when the pipeline goes live and hands over the source's
+`PreciseIndex` (`attach_kv_events`); the subscriptions, discovery, decoding and applying happen there, in
+background loops. Here the index is only read, plus told (a listener, called after each applied batch)
+the keys each `BlockStored` carried, which settle expectations and speculative entries. Until attached
+(or with nowhere to subscribe) the producer reads an index of its own that nothing feeds, so every
+endpoint is matched against the history (tests and the quality probe feed that index directly).
+Several EPP replicas subscribed to the same publishers build the same index, so they agree on cache state
+without talking to each other.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from epp.datalayer.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.subscription import KVEventSubscription
 from epp.framework.cycle import CycleState, StateKey
 from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
-from epp.plugins.common import split_host_port
 from epp.plugins.datakeys import (
     PREFIX_CACHE_MATCH_INFO,
     PREFIX_CACHE_MATCH_INFO_KEY,
@@ -51,11 +49,8 @@ from epp.plugins.datakeys import (
     PrefixGroup,
 )
 from epp.plugins.kvevents.agreement import AgreementGuard
-from epp.plugins.kvevents.index import PreciseIndex
 from epp.plugins.kvevents.params import PrecisePrefixParams
-from epp.plugins.kvevents.sources import parse_discovery, resolve_address
 from epp.plugins.kvevents.speculation import SpeculativeEntries
-from epp.plugins.kvevents.subscriber import KVEventSubscriber, sleep_or_wake
 from epp.plugins.kvevents.tokens import BASE_SEED, Char4BlockKeys, block_keys, lora_seed, render_llama3_chat
 from epp.plugins.prefix.hashing import AVERAGE_CHARS_PER_TOKEN, block_hashes, seed_hash
 from epp.plugins.prefix.index import PrefixIndex
@@ -68,8 +63,6 @@ __all__ = [
     "PrecisePrefixCacheProducer",
 ]
 
-log = logging.getLogger(__name__)
-
 TYPE_NAME = "precise-prefix-cache-producer"
 #: Data-key name of the match written by this producer (also written as `PrefixCacheMatchInfo`).
 PRECISE_PREFIX_CACHE_MATCH_INFO = "PrecisePrefixCacheMatchInfo"
@@ -80,8 +73,6 @@ PRECISE_PREFIX_CACHE_MATCH_INFO_KEY: StateKey[PrefixCacheMatchInfo] = StateKey(
 #: An expectation is settled at the latest this long after routing, or this long after the response ended.
 _EXPECTATION_HORIZON = 120.0
 _COMPLETION_GRACE = 2.0
-#: Seconds between discovery attempts for one endpoint.
-_DISCOVERY_RETRY = 10.0
 
 
 @dataclass(slots=True)
@@ -97,7 +88,8 @@ class _Request:
 
 
 class PrecisePrefixCacheProducer:
-    """DataProducer + PreRequest + EndpointObserver + BackgroundTask over a `PreciseIndex`."""
+    """DataProducer + PreRequest + ResponseComplete + EndpointObserver + KVEventConsumer, reading a
+    `PreciseIndex` the data layer's KV-event source feeds."""
 
     def __init__(
         self,
@@ -109,24 +101,44 @@ class PrecisePrefixCacheProducer:
         self.typed_name = typed_name
         self.params = params or PrecisePrefixParams()
         self._clock = clock
-        self.index = PreciseIndex(max_blocks_per_endpoint=self.params.maxBlocksPerEndpoint)
+        #: what the engines reported they hold (read only); see `attach_kv_events`
+        self.index = self._own_index()
         self.index.add_stored_listener(self._stored)
         self.history = PrefixIndex()
         self.speculative = SpeculativeEntries()
         self.agreement = AgreementGuard()
         self._char4 = Char4BlockKeys()
-        self.subscriber = KVEventSubscriber(self.index, topic_filter=self.params.topicFilter)
-        self._lock = threading.Lock()
-        self._known: dict[str, Endpoint] = {}
-        self._seen: Sequence[Endpoint] = ()
-        # set when endpoints or addresses appear, so subscriptions start at once rather than at the next
-        # resync (events published before a subscription connects are lost to the index)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._discover_wake = asyncio.Event()
-        self._subscribe_wake = asyncio.Event()
-        self._discovered: dict[str, str] = {}
-        self._discovery_due: dict[str, float] = {}
         self._state_key: StateKey[_Request] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+
+    # ---- the event index ---------------------------------------------------------------------------
+
+    def kv_event_subscription(self) -> KVEventSubscription | None:
+        """What the data layer must subscribe to for this producer (None: its parameters give no way to
+        find a publisher, so no source is started)."""
+        p = self.params
+        subscription = KVEventSubscription(
+            addresses=tuple(sorted(p.kvEventsAddresses.items())),
+            template=p.kvEventsAddress,
+            port_offset=p.kvEventsPortOffset,
+            discover=p.discoverKvEventSources,
+            topic_filter=p.topicFilter,
+            resync_seconds=p.resyncSeconds,
+            max_blocks_per_endpoint=p.maxBlocksPerEndpoint,
+        )
+        return subscription if subscription.finds_publishers else None
+
+    def attach_kv_events(self, index: PreciseIndex | None) -> None:
+        """Read `index` from now on (None: an index of its own again, which nothing feeds)."""
+        new = index if index is not None else self._own_index()
+        old = self.index
+        if new is old:
+            return
+        new.add_stored_listener(self._stored)
+        self.index = new
+        old.remove_stored_listener(self._stored)
+
+    def _own_index(self) -> PreciseIndex:
+        return PreciseIndex(max_blocks_per_endpoint=self.params.maxBlocksPerEndpoint)
 
     # ---- which endpoints are precise ---------------------------------------------------------------
 
@@ -176,7 +188,6 @@ class PrecisePrefixCacheProducer:
     def prepare_data(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
-        self._seen = endpoints
         info, keys, precise = self.match(request, endpoints)
         cycle.write(PREFIX_CACHE_MATCH_INFO_KEY, info)
         cycle.write(PRECISE_PREFIX_CACHE_MATCH_INFO_KEY, info)
@@ -266,109 +277,13 @@ class PrecisePrefixCacheProducer:
             self.agreement.settle(state.target, state.expected, deadline, failed=failed)
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
-        self.index.retain(keys)
+        """Forget what this plugin holds about endpoints that left (the index is the source's to purge)."""
         self.history.retain(keys)
         self.speculative.retain(keys)
         self.agreement.retain(keys)
-        with self._lock:
-            for gone in [k for k in self._known if k not in keys]:
-                del self._known[gone]
-                self._discovered.pop(gone, None)
-            added = False
-            for key in keys:
-                if key not in self._known:
-                    host, port = split_host_port(key)
-                    if port is not None and host:
-                        self._known[key] = Endpoint(key=key, ip=host, port=port)
-                        added = True
-        if added:
-            self._poke()
 
     def index_size(self) -> int:
         return self.index.size() + self.history.size()
-
-    # ---- background: subscriptions -------------------------------------------------------------------
-
-    def desired_sources(self) -> dict[str, str]:
-        """Endpoint key → ZMQ address, for every known endpoint with an address."""
-        p = self.params
-        self._absorb_seen()
-        with self._lock:
-            known = list(self._known.values())
-        out: dict[str, str] = {}
-        for e in known:
-            address = resolve_address(e, p.kvEventsAddresses, p.kvEventsAddress, p.kvEventsPortOffset)
-            if address is None:
-                address = self._discovered.get(e.key)
-            if address:
-                out[e.key] = address
-        return out
-
-    def _absorb_seen(self) -> None:
-        """Take in the endpoints the last request saw; a key now at another address is rediscovered."""
-        with self._lock:
-            for e in self._seen:
-                before = self._known.get(e.key)
-                if before is not None and before.address != e.address:
-                    self._discovered.pop(e.key, None)
-                    self._discovery_due.pop(e.key, None)
-                self._known[e.key] = e
-
-    def _poke(self) -> None:
-        """Wake the discovery and subscription loops now (callable from any thread)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        for wake in (self._discover_wake, self._subscribe_wake):
-            loop.call_soon_threadsafe(wake.set)
-
-    async def run(self) -> None:
-        # fresh events: an asyncio.Event is bound to the loop it is first awaited in
-        self._discover_wake = asyncio.Event()
-        self._subscribe_wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        tasks = [
-            asyncio.create_task(
-                self.subscriber.run(self.desired_sources, self.params.resyncSeconds, self._subscribe_wake)
-            )
-        ]
-        if self.params.discoverKvEventSources:
-            tasks.append(asyncio.create_task(self._discover_loop()))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _discover_loop(self) -> None:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                loop_now = asyncio.get_running_loop().time()
-                p = self.params
-                self._absorb_seen()
-                with self._lock:
-                    todo = [
-                        e
-                        for e in self._known.values()
-                        if e.key not in self._discovered and self._discovery_due.get(e.key, 0.0) <= loop_now
-                    ]
-                for e in todo:
-                    if resolve_address(e, p.kvEventsAddresses, p.kvEventsAddress, p.kvEventsPortOffset):
-                        continue
-                    self._discovery_due[e.key] = loop_now + _DISCOVERY_RETRY
-                    address = await _discover(session, e)
-                    with self._lock:
-                        now_known = self._known.get(e.key)
-                        if not address or now_known is None or now_known.address != e.address:
-                            continue  # nothing found, or the endpoint left or moved during the request
-                        self._discovered[e.key] = address
-                    log.info("KV events of %s: discovered %s", e.key, address)
-                    self._subscribe_wake.set()
-                await sleep_or_wake(self._discover_wake, self.params.resyncSeconds)
 
 
 def _reorder(
@@ -376,17 +291,6 @@ def _reorder(
 ) -> tuple[dict[int, tuple[int, ...]], bool, PrefixCacheMatchInfo]:
     info, keys, precise = matched
     return keys, precise, info
-
-
-async def _discover(session: Any, endpoint: Endpoint) -> str | None:
-    url = f"http://{endpoint.address}/kv_event_sources"
-    with contextlib.suppress(Exception):
-        async with session.get(url) as response:
-            if response.status != 200:
-                return None
-            document = json.loads(await response.read())
-            return parse_discovery(document, endpoint)
-    return None
 
 
 def _factory(name: str, params: PrecisePrefixParams, handle: Handle) -> PrecisePrefixCacheProducer:
@@ -403,14 +307,3 @@ PRECISE_PREFIX_CACHE_PRODUCER = PluginType(
     produces=frozenset({PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_MATCH_INFO}),
     stateful=True,
 )
-
-
-def describe_sources(producer: PrecisePrefixCacheProducer) -> Mapping[str, Any]:
-    """Subscription state for debugging and tests."""
-    sub = producer.subscriber
-    return {
-        "connected": dict(sub.connected),
-        "received": dict(sub.received),
-        "gaps": dict(sub.gaps),
-        "malformed": dict(sub.malformed),
-    }

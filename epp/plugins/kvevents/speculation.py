@@ -24,7 +24,7 @@ import heapq
 import threading
 from collections.abc import Collection, Iterable, Sequence
 
-from epp.plugins.kvevents.index import MatchCounts, PreciseIndex
+from epp.datalayer.kvevents.index import MatchCounts, PreciseIndex
 
 __all__ = ["SpeculativeEntries"]
 

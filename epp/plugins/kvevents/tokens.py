@@ -1,19 +1,17 @@
-"""Token ids of a request as the engine will see them, and chained block keys over token ids.
+"""Token ids of a request as the engine will see them, and their chained block keys.
 
-Both sides of the precise index key a KV block the same way, from token ids only (engine block hashes are
-opaque and differ between engines and versions):
-
-    key_i = xxh64(le64(key_{i-1}) || little-endian uint32 token ids of block i),  key_{-1} = seed
-
-with `seed` = xxh64 of the LoRA adapter name, or 0 for the base model. Only full blocks get keys (engines
-cache only full blocks). A key therefore names a whole prefix, like the engine's own chain hash.
+Both sides of the precise index key a KV block the same way, from token ids only: the key scheme
+(`block_keys`, `lora_seed`, `BASE_SEED`) is the data layer's (`epp.datalayer.kvevents.keys`, which keys the
+engines' `BlockStored` events) and is re-exported here for the request side.
 
 Request-side token ids (`request_tokens`):
 - a completions prompt given as token ids is used as is (exact);
 - otherwise, with `tokenizer: char4`, the text is cut into 4-character pieces mapped to stable ids, chat
   messages rendered with a Llama-3-style template first. This reproduces the default tokenizer of the
   simulator (`epp sim`) exactly, and nothing else: a real engine's BPE tokens never match it. The producer
-  detects such a mismatch per endpoint and falls back to its approximate index (see `producer.py`).
+  detects such a mismatch per endpoint and falls back to its approximate index (see `agreement.py`).
+
+`Char4BlockKeys` computes `block_keys(char4_tokens(text), ...)` without tokenizing the whole text.
 """
 
 from __future__ import annotations
@@ -23,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import xxhash
+
+from epp.datalayer.kvevents.keys import BASE_SEED, block_keys, lora_seed
 
 __all__ = [
     "BASE_SEED",
@@ -34,44 +34,10 @@ __all__ = [
     "request_tokens",
 ]
 
-BASE_SEED = 0
 _RESERVED_IDS = 256
 _VOCAB = 128256
-_MASK32 = 0xFFFFFFFF
 _xxh64 = xxhash.xxh64_intdigest
 _xxh32 = xxhash.xxh32_intdigest
-
-
-def lora_seed(lora_name: str | None) -> int:
-    """The chain seed of a LoRA adapter's blocks (BASE_SEED for the base model)."""
-    return int(_xxh64(lora_name.encode("utf-8", "surrogatepass"))) if lora_name else BASE_SEED
-
-
-def block_keys(tokens: Sequence[int], block_size: int, seed: int, max_blocks: int = 0) -> tuple[int, ...]:
-    """Chained keys of the full `block_size`-token blocks of `tokens` (at most `max_blocks`; 0 = all)."""
-    if block_size <= 0:
-        return ()
-    n = len(tokens) // block_size
-    if max_blocks > 0:
-        n = min(n, max_blocks)
-    if n == 0:
-        return ()
-    head = tokens[: n * block_size]
-    try:
-        data = array("I", head).tobytes()
-    except (OverflowError, TypeError):  # ids outside uint32: keep their low 32 bits
-        data = array("I", (int(t) & _MASK32 for t in head)).tobytes()
-    step = block_size * 4
-    out: list[int] = []
-    prev = seed
-    for start in range(0, n * step, step):
-        prev = _xxh64(prev.to_bytes(8, "little") + data[start : start + step])
-        out.append(prev)
-    return tuple(out)
-
-
-if array("I").itemsize != 4:  # pragma: no cover - every supported platform has a 32-bit "I"
-    raise ImportError("array('I') is not 32 bits wide on this platform")
 
 
 def char4_tokens(text: str) -> list[int]:

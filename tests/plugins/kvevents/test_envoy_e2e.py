@@ -1,9 +1,10 @@
 """The precise producer inside the real daemon, behind real Envoy, fed by real simulators' KV events.
 
 Two simulators publish KV events; the EPP (`epp.app.App`, static endpoints) runs a profile with
-`precise-prefix-cache-producer` discovering the publishers through `GET /kv_event_sources`. The background
-task must start with the pipeline, follow each engine's cache (a prompt's blocks appear on the server that
-served it, and disappear when that server clears its cache), and route repeats of a prompt to its holder.
+`precise-prefix-cache-producer` discovering the publishers through `GET /kv_event_sources`. The data
+layer's KV-event source (started by the plugin runtime for the subscription the producer declares) must
+start with the pipeline, follow each engine's cache (a prompt's blocks appear on the server that served
+it, and disappear when that server clears its cache), and route repeats of a prompt to its holder.
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ async def test_routing_follows_the_engines_kv_events(stack) -> None:
     producer = next(
         p for p in app.holder.current.plugins.values() if isinstance(p, PrecisePrefixCacheProducer)
     )
+    sources = app.plugins.kv_events.sources
+    # the plugin runtime started the data layer's source for the subscription the producer declares
+    assert [s.index for s in sources()] == [producer.index]
     async with aiohttp.ClientSession() as http:
         # warm up until both publishers are discovered and have delivered a batch
         i = 0
         while not all(producer.live(s.address) for s in sims.values()):
             i += 1
-            assert i < 400, f"event feeds never went live: {producer.subscriber.connected}"
+            assert i < 400, f"event feeds never went live: {[s.describe() for s in sources()]}"
             await send(http, gateway.url, f"warm-up request {i} " * 8)
             await asyncio.sleep(0.02)
         holder = sims[await send(http, gateway.url, PROMPT)]

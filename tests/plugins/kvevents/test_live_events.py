@@ -1,5 +1,6 @@
-"""The precise producer against real simulators publishing over real ZMQ: subscription by address,
-template and discovery, eviction visible through events, two EPP replicas agreeing, bad messages."""
+"""The precise producer against real simulators publishing over real ZMQ, fed by the data layer's KV-event
+source as the plugin runtime wires it: subscription by address, template and discovery, eviction visible
+through events, two EPP replicas agreeing, bad messages."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import msgpack
 import pytest
 import zmq
 
+from epp.datalayer.datastore import Datastore
+from epp.datalayer.kvevents.source import KVEventSource, KVEventSources
 from epp.framework.cycle import CycleState
 from epp.framework.types import ApiKind, Endpoint, EndpointMetrics, InferenceRequest
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
@@ -50,14 +53,27 @@ async def http():
 
 
 @contextlib.asynccontextmanager
-async def running(producer: PrecisePrefixCacheProducer):
-    task = asyncio.create_task(producer.run())
+async def running(producer: PrecisePrefixCacheProducer, *endpoints: Endpoint):
+    """One EPP replica as `epp.plugin_runtime` runs the producer: a datastore holding `endpoints`, the data
+    layer's KV-event source for the subscription the producer declares, its index attached."""
+    datastore = Datastore()
+    datastore.set_endpoints(endpoints)
+    sources = KVEventSources(datastore)
+    subscription = producer.kv_event_subscription()
+    assert subscription is not None
+    producer.attach_kv_events(sources.acquire(subscription, producer))
+    source = sources.source(subscription)
+    assert source is not None and producer.index is source.index
     try:
-        yield producer
+        yield Replica(datastore, source)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await sources.stop()
+
+
+class Replica:
+    def __init__(self, datastore: Datastore, source: KVEventSource) -> None:
+        self.datastore = datastore
+        self.source = source
 
 
 def endpoint_of(sim: SimServer) -> Endpoint:
@@ -94,19 +110,18 @@ async def test_events_make_matches_precise_and_follow_evictions(sims, http) -> N
     ep = endpoint_of(sim)
     params = PrecisePrefixParams(kvEventsAddresses={sim.address: sim.publisher.endpoint}, resyncSeconds=0.05)
     producer = PrecisePrefixCacheProducer(tn("precise-prefix-cache-producer"), params)
-    producer.endpoints_changed(frozenset({ep.key}))  # a static endpoint: known before any request
-    async with running(producer):
+    async with running(producer, ep) as replica:  # a static endpoint: known before any request
         await warm_up(http, sim, producer, ep.key)
         assert producer.live(ep.key)
         assert matched(producer, ep) == 0
         await complete(http, sim, TEXT)
         total = len(char4_tokens(TEXT)) // 16
         await until(lambda: matched(producer, ep) == total, what="the BlockStored of the prompt")
-        assert producer.subscriber.connected == {ep.key: sim.publisher.endpoint}
+        assert replica.source.subscriber.connected == {ep.key: sim.publisher.endpoint}
         async with http.post(sim.url + "/admin/reset-cache") as resp:
             assert resp.status == 200
         await until(lambda: matched(producer, ep) == 0, what="AllBlocksCleared")
-        assert producer.subscriber.malformed[ep.key] == 0
+        assert replica.source.subscriber.malformed[ep.key] == 0
 
 
 async def test_discovery_and_two_replicas_agree_without_talking(sims, http) -> None:
@@ -123,11 +138,9 @@ async def test_discovery_and_two_replicas_agree_without_talking(sims, http) -> N
         tn("precise-prefix-cache-producer", "two"),
         PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=0.05),
     )
-    for p in (by_template, by_discovery):
-        p.prepare_data(CycleState(), InferenceRequest("x", MODEL, MODEL), [ep])  # learn the endpoint
-    async with running(by_template), running(by_discovery):
-        await until(lambda: ep.key in by_discovery.desired_sources(), what="discovery")
-        assert by_discovery.desired_sources()[ep.key] == sim.publisher.endpoint
+    async with running(by_template, ep), running(by_discovery, ep) as discovering:
+        await until(lambda: ep.key in discovering.source.desired_sources(), what="discovery")
+        assert discovering.source.desired_sources()[ep.key] == sim.publisher.endpoint
         await warm_up(http, sim, by_template, ep.key)
         await warm_up(http, sim, by_discovery, ep.key)
         await complete(http, sim, TEXT)
@@ -143,17 +156,13 @@ async def test_a_key_that_moves_to_another_address_is_rediscovered(sims) -> None
         PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=0.05),
     )
     at_old = Endpoint("pod-rank-0", "127.0.0.1", old.port)
-    producer.prepare_data(CycleState(), InferenceRequest("x", MODEL, MODEL), [at_old])
-    async with running(producer):
-        await until(
-            lambda: producer.desired_sources().get("pod-rank-0") == old.publisher.endpoint, what="old"
-        )
+    async with running(producer, at_old) as replica:
+        source = replica.source
+        await until(lambda: source.desired_sources().get("pod-rank-0") == old.publisher.endpoint, what="old")
         at_new = Endpoint("pod-rank-0", "127.0.0.1", new.port)
-        producer.prepare_data(CycleState(), InferenceRequest("y", MODEL, MODEL), [at_new])
-        assert "pod-rank-0" not in producer.desired_sources()  # not the old pod's publisher meanwhile
-        await until(
-            lambda: producer.desired_sources().get("pod-rank-0") == new.publisher.endpoint, what="new"
-        )
+        replica.datastore.set_endpoints([at_new])
+        assert "pod-rank-0" not in source.desired_sources()  # not the old pod's publisher meanwhile
+        await until(lambda: source.desired_sources().get("pod-rank-0") == new.publisher.endpoint, what="new")
 
 
 async def test_malformed_messages_are_counted_and_skipped(sims) -> None:
@@ -168,21 +177,21 @@ async def test_malformed_messages_are_counted_and_skipped(sims) -> None:
             kvEventsAddresses={"e": f"tcp://127.0.0.1:{port}"}, resyncSeconds=0.05, tokenizer="request"
         ),
     )
-    producer.prepare_data(CycleState(), InferenceRequest("x", "m", "m"), [ep])
     good = msgpack.packb([1.0, [["BlockStored", [1], None, [5, 6, 7, 8], 4, None, "GPU", None]], 0])
     try:
-        async with running(producer):
-            await until(lambda: "e" in producer.subscriber.connected, what="connect")
+        async with running(producer, ep) as replica:
+            subscriber = replica.source.subscriber
+            await until(lambda: "e" in subscriber.connected, what="connect")
             for seq in range(200):  # until the subscription has propagated
                 pub.send_multipart([b"t", seq.to_bytes(8, "big"), b"\xc1junk"])
-                if producer.subscriber.malformed["e"]:
+                if subscriber.malformed["e"]:
                     break
                 await asyncio.sleep(0.02)
-            assert producer.subscriber.malformed["e"] >= 1
+            assert subscriber.malformed["e"] >= 1
             pub.send_multipart([b"t", (1000).to_bytes(8, "big"), good])
             pub.send_multipart([b"t", (1005).to_bytes(8, "big"), good])
             await until(lambda: producer.index.batches("e") == 2, what="the good batches")
-            assert producer.subscriber.gaps["e"] == 4  # 1001..1004 were lost
+            assert subscriber.gaps["e"] == 4  # 1001..1004 were lost
             req = InferenceRequest("q", "m", "m", token_ids=(5, 6, 7, 8, 9), prefix_material=b"x")
             cycle = CycleState()
             producer.prepare_data(cycle, req, [ep])
@@ -198,10 +207,9 @@ async def test_an_unreachable_address_is_retried_not_fatal() -> None:
         tn("precise-prefix-cache-producer"),
         PrecisePrefixParams(kvEventsAddresses={"e": "not-a-zmq-address"}, resyncSeconds=0.02),
     )
-    producer.prepare_data(CycleState(), InferenceRequest("x", "m", "m"), [ep])
-    async with running(producer):
+    async with running(producer, ep) as replica:
         await asyncio.sleep(0.1)
-        assert "e" not in producer.subscriber.connected
+        assert "e" not in replica.source.subscriber.connected
         assert not producer.live("e")
 
 
@@ -211,7 +219,8 @@ async def test_a_new_endpoint_is_subscribed_at_once_not_at_the_next_resync(sims)
     sim = await sims()
     params = PrecisePrefixParams(discoverKvEventSources=True, resyncSeconds=60.0)
     producer = PrecisePrefixCacheProducer(tn("precise-prefix-cache-producer"), params)
-    async with running(producer):
+    async with running(producer) as replica:
         await asyncio.sleep(0.1)  # both loops are now asleep for a minute
-        producer.endpoints_changed(frozenset({sim.address}))
-        await until(lambda: sim.address in producer.subscriber.connected, timeout=5.0, what="subscription")
+        replica.datastore.set_endpoints([endpoint_of(sim)])
+        connected = replica.source.subscriber.connected
+        await until(lambda: sim.address in connected, timeout=5.0, what="subscription")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from epp.datalayer.kvevents.events import AllCleared, EventBatch, Stored
+from epp.datalayer.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.subscription import KVEventSubscription
 from epp.framework.cycle import CycleState
 from epp.framework.types import ApiKind, Endpoint, EndpointMetrics, InferenceRequest
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
@@ -17,7 +20,6 @@ from epp.plugins.kvevents.producer import (
 )
 from epp.plugins.kvevents.scorer import PRECISE_PREFIX_CACHE_SCORER
 from epp.plugins.kvevents.tokens import char4_tokens
-from epp.plugins.kvevents.wire import EventBatch, Stored
 from epp.tools.sim.kvcache import chain_block_hashes
 
 from .._kit import handle, response, result, tn
@@ -72,8 +74,6 @@ def test_live_endpoints_match_from_events_and_others_from_history() -> None:
     assert info.scores == {"a": 1.0, "b": 1.0}
     # the engine evicts: a's score follows the events, b's (no events) stays on the history
     engine_store(p, "a", [])  # a batch without blocks keeps it live
-    from epp.plugins.kvevents.wire import AllCleared
-
     p.index.apply("a", EventBatch(0.0, (AllCleared(),)))
     info = prepare(p, request()).read(PREFIX_CACHE_MATCH_INFO_KEY)
     assert info.match_blocks("a") == 0 and info.match_blocks("b") == 5
@@ -184,24 +184,61 @@ def test_endpoints_with_other_block_sizes_are_keyed_at_their_size() -> None:
     assert info.default_block_size == 16
 
 
-def test_membership_purges_state_and_learns_static_endpoints() -> None:
-    p, _ = make(kvEventsAddress="tcp://{ip}:{eventPort}", kvEventsPortOffset=100)
-    engine_store(p, "a", char4_tokens(TEXT))
-    p.endpoints_changed(frozenset({"10.0.0.5:8000", "[fd00::1]:9000"}))
-    assert p.index.stats().endpoints == 0
-    assert p.desired_sources() == {
-        "10.0.0.5:8000": "tcp://10.0.0.5:8100",
-        "[fd00::1]:9000": "tcp://[fd00::1]:9100",
+def test_membership_purges_the_plugins_own_state() -> None:
+    p, _ = make(speculativeTtlSeconds=10.0)
+    engine_store(p, "a", char4_tokens("unrelated text " * 10))  # a is live
+    req = request()
+    p.pre_request(prepare(p, req), req, result(A))
+    assert p.history.size() and p.speculative.size() and p.agreement.pending("a")
+    p.endpoints_changed(frozenset({"b"}))
+    assert p.history.size() == 0 and p.speculative.size() == 0 and p.agreement.pending("a") == 0
+
+
+def test_the_subscription_it_declares_follows_its_parameters() -> None:
+    assert make()[0].kv_event_subscription() is None  # nowhere to subscribe: no source is started
+    params = {
+        "kvEventsAddress": "tcp://{ip}:{eventPort}",
+        "kvEventsPortOffset": 100,
+        "kvEventsAddresses": {"c": "ipc:///x", "b": "tcp://1.2.3.4:1"},
+        "topicFilter": "kv@",
+        "resyncSeconds": 0.5,
+        "maxBlocksPerEndpoint": 64,
     }
-
-
-def test_explicit_addresses_win_over_the_template() -> None:
-    p, _ = make(
-        kvEventsAddress="tcp://{ip}:5557",
-        kvEventsAddresses={"b": "tcp://1.2.3.4:1", "10.0.0.3:8000": "ipc:///x"},
+    subscription = make(**params)[0].kv_event_subscription()
+    assert subscription == KVEventSubscription(
+        addresses=(("b", "tcp://1.2.3.4:1"), ("c", "ipc:///x")),
+        template="tcp://{ip}:{eventPort}",
+        port_offset=100,
+        topic_filter="kv@",
+        resync_seconds=0.5,
+        max_blocks_per_endpoint=64,
     )
-    prepare(p, request())
-    assert p.desired_sources() == {"a": "tcp://10.0.0.1:5557", "b": "tcp://1.2.3.4:1", "c": "ipc:///x"}
+    # the request-side parameters are not part of it: producers differing only there share one source
+    assert make(**params, speculativeTtlSeconds=1.0, tokenizer="request")[0].kv_event_subscription() == (
+        subscription
+    )
+    assert make(discoverKvEventSources=True)[0].kv_event_subscription() == KVEventSubscription(discover=True)
+
+
+def test_an_attached_index_is_read_and_listened_to_until_detached() -> None:
+    p, _ = make()
+    shared = PreciseIndex()
+    p.attach_kv_events(shared)
+    assert p.index is shared
+    engine_store(p, "a", list(range(1000, 1016)))  # a's feed is live
+    req = request()
+    p.pre_request(prepare(p, req), req, result(A))
+    assert p.agreement.pending("a") == 1 and p.speculative.size() == 5
+    p.attach_kv_events(None)  # retired: reads an index of its own, the shared one no longer tells it
+    assert p.index is not shared and not p.live("a")
+    tokens = char4_tokens(TEXT)
+    n = len(tokens) // BS
+    stored = Stored(tuple(chain_block_hashes(tokens, BS)[:n]), None, tuple(tokens[: n * BS]), BS)
+    shared.apply("a", EventBatch(0.0, (stored,)))
+    assert p.agreement.pending("a") == 1 and p.speculative.size() == 5
+    p.attach_kv_events(shared)  # attached again: its BlockStored events confirm
+    shared.apply("a", EventBatch(0.0, (stored,)))
+    assert p.agreement.pending("a") == 0 and p.speculative.size() == 0
 
 
 @pytest.mark.parametrize("template", ["tcp://{host}:5557", "tcp://{ip}:{0}", "tcp://{ip"])

@@ -3,10 +3,10 @@ an overlay on the event index until the engine confirms them or they expire."""
 
 from __future__ import annotations
 
-from epp.plugins.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.events import EventBatch, Removed, Stored
+from epp.datalayer.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.keys import BASE_SEED, block_keys
 from epp.plugins.kvevents.speculation import SpeculativeEntries
-from epp.plugins.kvevents.tokens import BASE_SEED, block_keys
-from epp.plugins.kvevents.wire import EventBatch, Removed, Stored
 from epp.tools.sim.kvcache import chain_block_hashes
 
 BS = 4

@@ -2,10 +2,11 @@
 
 `run(desired, interval)` reconciles every `interval` seconds: a socket is opened for each endpoint in
 `desired()` (endpoint key → ZMQ address) and closed when the endpoint leaves or its address changes; a
-socket whose connect failed is retried at the next round. Messages are decoded off the request path (this
-runs as the producer's background task); malformed messages are counted and dropped, sequence gaps (lost
-messages: the publisher drops when its queue is full) are counted. Per-endpoint sockets, not one socket
-connected to all, so a batch is attributed to its endpoint whatever its topic says.
+socket whose connect failed, or whose reader ended, is reopened at the next round. Messages are decoded
+off the request path (this runs in the KV-event source's background task, `source.py`); malformed
+messages are counted and dropped, sequence gaps (lost messages: the publisher drops when its queue is
+full) are counted. Per-endpoint sockets, not one socket connected to all, so a batch is attributed to its
+endpoint whatever its topic says.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from collections.abc import Callable, Mapping
 import zmq
 import zmq.asyncio
 
-from epp.plugins.kvevents.index import PreciseIndex
-from epp.plugins.kvevents.wire import decode_message
+from epp.datalayer.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.wire import decode_message
 
 __all__ = ["KVEventSubscriber", "sleep_or_wake"]
 

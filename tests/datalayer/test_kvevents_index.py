@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epp.plugins.kvevents.index import PreciseIndex
-from epp.plugins.kvevents.tokens import BASE_SEED, block_keys, lora_seed
-from epp.plugins.kvevents.wire import AllCleared, EventBatch, Removed, Stored
+from epp.datalayer.kvevents.events import AllCleared, EventBatch, Removed, Stored
+from epp.datalayer.kvevents.index import PreciseIndex
+from epp.datalayer.kvevents.keys import BASE_SEED, block_keys, lora_seed
 from epp.tools.sim.kvcache import chain_block_hashes
 
 BS = 4

@@ -4,9 +4,10 @@ In order of precedence:
 1. `addresses`: endpoint key or `ip:port` → ZMQ address (e.g. `tcp://10.0.0.7:5557`);
 2. `template`: e.g. `tcp://{ip}:5557`, with `{ip}` (brackets added for IPv6), `{port}` (the endpoint's
    serving port) and `{eventPort}` (the serving port + `port_offset`);
-3. discovery (done by the subscriber, off the request path): `GET http://<endpoint>/kv_event_sources`, as
-   vllm-router reads it (`{"0": {"endpoint": "tcp://*:5557", "topic": ...}}` keyed by DP rank, or a list of
-   such objects); a wildcard host (`*`, `0.0.0.0`, `::`) is replaced by the endpoint's IP.
+3. discovery (`discovery.py`, in the source's background loop): `GET http://<endpoint>/kv_event_sources`,
+   parsed here (`parse_discovery`) as vllm-router reads it (`{"0": {"endpoint": "tcp://*:5557", "topic":
+   ...}}` keyed by DP rank, or a list of such objects); a wildcard host (`*`, `0.0.0.0`, `::`) is
+   replaced by the endpoint's IP.
 """
 
 from __future__ import annotations

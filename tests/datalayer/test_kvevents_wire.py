@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epp.plugins.kvevents.wire import AllCleared, Removed, Stored, decode_batch, decode_message
+from epp.datalayer.kvevents.wire import AllCleared, Removed, Stored, decode_batch, decode_message
 from epp.tools.sim.kv_events import encode_batch
 from epp.tools.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
 

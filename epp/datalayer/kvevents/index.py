@@ -1,6 +1,10 @@
 """The precise prefix index: which endpoint's KV cache holds which block, as its engine reported it.
 
-Fed by KV events (`apply`): `BlockStored` maps each engine block hash to our token key (`tokens.block_keys`,
+Fleet state: written only by the KV-event source that owns it (`source.KVEventSource`: `apply`, and
+`retain` on membership changes), read by plugins on the request path (`match`, `held`, `holds`,
+`block_size`, `batches`, `lora_names`, `size`, `stats`; no I/O, one short lock).
+
+Fed by KV events (`apply`): `BlockStored` maps each engine block hash to our token key (`keys.block_keys`,
 chained from the parent's key, which the bridge looked up from the parent's engine hash), `BlockRemoved`
 drops blocks by engine hash, `AllBlocksCleared` drops the endpoint's blocks. A stored block whose parent the
 index never saw (events missed, or subscribed mid-run) cannot be keyed: it and its descendants are kept as
@@ -23,9 +27,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from epp.datalayer.kvevents.events import AllCleared, EventBatch, Removed, Stored
+from epp.datalayer.kvevents.keys import block_keys, lora_seed
 from epp.framework.notify import notify_all
-from epp.plugins.kvevents.tokens import block_keys, lora_seed
-from epp.plugins.kvevents.wire import AllCleared, EventBatch, Removed, Stored
 
 __all__ = ["IndexStats", "MatchCounts", "PreciseIndex", "StoredListener"]
 
