@@ -79,6 +79,49 @@ def build_pipeline(
     handle = SimpleHandle(
         plugins={}, clock=clock, rng=rng or random.Random(), metrics=metrics or NullPluginMetrics()
     )
+    specs, kinds = _instantiate(config, registry, handle, previous)
+    plugins = handle.plugins
+    profiles = _profiles(config, plugins, kinds)
+    scheduler = Scheduler(cast(ProfileHandler, plugins[config.profile_handler]), profiles, observer)
+
+    def having(kind: PluginKind) -> tuple[Any, ...]:
+        return tuple(plugins[n] for n in plugins if kind in kinds[n])
+
+    return Pipeline(
+        generation=generation,
+        config_hash=config_hash if config_hash is not None else config.config_hash,
+        source=source if source is not None else config.source,
+        scheduler=scheduler,
+        parser=cast(RequestParser, plugins[config.parser]),
+        plugins=dict(plugins),
+        plugin_specs=specs,
+        producers=tuple(cast(DataProducer, plugins[n]) for n in config.producers),
+        admitters=cast(tuple[Admitter, ...], having(PluginKind.ADMITTER)),
+        pre_request=cast(tuple[PreRequest, ...], having(PluginKind.PRE_REQUEST)),
+        response_received=cast(tuple[ResponseReceived, ...], having(PluginKind.RESPONSE_RECEIVED)),
+        response_complete=cast(tuple[ResponseComplete, ...], having(PluginKind.RESPONSE_COMPLETE)),
+        saturation_detector=(
+            cast(SaturationDetector, plugins[config.saturation_detector])
+            if config.saturation_detector is not None
+            else None
+        ),
+        feature_gates=config.feature_gates,
+        extras={"flowControl": config.flow_control, "dataLayer": config.data_layer},
+        effective_config=config.to_document(),
+        config_text=config_text.encode() if isinstance(config_text, str) else config_text,
+        reads_first_byte=any(isinstance(p, ResponseWatcher) and p.reads_first_byte for p in plugins.values()),
+        response_writers=any(
+            not (isinstance(p, ResponseReader) and p.reads_response_only)
+            for p in (*having(PluginKind.RESPONSE_RECEIVED), *having(PluginKind.RESPONSE_COMPLETE))
+        ),
+    )
+
+
+def _instantiate(
+    config: EffectiveConfig, registry: PluginRegistry, handle: SimpleHandle, previous: Pipeline | None
+) -> tuple[dict[str, str], dict[str, frozenset[PluginKind]]]:
+    """Create every plugin in build order into `handle.plugins` (or carry it over from `previous`);
+    returns their specs and kinds by name. Raises ConfigError listing every plugin that failed."""
     problems: list[ConfigProblem] = []
     specs: dict[str, str] = {}
     kinds: dict[str, frozenset[PluginKind]] = {}
@@ -113,9 +156,14 @@ def build_pipeline(
         kinds[decl.name] = ptype.kinds
     if problems:
         raise ConfigError(problems)
+    return specs, kinds
 
-    plugins = handle.plugins
-    profiles = {
+
+def _profiles(
+    config: EffectiveConfig, plugins: dict[str, object], kinds: dict[str, frozenset[PluginKind]]
+) -> dict[str, SchedulerProfile]:
+    """Each profile's filters, weighted scorers and picker, in the order the profile lists them."""
+    return {
         prof.name: SchedulerProfile(
             name=prof.name,
             filters=tuple(
@@ -132,39 +180,6 @@ def build_pipeline(
         )
         for prof in config.profiles
     }
-    scheduler = Scheduler(cast(ProfileHandler, plugins[config.profile_handler]), profiles, observer)
-
-    def having(kind: PluginKind) -> tuple[Any, ...]:
-        return tuple(plugins[n] for n in plugins if kind in kinds[n])
-
-    return Pipeline(
-        generation=generation,
-        config_hash=config_hash if config_hash is not None else config.config_hash,
-        source=source if source is not None else config.source,
-        scheduler=scheduler,
-        parser=cast(RequestParser, plugins[config.parser]),
-        plugins=dict(plugins),
-        plugin_specs=specs,
-        producers=tuple(cast(DataProducer, plugins[n]) for n in config.producers),
-        admitters=cast(tuple[Admitter, ...], having(PluginKind.ADMITTER)),
-        pre_request=cast(tuple[PreRequest, ...], having(PluginKind.PRE_REQUEST)),
-        response_received=cast(tuple[ResponseReceived, ...], having(PluginKind.RESPONSE_RECEIVED)),
-        response_complete=cast(tuple[ResponseComplete, ...], having(PluginKind.RESPONSE_COMPLETE)),
-        saturation_detector=(
-            cast(SaturationDetector, plugins[config.saturation_detector])
-            if config.saturation_detector is not None
-            else None
-        ),
-        feature_gates=config.feature_gates,
-        extras={"flowControl": config.flow_control, "dataLayer": config.data_layer},
-        effective_config=config.to_document(),
-        config_text=config_text.encode() if isinstance(config_text, str) else config_text,
-        reads_first_byte=any(isinstance(p, ResponseWatcher) and p.reads_first_byte for p in plugins.values()),
-        response_writers=any(
-            not (isinstance(p, ResponseReader) and p.reads_response_only)
-            for p in (*having(PluginKind.RESPONSE_RECEIVED), *having(PluginKind.RESPONSE_COMPLETE))
-        ),
-    )
 
 
 def _reusable(previous: Pipeline | None, name: str, spec: str) -> object | None:
