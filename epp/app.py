@@ -15,7 +15,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -176,24 +176,44 @@ class App:
             self.datastore.set_objectives(s.static_objectives)
         tls = TlsOptions(cert_path=s.cert_path) if s.secure_serving else None
         host = self.bind_host or "[::]"
-        exposition = self.metrics.registry
-        gather = None
-        if self.workers > 1:
-            self.pool = WorkerPool(
-                s,
-                self.workers,
-                datastore=self.datastore,
-                holder=self.holder,
-                readiness=self.readiness,
-                metrics=self.metrics,
-                host=host,
-            )
-            self.grpc_port = await self.pool.start()
-            exposition = CollectorRegistry(auto_describe=False)
-            exposition.register(ExcludingCollector(self.metrics.registry, self.pool.worker_families))
-            exposition.register(self.pool.collector)
-            gather = self.pool.collect
+        exposition, gather = await self._start_ext_proc(tls, host)
+        self.health = HealthServer(self.readiness)
+        self.health_port = await self.health.start(s.grpc_health_port, host=host)
+        pool_metrics = await self._start_metrics_http(exposition, gather)
+
+        if self.pool is None:
+            self.plugins.start()  # with workers, the plugins that serve live there
+
+        await self._start_endpoints()
+        self._spawn(self._watch_readiness(), "readiness")
+        self._spawn(pool_metrics.run(), "pool-gauges")
+
+        if s.ha_enable_leader_election:
+            from epp.k8s.leader import start_leader_election
+
+            self._elector = await start_leader_election(s, self.readiness, api_client=self._k8s_client())
         else:
+            self.readiness.set_leader(True)
+
+        if s.config_file:
+            self._start_config_reloads(s.config_file)
+        log.info(
+            "epp listening: ext_proc %d (%s), health %d, metrics %d",
+            self.grpc_port,
+            "TLS" if tls else "plaintext",
+            self.health_port,
+            self.metrics_port,
+        )
+
+    async def _start_ext_proc(
+        self, tls: TlsOptions | None, host: str
+    ) -> tuple[CollectorRegistry, Callable[[], Awaitable[None]] | None]:
+        """The ext_proc server: in this process, or (`--workers` > 1) worker processes sharing its port.
+
+        Returns the registry `/metrics` exposes and, with workers, how to gather theirs before a scrape.
+        """
+        s = self.settings
+        if self.workers <= 1:
             self.admission = FlowControlAdmission(
                 self.datastore,
                 s.metrics_staleness_threshold,
@@ -204,8 +224,27 @@ class App:
                 self.holder, self.datastore, self.metrics, request_options(s), admission=self.admission
             )
             self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
-        self.health = HealthServer(self.readiness)
-        self.health_port = await self.health.start(s.grpc_health_port, host=host)
+            return self.metrics.registry, None
+        self.pool = WorkerPool(
+            s,
+            self.workers,
+            datastore=self.datastore,
+            holder=self.holder,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            host=host,
+        )
+        self.grpc_port = await self.pool.start()
+        exposition = CollectorRegistry(auto_describe=False)
+        exposition.register(ExcludingCollector(self.metrics.registry, self.pool.worker_families))
+        exposition.register(self.pool.collector)
+        return exposition, self.pool.collect
+
+    async def _start_metrics_http(
+        self, exposition: CollectorRegistry, gather: Callable[[], Awaitable[None]] | None
+    ) -> PoolMetricsRefresher:
+        """The `/metrics` server, and the pool gauges' refresher it brings up to date before a scrape."""
+        s = self.settings
         self.pool_metrics = PoolMetricsRefresher(
             self.metrics,
             self.datastore,
@@ -222,10 +261,11 @@ class App:
             gather=gather,
         )
         self.metrics_port = await self.metrics_http.start()
+        return self.pool_metrics
 
-        if self.pool is None:
-            self.plugins.start()  # with workers, the plugins that serve live there
-
+    async def _start_endpoints(self) -> None:
+        """The endpoint source (static, InferencePool or label selector) and the model-server scraper."""
+        s = self.settings
         self._source = await start_endpoint_source(
             s, self.datastore, build_kubernetes=self._kubernetes_source
         )
@@ -248,39 +288,25 @@ class App:
             on_error=lambda key: self.metrics.scrape.errors.labels(key).inc(),
         )
         await self._scraper.start()
-        self._spawn(self._watch_readiness(), "readiness")
-        self._spawn(self.pool_metrics.run(), "pool-gauges")
 
-        if s.ha_enable_leader_election:
-            from epp.k8s.leader import start_leader_election
-
-            self._elector = await start_leader_election(s, self.readiness, api_client=self._k8s_client())
-        else:
-            self.readiness.set_leader(True)
-
-        if s.config_file:
-            self._reloader = ConfigReloader(
-                self.holder,
-                self.registry,
-                source=s.config_file,
-                metrics=self.metrics,
-                observer=self.metrics,
-            )
-            if s.watch_config_file:
-                self._watcher = ConfigWatcher(
-                    s.config_file,
-                    self._reloader.reload,
-                    initial_hash=self.holder.current.config_hash,
-                    debounce=s.config_reload_debounce,
-                )
-                self._spawn(self._watcher.run(), "config-watcher")
-        log.info(
-            "epp listening: ext_proc %d (%s), health %d, metrics %d",
-            self.grpc_port,
-            "TLS" if tls else "plaintext",
-            self.health_port,
-            self.metrics_port,
+    def _start_config_reloads(self, config_file: str) -> None:
+        """Reloads of `--config-file`: on SIGHUP, and on change unless `--watch-config-file=false`."""
+        s = self.settings
+        self._reloader = ConfigReloader(
+            self.holder,
+            self.registry,
+            source=config_file,
+            metrics=self.metrics,
+            observer=self.metrics,
         )
+        if s.watch_config_file:
+            self._watcher = ConfigWatcher(
+                config_file,
+                self._reloader.reload,
+                initial_hash=self.holder.current.config_hash,
+                debounce=s.config_reload_debounce,
+            )
+            self._spawn(self._watcher.run(), "config-watcher")
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the config file now (also when it is not being watched)."""
