@@ -95,6 +95,10 @@ class RequestFamilies(FamilyGroup):
 
     @classmethod
     def declare(cls, r: CollectorRegistry) -> RequestFamilies:
+        def per_model(name: str, help_text: str, buckets: list[float]) -> Histogram:
+            """An upstream histogram by model and target model."""
+            return Histogram(name, _alpha(help_text), _MODEL, buckets=buckets, registry=r)
+
         return cls(
             total=Counter(
                 "inference_objective_request_total",
@@ -111,64 +115,41 @@ class RequestFamilies(FamilyGroup):
                 [*_MODEL, "error_code"],
                 registry=r,
             ),
-            duration=Histogram(
+            duration=per_model(
                 "inference_objective_request_duration_seconds",
-                _alpha(
-                    "Inference objective response latency distribution in seconds for each model and target "
-                    "model."
-                ),
-                _MODEL,
-                buckets=REQUEST_DURATION_BUCKETS,
-                registry=r,
+                "Inference objective response latency distribution in seconds for each model and target "
+                "model.",
+                REQUEST_DURATION_BUCKETS,
             ),
-            ttft=Histogram(
+            ttft=per_model(
                 "inference_objective_request_ttft_seconds",
-                _alpha("Inference model TTFT distribution in seconds for each model and target model."),
-                _MODEL,
-                buckets=REQUEST_DURATION_BUCKETS,
-                registry=r,
+                "Inference model TTFT distribution in seconds for each model and target model.",
+                REQUEST_DURATION_BUCKETS,
             ),
-            request_sizes=Histogram(
+            request_sizes=per_model(
                 "inference_objective_request_sizes",
-                _alpha(
-                    "Inference objective requests size distribution in bytes for each model and target model."
-                ),
-                _MODEL,
-                buckets=REQUEST_SIZE_BUCKETS,
-                registry=r,
+                "Inference objective requests size distribution in bytes for each model and target model.",
+                REQUEST_SIZE_BUCKETS,
             ),
-            response_sizes=Histogram(
+            response_sizes=per_model(
                 "inference_objective_response_sizes",
-                _alpha(
-                    "Inference objective responses size distribution in bytes for each model and target "
-                    "model."
-                ),
-                _MODEL,
-                buckets=RESPONSE_SIZE_BUCKETS,
-                registry=r,
+                "Inference objective responses size distribution in bytes for each model and target model.",
+                RESPONSE_SIZE_BUCKETS,
             ),
-            input_tokens=Histogram(
+            input_tokens=per_model(
                 "inference_objective_input_tokens",
-                _alpha("Inference objective input token count distribution for requests in each model."),
-                _MODEL,
-                buckets=INPUT_TOKEN_BUCKETS,
-                registry=r,
+                "Inference objective input token count distribution for requests in each model.",
+                INPUT_TOKEN_BUCKETS,
             ),
-            output_tokens=Histogram(
+            output_tokens=per_model(
                 "inference_objective_output_tokens",
-                _alpha("Inference objective output token count distribution for requests in each model."),
-                _MODEL,
-                buckets=OUTPUT_TOKEN_BUCKETS,
-                registry=r,
+                "Inference objective output token count distribution for requests in each model.",
+                OUTPUT_TOKEN_BUCKETS,
             ),
-            prompt_cached_tokens=Histogram(
+            prompt_cached_tokens=per_model(
                 "inference_objective_prompt_cached_tokens",
-                _alpha(
-                    "Inference objective prompt cached token count distribution for requests in each model."
-                ),
-                _MODEL,
-                buckets=INPUT_TOKEN_BUCKETS,
-                registry=r,
+                "Inference objective prompt cached token count distribution for requests in each model.",
+                INPUT_TOKEN_BUCKETS,
             ),
             running=Gauge(
                 "inference_objective_running_requests",
@@ -176,15 +157,11 @@ class RequestFamilies(FamilyGroup):
                 ["model_name"],
                 registry=r,
             ),
-            ntpot=Histogram(
+            ntpot=per_model(
                 "inference_objective_normalized_time_per_output_token_seconds",
-                _alpha(
-                    "Inference objective latency divided by number of output tokens in seconds for each "
-                    "model and target model."
-                ),
-                _MODEL,
-                buckets=NTPOT_BUCKETS,
-                registry=r,
+                "Inference objective latency divided by number of output tokens in seconds for each "
+                "model and target model.",
+                NTPOT_BUCKETS,
             ),
             model_rewrites=Counter(
                 "inference_extension_model_rewrite_decisions_total",
