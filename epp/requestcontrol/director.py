@@ -168,6 +168,7 @@ class Director:
 
     # ---- request ------------------------------------------------------------------------------------
 
+    # Long on purpose: the per-request hot path measured in docs/benchmarks.md; helpers would add calls.
     async def handle_request(self, ctx: RequestContext, body: bytes) -> bytes:
         """Schedule the request; returns the body to forward (the same object when unchanged)."""
         pipeline = ctx.pipeline
