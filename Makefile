@@ -48,6 +48,7 @@ demo: $(STAMP)
 	$(BIN)/epp demo
 
 bench-smoke: $(STAMP)
+	$(BIN)/epp bench install
 	$(BIN)/epp bench quality --smoke
 	$(BIN)/epp bench overhead --smoke
 

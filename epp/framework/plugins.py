@@ -52,6 +52,7 @@ __all__ = [
     "SaturationDetector",
     "Scorer",
     "ScorerCategory",
+    "SharedSnapshot",
     "SharedState",
 ]
 
@@ -235,8 +236,23 @@ class SharedState(Protocol):
 
 
 @runtime_checkable
+class SharedSnapshot(Protocol):
+    """Optional, beside `SharedState`: a plugin whose whole shared state a replica that starts can take
+    from a running one (`--ha-mode active-active`), so it does not route cold: e.g. the prefix index.
+
+    `export_snapshot()` returns plain data (as `export_changes`); `import_snapshot(origin, data)` merges it
+    into what the plugin holds. Transient state (in-flight counts) need not be in it: it is refreshed by
+    the changes that follow within milliseconds under load.
+    """
+
+    def export_snapshot(self) -> Any: ...
+
+    def import_snapshot(self, origin: str, snapshot: Any) -> None: ...
+
+
+@runtime_checkable
 class BackgroundTask(Protocol):
-    """Optional: a plugin that needs a background loop (e.g. a KV-event subscriber).
+    """Optional: a plugin that needs a background loop (I/O about the fleet belongs to the datalayer).
 
     `run` is started when the pipeline holding the plugin goes live and cancelled when it is retired.
     """

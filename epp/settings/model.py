@@ -19,12 +19,19 @@ from epp.settings.env import ENV_PREFIX, EnvSource, current_environ
 from epp.settings.values import Bool, Port, Seconds, parse_csv, parse_objectives, parse_port_list
 from epp.units import format_duration
 
-__all__ = ["EppSettings", "LogFormat", "ModelServerType"]
+__all__ = ["EppSettings", "HaMode", "LogFormat", "ModelServerType"]
 
 
 class LogFormat(StrEnum):
     CONSOLE = "console"
     JSON = "json"
+
+
+class HaMode(StrEnum):
+    """How replicas share the work: one leader at a time, or all routing and sharing their state."""
+
+    ACTIVE_PASSIVE = "active-passive"
+    ACTIVE_ACTIVE = "active-active"
 
 
 class ModelServerType(StrEnum):
@@ -148,6 +155,28 @@ class EppSettings(BaseSettings):
         10.0, gt=0, description="the leader gives up if it cannot renew in this time"
     )
     ha_retry_period: Seconds = Field(2.0, gt=0, description="interval between lease attempts")
+    ha_mode: HaMode = Field(
+        HaMode.ACTIVE_PASSIVE,
+        description="active-passive (a leader, with --ha-enable-leader-election) or active-active (every "
+        "replica routes and shares its routing state with the others)",
+    )
+    peers: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_csv)] = Field(
+        (), description="active-active: the other replicas' peer addresses, host:port,..."
+    )
+    ha_peer_selector: str = Field(
+        "",
+        description="active-active in Kubernetes: label selector of this EPP's own pods (peers are "
+        "their ready IPs on --ha-port, in --pool-namespace)",
+    )
+    ha_port: Port = Field(9004, description="active-active: the peer channel's TCP port")
+    ha_secret_file: str | None = Field(
+        None,
+        description="active-active: file holding the secret every replica shares (CURVE keys for the "
+        "peer channel); without it the channel is plain TCP",
+    )
+    ha_bootstrap_timeout: Seconds = Field(
+        3.0, ge=0, description="active-active: how long a starting replica waits for a peer's snapshot"
+    )
 
     # ---- logging
     v: int = Field(2, ge=0, le=10, description="verbosity: 2 default, 3 verbose, 4 debug, 5 trace")
@@ -228,6 +257,8 @@ class EppSettings(BaseSettings):
             raise SettingsError("--endpoint-selector needs --endpoint-target-ports (1 to 8 ports)")
         ports = {"--grpc-port": self.grpc_port, "--grpc-health-port": self.grpc_health_port}
         ports["--metrics-port"] = self.metrics_port
+        if self.ha_mode is HaMode.ACTIVE_ACTIVE:
+            ports["--ha-port"] = self.ha_port
         seen: dict[int, str] = {}
         for flag, port in ports.items():
             if port and port in seen:
@@ -241,9 +272,35 @@ class EppSettings(BaseSettings):
                 f"{format_duration(self.ha_lease_duration)}, {format_duration(self.ha_renew_deadline)}, "
                 f"{format_duration(self.ha_retry_period)}"
             )
+        self._check_ha()
         if self.static_objectives and not self.static_endpoints:
             raise SettingsError("--static-objectives only applies with --static-endpoints")
         return self
+
+    def _check_ha(self) -> None:
+        active_active = self.ha_mode is HaMode.ACTIVE_ACTIVE
+        if active_active and self.ha_enable_leader_election:
+            raise SettingsError(
+                "--ha-mode active-active and --ha-enable-leader-election exclude each other: every "
+                "active-active replica routes, no lease is taken"
+            )
+        if not active_active:
+            named = [f for f in ("peers", "ha_peer_selector", "ha_secret_file") if getattr(self, f)]
+            if named:
+                flags = ", ".join(f"--{n.replace('_', '-')}" for n in named)
+                raise SettingsError(f"{flags} only apply with --ha-mode active-active")
+            return
+        if self.peers and self.ha_peer_selector:
+            raise SettingsError("--peers and --ha-peer-selector exclude each other: peers come from one")
+        for item in self.peers:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise SettingsError(f"--peers: expected host:port, got {item!r}")
+        if self.ha_peer_selector:
+            for part in (p.strip() for p in self.ha_peer_selector.split(",") if p.strip()):
+                key, sep, _ = part.partition("=")
+                if not sep or not key.strip():
+                    raise SettingsError(f"--ha-peer-selector: expected key=value pairs, got {part!r}")
 
     @classmethod
     def settings_customise_sources(

@@ -220,6 +220,22 @@ class ApproxPrefixCacheProducer:
     def forget_origin(self, origin: str) -> None:
         """Nothing to forget: what another process routed is still in the engines' caches."""
 
+    # ---- SharedSnapshot -------------------------------------------------------------------------------
+
+    def export_snapshot(self) -> list[list[Any]]:
+        """The whole index: `[endpoint, hashes most recently used first, capacity]` per endpoint."""
+        index = self.index
+        out: list[list[Any]] = []
+        for key in sorted(index.endpoints()):
+            capacity = index.capacity(key)
+            blocks = index.blocks(key)
+            if capacity and blocks:
+                out.append([key, blocks[::-1], capacity])
+        return out
+
+    def import_snapshot(self, origin: str, snapshot: Any) -> None:
+        self.import_changes(origin, [["a", key, hashes, capacity] for key, hashes, capacity in snapshot])
+
     def index_size(self) -> int:
         return self.index.size()
 
