@@ -37,6 +37,8 @@ from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
 from epp.flowcontrol.admission import FlowControlAdmission
 from epp.flowcontrol.observe import PrometheusFlowObserver
+from epp.ha.replica import replica_id
+from epp.ha.runtime import ActiveActive
 from epp.logs import configure_logging
 from epp.observability.http import MetricsHttpServer
 from epp.observability.metrics import EppMetrics, build_commit
@@ -44,7 +46,7 @@ from epp.observability.pool import PoolMetricsRefresher
 from epp.plugin_runtime import PluginRuntime
 from epp.registry import PluginRegistry
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
-from epp.settings import EppSettings
+from epp.settings import EppSettings, HaMode
 from epp.workers.cpus import default_workers
 from epp.workers.metrics_merge import ExcludingCollector
 from epp.workers.pool import WorkerPool
@@ -130,6 +132,9 @@ class App:
         self.metrics_http: MetricsHttpServer | None = None
         self.admission: FlowControlAdmission | None = None
         self.pool_metrics: PoolMetricsRefresher | None = None
+        self.replica = replica_id() if settings.ha_mode is HaMode.ACTIVE_ACTIVE else ""
+        self.active_active: ActiveActive | None = None
+        self.ha_port = 0
 
     # ---- config ------------------------------------------------------------------------------------
 
@@ -185,6 +190,8 @@ class App:
             self.plugins.start()  # with workers, the plugins that serve live there
 
         await self._start_endpoints()
+        if self.replica:
+            await self._start_active_active()
         self._spawn(self._watch_readiness(), "readiness")
         self._spawn(pool_metrics.run(), "pool-gauges")
 
@@ -233,6 +240,7 @@ class App:
             readiness=self.readiness,
             metrics=self.metrics,
             host=host,
+            replica=self.replica,
         )
         self.grpc_port = await self.pool.start()
         exposition = CollectorRegistry(auto_describe=False)
@@ -262,6 +270,21 @@ class App:
         )
         self.metrics_port = await self.metrics_http.start()
         return self.pool_metrics
+
+    async def _start_active_active(self) -> None:
+        """`--ha-mode active-active`: the peer link (readiness waits for its bootstrap)."""
+        self.active_active = ActiveActive(
+            self.settings,
+            replica=self.replica,
+            holder=self.holder,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            pool=self.pool,
+            director=self.extproc.director if self.extproc is not None else None,
+            k8s_client=self._k8s_client,
+            host=self.bind_host or "0.0.0.0",
+        )
+        self.ha_port = await self.active_active.start()
 
     async def _start_endpoints(self) -> None:
         """The endpoint source (static, InferencePool or label selector) and the model-server scraper."""
@@ -339,6 +362,8 @@ class App:
             await self._elector.stop()
         if self.extproc is not None:
             await self.extproc.stop(grace=5.0)
+        if self.active_active is not None:
+            await self.active_active.stop()
         if self.pool is not None:
             await self.pool.stop(grace=5.0)
         if self._scraper is not None:

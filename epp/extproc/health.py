@@ -51,6 +51,7 @@ class ReadinessState:
         self.leader = not leader_election
         self.protocol_ok = True
         self.workers_ready = True  # with --workers N: every worker process serves
+        self.bootstrapped = True  # active-active: took a peer's snapshot, or found none to take
         self.draining = False
         self._changed = asyncio.Event()  # binds to a loop only when first awaited
 
@@ -62,6 +63,7 @@ class ReadinessState:
             and self.leader
             and self.protocol_ok
             and self.workers_ready
+            and self.bootstrapped
             and not self.draining
         )
 
@@ -83,6 +85,10 @@ class ReadinessState:
 
     def set_workers(self, ready: bool) -> None:
         self.workers_ready = ready
+        self._notify()
+
+    def set_bootstrapped(self, value: bool) -> None:
+        self.bootstrapped = value
         self._notify()
 
     def set_draining(self) -> None:

@@ -74,7 +74,7 @@ class LinkStats:
     sent: int = 0
     received: int = 0
     dropped: int = 0
-    snapshots_served: int = 0
+    served: int = 0  # snapshots
 
 
 class _Curve:
@@ -99,10 +99,12 @@ class PeerLink:
         keys: PeerKeys | None = None,
         snapshot_source: Callable[[], Awaitable[bytes | None]] | None = None,
         on_lag: Callable[[float], None] | None = None,
+        on_count: Callable[[str], None] | None = None,
         heartbeat: float = 1.0,
         silence: float = 5.0,
     ) -> None:
         self.replica = replica
+        self.on_count = on_count  # "sent", "received", "dropped", "served": for the metrics
         self.keys = keys
         self.heartbeat = heartbeat
         self.silence = silence
@@ -118,7 +120,7 @@ class PeerLink:
         self._auth: ThreadAuthenticator | None = None
         self._dealers: dict[str, tuple[zmq.Socket[bytes], Inbox]] = {}
         self._heard: dict[str, float] = {}
-        self._asked: asyncio.Future[bytes] | None = None
+        self._answers: asyncio.Queue[bytes] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._router: zmq.Socket[bytes] | None = None
@@ -231,14 +233,21 @@ class PeerLink:
             try:
                 dealer.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:  # not connected (yet), or its queue is full: this message is lost for it
-                self.stats.dropped += 1
+                if frames[0] == _STATE:
+                    self._count("dropped")
                 continue
             inbox.kick()
 
     # ---- traffic ----------------------------------------------------------------------------------
 
+    def _count(self, what: str) -> None:
+        stats = self.stats
+        setattr(stats, what, getattr(stats, what) + 1)
+        if self.on_count is not None:
+            self.on_count(what)
+
     def _from_local(self, frames: list[bytes]) -> None:
-        self.stats.sent += 1
+        self._count("sent")
         self._send_all([_STATE, frames[0]])
 
     def _from_peer(self, frames: list[bytes]) -> None:
@@ -248,11 +257,11 @@ class PeerLink:
         kind = frames[1]
         self._heard[sender] = time.monotonic()
         if kind == _STATE and len(frames) >= 3 and self._sink is not None:
-            self.stats.received += 1
+            self._count("received")
             try:
                 self._sink.send(frames[2], zmq.NOBLOCK)
             except zmq.Again:
-                self.stats.dropped += 1
+                self._count("dropped")
             if self.on_lag is not None:
                 header = message_header(frames[2])
                 if header is not None:
@@ -275,42 +284,50 @@ class PeerLink:
             return
         if self._router_inbox is not None:
             self._router_inbox.kick()
-        self.stats.snapshots_served += 1
+        self._count("served")
 
     def _from_answer(self, frames: list[bytes]) -> None:
-        if len(frames) >= 2 and frames[0] == _SNAPSHOT:
-            waiting = self._asked
-            if waiting is not None and not waiting.done():
-                waiting.set_result(frames[1])
+        if len(frames) >= 2 and frames[0] == _SNAPSHOT and self._answers is not None:
+            self._answers.put_nowait(frames[1])
 
     async def bootstrap(self, *, timeout: float = 2.0) -> bytes | None:
-        """A snapshot of the shared state from the first peer that has one (each asked in turn, `timeout`
-        seconds each); None when no peer answered with one (the first replica, or peers all gone)."""
-        for address in self.addresses():
-            found = self._dealers.get(address)
-            if found is None:
-                continue
-            dealer, inbox = found
-            self._asked = asyncio.get_running_loop().create_future()
-            deadline = time.monotonic() + timeout
-            try:
-                while True:  # IMMEDIATE: the request only leaves once the connection is up
-                    try:
+        """A snapshot of the shared state from the first peer that gives one within `timeout` seconds
+        (every peer is asked as soon as its connection is up); None when none did (the first replica,
+        or peers all gone), early once every peer answered that it had nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        asked: set[str] = set()
+        empty = 0  # peers that answered they had nothing
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+        self._answers = answers
+        try:
+            while loop.time() < deadline:
+                for address, (dealer, inbox) in list(self._dealers.items()):
+                    if address in asked:
+                        continue
+                    try:  # IMMEDIATE: the request only leaves once the connection is up
                         dealer.send_multipart([_ASK], zmq.NOBLOCK)
-                        break
                     except zmq.Again:
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError from None
-                        await asyncio.sleep(0.02)
-                inbox.kick()
-                data = await asyncio.wait_for(self._asked, max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                log.info("HA peer %s gave no snapshot within %.1fs", address, timeout)
-                continue
-            finally:
-                self._asked = None
-            if data:
-                return data
+                        continue
+                    asked.add(address)
+                    inbox.kick()
+                try:
+                    data = await asyncio.wait_for(answers.get(), min(0.05, max(0.0, deadline - loop.time())))
+                except TimeoutError:
+                    continue
+                if data:
+                    return data
+                empty += 1
+                if empty >= len(self._dealers):
+                    return None
+        finally:
+            self._answers = None
+        log.info(
+            "no HA peer gave a snapshot within %.1fs (%d of %d asked)",
+            timeout,
+            len(asked),
+            len(self._dealers),
+        )
         return None
 
     # ---- heartbeats -------------------------------------------------------------------------------

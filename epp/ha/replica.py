@@ -56,6 +56,7 @@ class HaReplica:
         apply_snapshot: Callable[[bytes], Awaitable[int]] | None = None,
         bootstrap_timeout: float = 3.0,
         on_lag: Callable[[float], None] | None = None,
+        on_count: Callable[[str], None] | None = None,
         heartbeat: float = 1.0,
         silence: float = 5.0,
     ) -> None:
@@ -76,6 +77,7 @@ class HaReplica:
             keys=keys,
             snapshot_source=snapshot_source,
             on_lag=on_lag,
+            on_count=on_count,
             heartbeat=heartbeat,
             silence=silence,
         )
@@ -116,7 +118,7 @@ class HaReplica:
             async with asyncio.timeout(self.bootstrap_timeout):
                 await self._peers_known.wait()
                 if self.link.addresses():
-                    data = await self.link.bootstrap(timeout=max(0.2, self.bootstrap_timeout / 2))
+                    data = await self.link.bootstrap(timeout=self.bootstrap_timeout)
                     if data is not None and self.apply_snapshot is not None:
                         self.snapshot_applied = await self.apply_snapshot(data)
                         log.info("HA: took a snapshot of %d bytes from a peer", len(data))

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigFamilies",
     "FamilyGroup",
     "FlowControlFamilies",
+    "HaFamilies",
     "PoolFamilies",
     "RequestFamilies",
     "SchedulerFamilies",
@@ -458,6 +459,47 @@ class WorkerFamilies(FamilyGroup):
                 "epp_worker_sync_lag_seconds",
                 "Time from a worker sending its routing decisions to another applying them.",
                 buckets=SYNC_LAG_BUCKETS,
+                registry=r,
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HaFamilies(FamilyGroup):
+    """Ours: `--ha-mode active-active`, the peer link between replicas (recorded by the pod process)."""
+
+    peers: Gauge
+    messages: Counter
+    sync_lag: Histogram
+    snapshots: Counter
+
+    @classmethod
+    def declare(cls, r: CollectorRegistry) -> HaFamilies:
+        return cls(
+            peers=Gauge(
+                "epp_ha_peers",
+                "Other replicas heard from lately on the peer link (active-active); 0: this replica routes "
+                "on its own view.",
+                registry=r,
+            ),
+            messages=Counter(
+                "epp_ha_messages_total",
+                "Shared-state messages on the peer link: sent (to every peer), received, dropped (a peer "
+                "not connected or too slow).",
+                ["direction"],
+                registry=r,
+            ),
+            sync_lag=Histogram(
+                "epp_ha_sync_lag_seconds",
+                "Time from a decider of another replica sending its routing decisions to this replica "
+                "receiving them.",
+                buckets=SYNC_LAG_BUCKETS,
+                registry=r,
+            ),
+            snapshots=Counter(
+                "epp_ha_snapshots_total",
+                "Shared-state snapshots: served (to a replica that started), taken (when this one started).",
+                ["event"],
                 registry=r,
             ),
         )

@@ -27,6 +27,7 @@ from epp.observability.families import (
     ConfigFamilies,
     FamilyGroup,
     FlowControlFamilies,
+    HaFamilies,
     PoolFamilies,
     RequestFamilies,
     SchedulerFamilies,
@@ -77,9 +78,10 @@ class EppMetrics:
         self.scrape = ScrapeFamilies.declare(r)
         self.flow_control = FlowControlFamilies.declare(r)
         self.workers = WorkerFamilies.declare(r)
+        self.ha = HaFamilies.declare(r)
         self._declared: tuple[FamilyGroup | MetricWrapperBase, ...] = (
             *(self.requests, self.pool, self.scheduler, self.info, self.response_body),
-            *(self.config, self.scrape, self.flow_control, self.workers),
+            *(self.config, self.scrape, self.flow_control, self.workers, self.ha),
         )
         self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
         self._response_body_children: dict[str, Counter] = {}

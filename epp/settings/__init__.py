@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from epp.settings.env import ENV_PREFIX
 from epp.settings.help import HelpRequested, flag_help
-from epp.settings.model import EppSettings, LogFormat, ModelServerType
+from epp.settings.model import EppSettings, HaMode, LogFormat, ModelServerType
 from epp.settings.parse import parse_settings
 
 __all__ = [
     "ENV_PREFIX",
     "EppSettings",
+    "HaMode",
     "HelpRequested",
     "LogFormat",
     "ModelServerType",

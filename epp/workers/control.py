@@ -15,11 +15,14 @@ pod process → worker:
     collect    token                                              send your metric families
     gone       slot                                               that worker died: forget its state
     assign     slot, incarnation                                  (to the warm spare) you are that worker now
+    share-ask  token                                              (active-active) your shared-state snapshot
+    share      snapshot bytes                                     (active-active) a peer's: import it
 worker → pod process:
     hello      slot, incarnation, pid                             (slot -1: the warm spare, waiting)
     ready      bool                                               serving (config built, picture received)
     applied    generation, ok, error                              a config generation built or refused
     families   token, pickled families                            answer to collect
+    shared     token, snapshot bytes or None                      answer to share-ask
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ __all__ = [
     "OBJECTIVES",
     "READY",
     "RULES",
+    "SHARE",
+    "SHARED",
+    "SHARE_ASK",
     "SNAPSHOT",
     "SYNCED",
     "UPDATE",
@@ -68,6 +74,9 @@ HELLO = "hello"
 READY = "ready"
 APPLIED = "applied"
 FAMILIES = "families"
+SHARE_ASK = "share-ask"
+SHARE = "share"
+SHARED = "shared"
 
 
 def _message(data: bytes) -> list[Any]:

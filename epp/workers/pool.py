@@ -112,8 +112,10 @@ class WorkerPool:
         readiness: ReadinessState,
         metrics: EppMetrics,
         host: str,
+        replica: str = "",
     ) -> None:
         self.settings = settings
+        self.replica = replica  # set: active-active
         self.count = count
         self.datastore = datastore
         self.holder = holder
@@ -136,6 +138,8 @@ class WorkerPool:
         self._spares = 0
         self._spare_taken = asyncio.Event()
         self._all_ready = asyncio.Event()
+        self._share: bytes | None = None  # a peer's snapshot, for workers that start before all took it
+        self._shared: dict[int, asyncio.Future[bytes | None]] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class WorkerPool:
             str(incarnation),
             "--slots",
             str(self.count),
+            *(("--replica", self.replica) if self.replica else ()),
             stdin=asyncio.subprocess.DEVNULL,
         )
 
@@ -312,6 +317,10 @@ class WorkerPool:
             self._applied_by(slot, int(message[1]), bool(message[2]), str(message[3]))
         elif kind == c.FAMILIES and slot.collected is not None and not slot.collected.done():
             slot.collected.set_result(message[2])
+        elif kind == c.SHARED:
+            waiting = self._shared.pop(int(message[1]), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message[2])
 
     def _hello(self, identity: bytes, index: int, incarnation: int) -> None:
         spare = self._spare
@@ -328,6 +337,8 @@ class WorkerPool:
         slot.generation = self.holder.current.generation
         picture = {"config": config_message(self.holder.current), **self.publisher.snapshot()}
         self.control.send(identity, [c.SNAPSHOT, picture])
+        if self._share is not None:
+            self.control.send(identity, [c.SHARE, self._share])
 
     def _on_swap(self, old: Pipeline, new: Pipeline) -> None:
         self._applied[new.generation] = set()
@@ -350,6 +361,7 @@ class WorkerPool:
         ready = all(s.ready for s in self.slots)
         if ready:
             self._all_ready.set()
+            self._share = None
         if ready != self.readiness.workers_ready:
             self.readiness.set_workers(ready)
             log.info("workers: %d of %d ready", sum(s.ready for s in self.slots), self.count)
@@ -362,6 +374,31 @@ class WorkerPool:
         spare = self._spare
         spare_waiting = int(spare is not None and spare.identity is not None)
         self.metrics.workers.processes.labels("spare").set(spare_waiting)
+
+    # ---- active-active: shared-state snapshots ------------------------------------------------------
+
+    async def snapshot(self, timeout: float = 2.0) -> bytes | None:
+        """A ready worker's shared-state snapshot (every worker holds the same), for a starting peer."""
+        slot = next((s for s in self.slots if s.identity is not None and s.ready), None)
+        if slot is None or slot.identity is None or self.control is None:
+            return None
+        self._token += 1
+        token = self._token
+        waiting = self._shared[token] = asyncio.get_running_loop().create_future()
+        self.control.send(slot.identity, [c.SHARE_ASK, token])
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        except TimeoutError:
+            log.warning("worker %d gave no shared-state snapshot within %.1f s", slot.index, timeout)
+            return None
+        finally:
+            self._shared.pop(token, None)
+
+    async def apply_snapshot(self, data: bytes) -> int:
+        """A peer's snapshot to every worker (and to those that say hello until all are ready)."""
+        self._share = None if self._all_ready.is_set() else data
+        self._broadcast(pack([c.SHARE, data]))
+        return sum(1 for s in self.slots if s.identity is not None)
 
     async def _collect_every(self, interval: float) -> None:
         """Between scrapes too, so a worker that dies takes at most `interval` of its counts with it."""

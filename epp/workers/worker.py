@@ -50,7 +50,7 @@ from epp.settings import EppSettings
 from epp.workers import control as c
 from epp.workers.codec import decode_endpoint, decode_metrics, decode_rules
 from epp.workers.control import ControlClient
-from epp.workers.statebus import StateBus
+from epp.workers.statebus import StateBus, peers_address
 
 __all__ = ["Worker", "apply_picture_message", "main", "mirror_all", "request_options"]
 
@@ -126,9 +126,17 @@ def apply_picture_message(datastore: Datastore, message: list[Any]) -> bool:
 
 class Worker:
     def __init__(
-        self, settings: EppSettings, *, directory: str, slot: int, incarnation: int, slots: int
+        self,
+        settings: EppSettings,
+        *,
+        directory: str,
+        slot: int,
+        incarnation: int,
+        slots: int,
+        replica: str = "",
     ) -> None:
         self.settings = settings
+        self.replica = replica  # set: active-active, this pod's replica id
         self.directory = directory
         self.slot = slot
         self.incarnation = incarnation
@@ -144,6 +152,7 @@ class Worker:
         self.holder: PipelineHolder | None = None
         self.server: ExtProcServer | None = None
         self.bus: StateBus | None = None
+        self._shares: list[bytes] = []  # peers' snapshots that came before the bus
         self.plugins: PluginRuntime | None = None
         self.admission: FlowControlAdmission | None = None
         self.stopping = asyncio.Event()
@@ -194,8 +203,13 @@ class Worker:
             incarnation=self.incarnation,
             slots=self.slots,
             on_message=self.metrics.sync_message,
+            replica=self.replica,
+            extra_sources=[peers_address(self.directory)] if self.replica else (),
         )
         self.bus.start()
+        for share in self._shares:
+            self.bus.import_snapshot(share)
+        self._shares.clear()
         self.server.director.on_state_change = self.bus.notify
         self.plugins = PluginRuntime(holder, self.datastore, log_membership=False)
         self.plugins.start()
@@ -255,6 +269,14 @@ class Worker:
             self._configs.put_nowait(message[1])
         elif kind == c.GONE and self.bus is not None:
             self.bus.forget_slot(int(message[1]))
+        elif kind == c.SHARE_ASK:
+            share = self.bus.export_snapshot() if self.bus is not None else None
+            self.client.send([c.SHARED, message[1], share])
+        elif kind == c.SHARE:
+            if self.bus is None:
+                self._shares.append(message[1])
+            else:
+                self.bus.import_snapshot(message[1])
 
     async def _reloads(self) -> None:
         while True:
@@ -314,7 +336,12 @@ async def serve_worker(args: argparse.Namespace) -> int:
     data = json.loads((Path(args.dir) / "settings.json").read_text())
     settings = EppSettings.model_validate(data)
     worker = Worker(
-        settings, directory=args.dir, slot=args.slot, incarnation=args.incarnation, slots=args.slots
+        settings,
+        directory=args.dir,
+        slot=args.slot,
+        incarnation=args.incarnation,
+        slots=args.slots,
+        replica=args.replica,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -337,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--incarnation", type=int, required=True)
     p.add_argument("--slots", type=int, required=True)
+    p.add_argument("--replica", default="", help="active-active: the pod's replica id")
     args = p.parse_args(argv)
     _die_with_parent()
     data = json.loads((Path(args.dir) / "settings.json").read_text())

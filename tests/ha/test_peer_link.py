@@ -185,7 +185,7 @@ async def test_a_replica_that_starts_takes_a_snapshot_from_a_peer() -> None:
             assert data is not None and new.bus.import_snapshot(data) == 1
             for ep in EPS:
                 assert new.producer.index.blocks(ep.key) == a.producer.index.blocks(ep.key)
-            assert a.link.stats.snapshots_served == 1
+            assert a.link.stats.served == 1
 
 
 async def test_the_first_replica_bootstraps_from_nobody() -> None:

@@ -1,0 +1,156 @@
+"""`--ha-mode active-active` as deployed: two (then three) daemons in their own processes, each behind its
+own Envoy, in front of one simulated fleet; the peer channel is CURVE-secured with a shared secret file.
+
+A prefix routed by one replica is routed to the same endpoint by the other (the prefix index is shared);
+with the link off (`--peers` empty), the other replica does not know it. A replica that starts later takes
+a running one's snapshot before it reports ready, and routes those prefixes like the others at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from epp.tools.loadgen.gateway import EppProcess
+from epp.tools.proxy import EnvoyConfig, EnvoyProcess
+from tests.helpers import free_ports, until
+
+pytestmark = pytest.mark.envoy
+
+PROFILE = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+"""
+PREFIXES = 8
+
+
+def _prompt(group: int, i: int) -> str:
+    return f"group {group}: a long shared system prompt for this tenant. " * 24 + f"question {i}"
+
+
+async def _picked(http: aiohttp.ClientSession, envoy: EnvoyProcess, group: int, i: int) -> str:
+    """The endpoint the EPP behind `envoy` picked for a request of `group` (its decision header)."""
+    body = {"model": "sim-model", "prompt": _prompt(group, i), "max_tokens": 2}
+    async with http.post(f"{envoy.url}/v1/completions", json=body, headers={"x-epp-decision": "1"}) as resp:
+        await resp.read()
+        assert resp.status == 200
+        decision = resp.headers["x-epp-decision"]
+    m = re.search(r"picked=(\S+)", decision)
+    assert m, decision
+    return m.group(1)
+
+
+def _sample(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(re.escape(name) + r"(?:\{[^}]*\})? (\S+)$", line)
+        if m:
+            total += float(m.group(1))
+    return total
+
+
+async def _metric(http: aiohttp.ClientSession, epp: EppProcess, name: str) -> float:
+    async with http.get(epp.metrics_url) as resp:
+        return _sample(await resp.text(), name)
+
+
+@pytest.fixture
+async def fleet(start_sim):
+    return [await start_sim(model="sim-model", time_scale=0.02, seed=i) for i in range(4)]
+
+
+class Stack:
+    def __init__(self, fleet: list, tmp_path: Path) -> None:
+        self.fleet = fleet
+        self.tmp_path = tmp_path
+        self.secret = tmp_path / "ha-secret"
+        self.secret.write_text("the replicas' shared secret, 32+ bytes long\n")
+        self.config = tmp_path / "epp.yaml"
+        self.config.write_text(PROFILE)
+        self.started: list[tuple[EppProcess, EnvoyProcess]] = []
+
+    async def replica(self, name: str, ha_port: int, peers: list[int], *, workers: int = 1):
+        args = ["--ha-mode", "active-active", "--ha-port", str(ha_port), "--ha-secret-file", str(self.secret)]
+        args += ["--enable-decision-header", "--workers", str(workers), "--ha-bootstrap-timeout", "2s"]
+        if peers:
+            args += ["--peers", ",".join(f"127.0.0.1:{p}" for p in peers)]
+        epp = EppProcess(
+            [s.address for s in self.fleet],
+            config_file=self.config,
+            secure_serving=False,
+            extra_args=args,
+            log_path=self.tmp_path / f"{name}.log",
+        )
+        await epp.start()
+        envoy = EnvoyProcess(
+            EnvoyConfig(ext_proc_port=epp.grpc_port, ext_proc_tls=False), self.tmp_path / name
+        )
+        self.started.append((epp, envoy))
+        await envoy.start()
+        return epp, envoy
+
+    async def stop(self) -> None:
+        for epp, envoy in reversed(self.started):
+            await envoy.stop()
+            await epp.stop()
+        for epp, _ in self.started:
+            assert "Traceback" not in epp.log_text(), epp.log_text()[-3000:]
+
+
+async def test_replicas_route_a_prefix_alike_and_a_new_one_bootstraps(fleet, tmp_path: Path) -> None:
+    stack = Stack(fleet, tmp_path)
+    pa, pb, pc = free_ports(3)
+    try:
+        a, ea = await stack.replica("a", pa, [pb, pc])
+        b, eb = await stack.replica("b", pb, [pa, pc], workers=2)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            await until(lambda: _heard(http, a, 1), what="a hears b")
+            await until(lambda: _heard(http, b, 1), what="b hears a")
+            first = {g: await _picked(http, ea, g, 0) for g in range(PREFIXES)}
+            assert len(set(first.values())) >= 2  # the groups spread over the fleet
+
+            async def b_agrees() -> bool:
+                return all([await _picked(http, eb, g, 1) == first[g] for g in range(PREFIXES)])
+
+            await until(b_agrees, timeout=5.0, what="b routes a's prefixes where a did")
+
+            # a replica that starts now takes a snapshot first: it routes every prefix alike at once
+            c, ec = await stack.replica("c", pc, [pa, pb])
+            assert await _metric(http, c, "epp_ha_snapshots_total") == 1  # taken before it was ready
+            assert [await _picked(http, ec, g, 2) for g in range(PREFIXES)] == [
+                first[g] for g in range(PREFIXES)
+            ]
+            assert await _metric(http, a, "epp_ha_messages_total") > 0
+    finally:
+        await stack.stop()
+
+
+async def _heard(http: aiohttp.ClientSession, epp: EppProcess, peers: int) -> bool:
+    return await _metric(http, epp, "epp_ha_peers") >= peers
+
+
+async def test_without_the_link_the_other_replica_does_not_know(fleet, tmp_path: Path) -> None:
+    stack = Stack(fleet, tmp_path)
+    pa, pb = free_ports(2)
+    try:
+        a, ea = await stack.replica("a", pa, [])
+        _, eb = await stack.replica("b", pb, [])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            first = {g: await _picked(http, ea, g, 0) for g in range(PREFIXES)}
+            await asyncio.sleep(0.5)  # what sharing would deliver in milliseconds
+            other = {g: await _picked(http, eb, g, 1) for g in range(PREFIXES)}
+            assert other != first  # b places the prefixes on its own (ties broken at random), not where a did
+            assert await _metric(http, a, "epp_ha_peers") == 0
+    finally:
+        await stack.stop()
