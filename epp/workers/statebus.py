@@ -127,6 +127,7 @@ class StateBus:
         self._incarnations: dict[tuple[str, int], str] = {}
         self._last_sent = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._start_sharing(self._shared)
         holder.subscribe(self._on_swap)
 
@@ -136,7 +137,7 @@ class StateBus:
         """Something may have changed: send it within `period` (one message for everything until then)."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_later(self.period, self.flush)
+            self._flush_timer = asyncio.get_running_loop().call_later(self.period, self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -301,8 +302,9 @@ class StateBus:
         return applied
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._flush_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._flush_timer = None
         self.pub.close(0)
         self.inbox.close()

@@ -9,7 +9,10 @@ a running one's snapshot before it reports ready, and routes those prefixes like
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -52,9 +55,11 @@ async def _picked(http: aiohttp.ClientSession, envoy: EnvoyProcess, group: int, 
 
 
 def _sample(text: str, name: str) -> float:
+    """The sum of the samples of `name` (a family name, or a name with its exact labels)."""
     total = 0.0
+    labels = "" if "{" in name else r"(?:\{[^}]*\})?"
     for line in text.splitlines():
-        m = re.match(re.escape(name) + r"(?:\{[^}]*\})? (\S+)$", line)
+        m = re.match(re.escape(name) + labels + r" (\S+)$", line)
         if m:
             total += float(m.group(1))
     return total
@@ -154,3 +159,93 @@ async def test_without_the_link_the_other_replica_does_not_know(fleet, tmp_path:
             assert await _metric(http, a, "epp_ha_peers") == 0
     finally:
         await stack.stop()
+
+
+async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(fleet, tmp_path: Path) -> None:
+    secret = tmp_path / "ha-secret"
+    secret.write_text("the replicas' shared secret, 32+ bytes long\n")
+    config = tmp_path / "epp.yaml"
+    config.write_text(PROFILE)
+    pa, pb = free_ports(2)
+    replicas: list[EppProcess] = []
+    for name, port, peer in (("a", pa, pb), ("b", pb, pa)):
+        epp = EppProcess(
+            [s.address for s in fleet],
+            config_file=config,
+            secure_serving=True,  # TLS to the EPP; Envoy's health checks go to the plaintext health port
+            extra_args=[
+                *("--ha-mode", "active-active", "--ha-port", str(port), "--ha-secret-file", str(secret)),
+                *("--peers", f"127.0.0.1:{peer}", "--ha-bootstrap-timeout", "1s", "--enable-decision-header"),
+            ],
+            log_path=tmp_path / f"{name}.log",
+        )
+        replicas.append(epp)
+        await epp.start()
+    a, b = replicas
+    envoy = EnvoyProcess(
+        EnvoyConfig(
+            ext_proc_port=a.grpc_port,
+            ext_proc_health_port=a.health_port,
+            ext_proc_replicas=[("127.0.0.1", b.grpc_port, b.health_port)],
+            ext_proc_tls=True,
+        ),
+        tmp_path / "envoy",
+    )
+    try:
+        await envoy.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            await until(lambda: _heard(http, a, 1), what="a hears b")
+            picks = [await _picked(http, envoy, g % 4, g) for g in range(24)]
+            for g in range(4):  # whichever replica routed it, a prefix stays on one endpoint
+                assert len({p for i, p in enumerate(picks) if i % 4 == g}) == 1, picks
+            async with http.get(f"{envoy.admin_url}/clusters") as resp:
+                hosts = [ln for ln in (await resp.text()).splitlines() if ln.startswith("ext_proc::127")]
+            for epp in replicas:  # the streams went to both replicas, a request's two streams to one
+                assert await _metric(http, epp, "inference_objective_request_total") >= 4, "\n".join(hosts)
+                assert await _metric(http, epp, 'epp_response_body_total{path="routing-stream"}') == 0
+                # paired with its observer stream (the decision header keeps the routing stream on the response)
+                assert await _metric(http, epp, 'epp_response_body_total{path="observer"}') >= 4
+
+            # ---- SIGKILL b under load: a goes on; what fails was b's in flight (or the one stream that
+            # found b's port closed before Envoy ejected it)
+            stop = asyncio.Event()
+            results: list[tuple[float, int]] = []
+
+            async def client(i: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    started = time.monotonic()
+                    results.append((started, await _status(http, envoy, i, n)))
+                    n += 1
+
+            clients = [asyncio.create_task(client(i)) for i in range(6)]
+            await asyncio.sleep(1.0)
+            assert b.process is not None
+            killed_at = time.monotonic()
+            os.kill(b.process.pid, signal.SIGKILL)
+            await asyncio.sleep(2.0)
+            stop.set()
+            await asyncio.gather(*clients)
+            before = [s for t, s in results if t < killed_at]
+            after = [s for t, s in results if t > killed_at + 0.5]
+            failed = [round(t - killed_at, 3) for t, s in results if s != 200]
+            assert before and all(s == 200 for s in before)
+            assert after and all(s == 200 for s in after), failed
+            assert len(failed) <= 6 + 2, (
+                failed
+            )  # b's in-flight share, and a stream or two racing the ejection
+    finally:
+        await envoy.stop()
+        for epp in replicas:
+            await epp.stop()
+    assert "Traceback" not in a.log_text()
+
+
+async def _status(http: aiohttp.ClientSession, envoy: EnvoyProcess, i: int, n: int) -> int:
+    body = {"model": "sim-model", "prompt": _prompt(i, n), "max_tokens": 8}
+    try:
+        async with http.post(f"{envoy.url}/v1/completions", json=body) as resp:
+            await resp.read()
+            return resp.status
+    except (TimeoutError, aiohttp.ClientError):
+        return 0

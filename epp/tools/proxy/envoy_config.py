@@ -55,9 +55,13 @@ ServedEndpoint = Literal["attribute", "header", "none"]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+ROUTING_FILTER = "envoy.filters.http.ext_proc"
+_HEX = "0123456789abcdef"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,11 @@ class EnvoyConfig:
     Attributes:
         listener_port / admin_port: 0 = any free port (discovered after start).
         ext_proc_port / ext_proc_host: where the EPP listens (routing "epp").
+        ext_proc_replicas: more EPP replicas (`host`, `port`, `health_port`) in the same ext_proc cluster
+            (`--ha-mode active-active`): Envoy picks one per ext_proc stream (round robin), so the streams
+            spread over every replica. With replicas, Envoy checks each one's gRPC readiness on its health
+            port (`ext_proc_health_port` for the first) every second and ejects one whose connection fails
+            at once (outlier detection), so a replica that dies or is not ready gets no new streams.
         ext_proc_tls: TLS to the EPP (no certificate validation, ALPN h2), as upstream's chart.
         body_mode: ON_DEMAND (default), FULL_DUPLEX_STREAMED (upstream's) or BUFFERED (see above).
         observer: add the observability-mode filter that copies response bodies to the EPP off the
@@ -85,6 +94,8 @@ class EnvoyConfig:
     admin_port: int = 0
     ext_proc_port: int = 9002
     ext_proc_host: str = "127.0.0.1"
+    ext_proc_replicas: Sequence[tuple[str, int, int]] = ()
+    ext_proc_health_port: int = 0
     ext_proc_tls: bool = True
     body_mode: BodyMode = "ON_DEMAND"
     observer: bool = True
@@ -135,9 +146,9 @@ def _processing_mode(mode: BodyMode) -> dict[str, str]:
     }
 
 
-def _grpc_service(cfg: EnvoyConfig) -> dict[str, Any]:
+def _grpc_service(cfg: EnvoyConfig, cluster: str = "ext_proc") -> dict[str, Any]:
     return {
-        "envoy_grpc": {"cluster_name": "ext_proc", "authority": f"localhost:{cfg.ext_proc_port}"},
+        "envoy_grpc": {"cluster_name": cluster, "authority": f"localhost:{cfg.ext_proc_port}"},
         "timeout": _seconds(cfg.grpc_timeout),
     }
 
@@ -169,7 +180,7 @@ def _observer_filter(cfg: EnvoyConfig) -> dict[str, Any]:
 
 def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
     flt: dict[str, Any] = {
-        "name": "envoy.filters.http.ext_proc",
+        "name": ROUTING_FILTER,
         "typed_config": {
             "@type": _EXT_PROC,
             "grpc_service": _grpc_service(cfg),
@@ -185,12 +196,28 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
     return flt
 
 
-def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+def _replicas(cfg: EnvoyConfig) -> list[tuple[str, int, int]]:
+    return [(cfg.ext_proc_host, cfg.ext_proc_port, cfg.ext_proc_health_port), *cfg.ext_proc_replicas]
+
+
+def _ext_proc_cluster(
+    cfg: EnvoyConfig, name: str = "ext_proc", preferred: int | None = None
+) -> dict[str, Any]:
+    """The EPP replicas: all alike, or (`preferred`) that one first and the others as its failover."""
+    replicas = _replicas(cfg)
+    groups: list[dict[str, Any]]
+    if preferred is None:
+        groups = [{"lb_endpoints": [_ext_proc_endpoint(*r) for r in replicas]}]
+    else:
+        others = [_ext_proc_endpoint(*r) for i, r in enumerate(replicas) if i != preferred]
+        groups = [{"priority": 0, "lb_endpoints": [_ext_proc_endpoint(*replicas[preferred])]}]
+        if others:
+            groups.append({"priority": 1, "lb_endpoints": others})
     h2: dict[str, Any] = {}
     if cfg.ext_proc_max_streams:
         h2["max_concurrent_streams"] = cfg.ext_proc_max_streams
     cluster: dict[str, Any] = {
-        "name": "ext_proc",
+        "name": name,
         "type": "STATIC",
         "connect_timeout": _seconds(cfg.connect_timeout),
         "lb_policy": "ROUND_ROBIN",
@@ -200,19 +227,51 @@ def _ext_proc_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
                 "explicit_http_config": {"http2_protocol_options": h2},
             }
         },
-        "load_assignment": {
-            "cluster_name": "ext_proc",
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _address(cfg.ext_proc_host, cfg.ext_proc_port)}}]}
-            ],
-        },
+        "load_assignment": {"cluster_name": name, "endpoints": groups},
     }
     if cfg.ext_proc_tls:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {"@type": _TLS, "common_tls_context": {"alpn_protocols": ["h2"]}},
         }
+    if cfg.ext_proc_replicas:
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": "readiness"},
+            }
+        ]
+        if cfg.ext_proc_tls:  # the EPP's health port is always plaintext
+            cluster["health_checks"][0]["transport_socket_match_criteria"] = {"health": "plaintext"}
+            cluster["transport_socket_matches"] = [
+                {
+                    "name": "health-plaintext",
+                    "match": {"health": "plaintext"},
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.raw_buffer",
+                        "typed_config": {"@type": _RAW_BUFFER},
+                    },
+                }
+            ]
+        cluster["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 100,
+            "interval": "1s",
+        }
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
     return cluster
+
+
+def _ext_proc_endpoint(host: str, port: int, health_port: int) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _address(host, port)}
+    if health_port:
+        endpoint["health_check_config"] = {"port_value": health_port}
+    return {"endpoint": endpoint}
 
 
 def _original_dst_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
@@ -262,12 +321,16 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
         route_entry["response_headers_to_add"] = [
             {"header": {"key": DESTINATION_ENDPOINT_SERVED, "value": "%UPSTREAM_HOST%"}}
         ]
+    routes = [route_entry]
+    if cfg.routing == "epp" and cfg.ext_proc_replicas:
+        routes = [*_replica_routes(cfg, route_entry), route_entry]
+        clusters += [_ext_proc_cluster(cfg, f"ext_proc_r{i}", i) for i in range(len(_replicas(cfg)))]
     hcm: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "ingress_http",
         "route_config": {
             "name": "local_route",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route_entry]}],
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
@@ -307,6 +370,33 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+def _replica_routes(cfg: EnvoyConfig, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """One route per EPP replica, by the first hex digit of the request id (Envoy's UUID), whose two
+    ext_proc filters both talk to that replica (`ext_proc_r<i>`, failing over to the others): the routing
+    stream and the observer stream of a request meet on one replica, and requests spread evenly."""
+    count = len(_replicas(cfg))
+    routes: list[dict[str, Any]] = []
+    for i in range(count):
+        digits = _HEX[i * 16 // count : (i + 1) * 16 // count]
+        override = {
+            "@type": _EXT_PROC_PER_ROUTE,
+            "overrides": {"grpc_service": _grpc_service(cfg, f"ext_proc_r{i}")},
+        }
+        entry = dict(base)
+        entry["match"] = {
+            "prefix": "/",
+            "headers": [
+                {"name": "x-request-id", "string_match": {"safe_regex": {"regex": f"^[{digits}].*"}}}
+            ],
+        }
+        filters = {ROUTING_FILTER: override}
+        if cfg.observer:
+            filters[OBSERVER_FILTER] = override
+        entry["typed_per_filter_config"] = filters
+        routes.append(entry)
+    return routes
 
 
 def render_bootstrap(cfg: EnvoyConfig) -> str:
