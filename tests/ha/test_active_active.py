@@ -203,7 +203,7 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
             for epp in replicas:  # the streams went to both replicas, a request's two streams to one
                 assert await _metric(http, epp, "inference_objective_request_total") >= 4, "\n".join(hosts)
                 assert await _metric(http, epp, 'epp_response_body_total{path="routing-stream"}') == 0
-                # paired with its observer stream (the decision header keeps the routing stream on the response)
+                # paired with its observer (the decision header keeps the routing stream on the response)
                 assert await _metric(http, epp, 'epp_response_body_total{path="observer"}') >= 4
 
             # ---- SIGKILL b under load: a goes on; what fails was b's in flight (or the one stream that
