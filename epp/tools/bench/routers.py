@@ -15,11 +15,15 @@ A router is named by a spec string (`parse_router`):
 filter, docs/protocol.md section 5); `epp-duplex:` is upstream's, where every streamed chunk crosses the
 EPP and waits on its reply (the "before" of that change). Any `epp` spec takes `@N` for `--workers N`
 (`epp:recommended@2`; without it the daemon's default); with N > 1 its Envoy runs two worker threads
-and opens a connection to the EPP per 16 streams, so the streams spread over the workers.
+and opens a connection to the EPP per 16 streams, so the streams spread over the workers. `*N` runs N
+replicas behind one Envoy (`epp:recommended*3`): `--ha-mode active-active`, sharing their routing state
+over the peer link; `*N-nosync` runs N independent daemons instead (what the sharing buys). Envoy keeps
+both streams of a request on one replica and spreads the requests evenly (`ReplicatedGateway`).
 
 `start_router(spec, addresses, workdir)` starts one and waits until it answers (a rival router must be
 installed already, `epp bench install`, unless `install=True`: `--install-rivals`); `processes` names its
-processes by role (`epp` and `envoy`, `envoy`, or `router` for a rival); `stop()` stops what it
+processes by role (`epp` and `envoy` — `epp-0`, `epp-1`, ... with replicas —, `envoy`, or `router` for a
+rival); `stop()` stops what it
 started by PID (the rivals run in their own process group, which is signalled as a whole, so nothing is
 left behind). The rival routers get `offline_env()`: both their `--host` and `--prometheus-host` are
 127.0.0.1, and anything they try to fetch from the internet fails on a closed loopback port.
@@ -44,7 +48,7 @@ import yaml
 from epp.tools.bench.harness import Children
 from epp.tools.bench.rivals import ensure_tool, offline_env
 from epp.tools.demo.orchestrate import resolve_profile
-from epp.tools.loadgen.gateway import Gateway
+from epp.tools.loadgen.gateway import Gateway, ReplicatedGateway
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.proxy.envoy_config import BodyMode
 
@@ -77,6 +81,9 @@ class RouterSpec:
     observer: bool = True
     #: `--workers` of an `epp` router (`epp:NAME@N`); None: the daemon's default
     workers: int | None = None
+    #: replicas of an `epp` router behind one Envoy (`epp:NAME*N`, active-active; `*N-nosync`: independent)
+    replicas: int | None = None
+    sync: bool = True
 
     @property
     def is_rival(self) -> bool:
@@ -103,7 +110,16 @@ def parse_router(text: str) -> RouterSpec:
     for prefix, policy in (("epp:", ""), ("epp-plaintext:", "plaintext"), ("epp-duplex:", "duplex")):
         if t.startswith(prefix):
             ref = t[len(prefix) :]
-            workers = None
+            workers = replicas = None
+            sync = True
+            head, star, tail = ref.rpartition("*")
+            if star:
+                count, _, mode = tail.partition("-")
+                if not count.isdigit() or not 2 <= int(count) <= 16 or mode not in ("", "nosync"):
+                    raise ValueError(
+                        f"router {text!r}: after * comes a replica count 2 to 16, then -nosync or nothing"
+                    )
+                ref, replicas, sync = head, int(count), mode != "nosync"
             head, at, count = ref.rpartition("@")
             if at:
                 if not count.isdigit() or not 1 <= int(count) <= 64:
@@ -112,7 +128,17 @@ def parse_router(text: str) -> RouterSpec:
             path = resolve_profile(ref)
             label = Path(ref).stem if ref.endswith(".yaml") or "/" in ref else ref
             name = f"{prefix}{label}" + (f"@{workers}" if workers else "")
-            spec = RouterSpec(name=name, kind="epp", profile=path, policy=policy, workers=workers)
+            if replicas:
+                name += f"*{replicas}" + ("" if sync else "-nosync")
+            spec = RouterSpec(
+                name=name,
+                kind="epp",
+                profile=path,
+                policy=policy,
+                workers=workers,
+                replicas=replicas,
+                sync=sync,
+            )
             if policy == "duplex":  # upstream's Envoy config
                 spec = replace(spec, body_mode="FULL_DUPLEX_STREAMED", observer=False)
             return spec
@@ -157,7 +183,7 @@ def free_ports(count: int) -> list[int]:
 
 
 class _EppRouter:
-    def __init__(self, spec: RouterSpec, gateway: Gateway) -> None:
+    def __init__(self, spec: RouterSpec, gateway: Gateway | ReplicatedGateway) -> None:
         self.spec = spec
         self.gateway = gateway
 
@@ -364,6 +390,26 @@ async def _start_epp(
     several = spec.workers is not None and spec.workers > 1
     if spec.workers is not None:
         epp_args = [*epp_args, "--workers", str(spec.workers)]
+    gateway: Gateway | ReplicatedGateway
+    if spec.replicas:
+        gateway = ReplicatedGateway(
+            addresses,
+            replicas=spec.replicas,
+            sync=spec.sync,
+            config_file=spec.profile,
+            workdir=workdir,
+            extra_args=epp_args,
+            secure_serving=spec.policy != "plaintext",
+            body_mode=spec.body_mode if body_mode is None else body_mode,
+            observer=spec.observer if observer is None else observer,
+            envoy_concurrency=2,
+        )
+        try:
+            await gateway.start()
+        finally:
+            if children is not None:
+                children.add(gateway.pids)
+        return _EppRouter(spec, gateway)
     gateway = Gateway(
         addresses,
         config_file=spec.profile,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from epp.settings import parse_settings
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.proxy.envoy_config import BodyMode
 
-__all__ = ["EppMode", "EppOptions", "EppProcess", "EppServer", "Gateway", "epp_flags"]
+__all__ = ["EppMode", "EppOptions", "EppProcess", "EppServer", "Gateway", "ReplicatedGateway", "epp_flags"]
 
 EppMode = Literal["inprocess", "subprocess"]
 
@@ -384,3 +385,108 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class ReplicatedGateway:
+    """N EPP replicas (own processes) behind one Envoy: `--ha-mode active-active` sharing their routing
+    state over the peer link (CURVE, a secret file in `workdir`), or, with `sync=False`, N independent
+    daemons (no HA flags). Envoy keeps both ext_proc streams of a request on one replica (by request id)
+    and spreads requests evenly (`EnvoyConfig.ext_proc_replicas`)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        replicas: int,
+        sync: bool = True,
+        config_file: str | Path | None = None,
+        secure_serving: bool = True,
+        workdir: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        route_timeout: float = 60.0,
+        body_mode: BodyMode = "ON_DEMAND",
+        observer: bool = True,
+        envoy_concurrency: int = 1,
+    ) -> None:
+        if replicas < 2:
+            raise ValueError(f"a replicated gateway needs 2 or more replicas, got {replicas}")
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="epp-rg-"))
+        self.route_timeout = route_timeout
+        self.body_mode: BodyMode = body_mode
+        self.observer = observer
+        self.envoy_concurrency = envoy_concurrency
+        self.secure_serving = secure_serving
+        ports = _free_ports(replicas) if sync else []
+        secret = self.workdir / "ha-secret"
+        self.replicas: list[EppProcess] = []
+        for i in range(replicas):
+            args = list(extra_args)
+            if sync:
+                peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(ports) if j != i)
+                args += ["--ha-mode", "active-active", "--ha-port", str(ports[i]), "--peers", peers]
+                args += ["--ha-secret-file", str(secret), "--ha-bootstrap-timeout", "1s"]
+            self.replicas.append(
+                EppProcess(
+                    endpoints,
+                    config_file=config_file,
+                    secure_serving=secure_serving,
+                    extra_args=args,
+                    log_path=self.workdir / f"epp-{i}.log",
+                )
+            )
+        self._secret = secret if sync else None
+        self.envoy: EnvoyProcess | None = None
+
+    @property
+    def epp(self) -> EppProcess:
+        """The first replica (its `/metrics` for reports that read one EPP)."""
+        return self.replicas[0]
+
+    @property
+    def url(self) -> str:
+        if self.envoy is None:
+            raise RuntimeError("the gateway is not started")
+        return self.envoy.url
+
+    @property
+    def processes(self) -> dict[str, int]:
+        out = {f"epp-{i}": r.pid for i, r in enumerate(self.replicas)}
+        if self.envoy is not None and self.envoy.proc is not None:
+            out["envoy"] = self.envoy.proc.pid
+        return {role: pid for role, pid in out.items() if pid is not None}
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self.processes.values())
+
+    async def start(self) -> ReplicatedGateway:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self._secret is not None:
+                self._secret.write_text(secrets.token_hex(24) + "\n")
+                self._secret.chmod(0o600)
+            await asyncio.gather(*(r.start() for r in self.replicas))
+            first, *rest = self.replicas
+            config = EnvoyConfig(
+                ext_proc_port=first.grpc_port,
+                ext_proc_health_port=first.health_port,
+                ext_proc_replicas=[("127.0.0.1", r.grpc_port, r.health_port) for r in rest],
+                ext_proc_tls=self.secure_serving,
+                route_timeout=self.route_timeout,
+                body_mode=self.body_mode,
+                observer=self.observer,
+            )
+            self.envoy = EnvoyProcess(config, self.workdir, concurrency=self.envoy_concurrency)
+            await self.envoy.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self) -> None:
+        envoy, self.envoy = self.envoy, None
+        try:
+            if envoy is not None:
+                await envoy.stop()
+        finally:
+            await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)

@@ -112,6 +112,46 @@ def test_epp_router_spec_takes_a_worker_count() -> None:
             parse_router(bad)
 
 
+def test_epp_router_spec_takes_replicas_with_or_without_sync() -> None:
+    import pytest
+
+    from epp.tools.bench.routers import parse_router
+
+    three = parse_router("epp:recommended@1*3")
+    assert (three.name, three.workers, three.replicas, three.sync) == ("epp:recommended@1*3", 1, 3, True)
+    apart = parse_router("epp:recommended*3-nosync")
+    assert (apart.replicas, apart.sync, apart.workers) == (3, False, None)
+    assert parse_router("epp:recommended").replicas is None
+    for bad in ("epp:recommended*1", "epp:recommended*x", "epp:recommended*3-off", "epp:recommended*17"):
+        with pytest.raises(ValueError, match="replica count"):
+            parse_router(bad)
+
+
+def test_envoy_config_for_replicas_keeps_a_request_on_one_replica() -> None:
+    from epp.tools.proxy.envoy_config import OBSERVER_FILTER, ROUTING_FILTER, EnvoyConfig, bootstrap
+
+    doc = bootstrap(
+        EnvoyConfig(ext_proc_port=1, ext_proc_health_port=2, ext_proc_replicas=[("h", 3, 4), ("h", 5, 6)])
+    )
+    clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
+    assert {"ext_proc", "ext_proc_r0", "ext_proc_r1", "ext_proc_r2"} <= clusters.keys()
+    r1 = clusters["ext_proc_r1"]["load_assignment"]["endpoints"]
+    assert [g["priority"] for g in r1] == [0, 1]  # replica 1 first, the others as its failover
+    assert r1[0]["lb_endpoints"][0]["endpoint"]["health_check_config"] == {"port_value": 4}
+    assert clusters["ext_proc_r1"]["health_checks"][0]["grpc_health_check"] == {"service_name": "readiness"}
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    regexes = [r["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] for r in routes[:3]]
+    assert regexes == ["^[01234].*", "^[56789].*", "^[abcdef].*"]  # every hex digit, once
+    for i, route in enumerate(routes[:3]):
+        per_filter = route["typed_per_filter_config"]
+        clusters_used = {
+            f["overrides"]["grpc_service"]["envoy_grpc"]["cluster_name"] for f in per_filter.values()
+        }
+        assert per_filter.keys() == {ROUTING_FILTER, OBSERVER_FILTER} and clusters_used == {f"ext_proc_r{i}"}
+    assert "headers" not in routes[3]["match"]  # a request id that is not hex: the shared cluster
+
+
 def test_envoy_config_limits_streams_per_ext_proc_connection() -> None:
     from epp.tools.proxy.envoy_config import EnvoyConfig, bootstrap
 
