@@ -32,10 +32,13 @@ class Helm:
     env: dict[str, str]
     _renders: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.binary), *args], env=self.env, capture_output=True, text=True, timeout=60
-        )
+    def run(self, *args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run helm; with `kubeconfig` it may talk to that cluster (e.g. tests/helm/fakeapi.py). HOME is
+        then the kubeconfig's directory, where client-go keeps its discovery cache."""
+        env = self.env
+        if kubeconfig is not None:
+            env = {**env, "KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent)}
+        return subprocess.run([str(self.binary), *args], env=env, capture_output=True, text=True, timeout=60)
 
     def template(
         self,
@@ -44,20 +47,25 @@ class Helm:
         namespace: str = NAMESPACE,
         release: str = RELEASE,
         extra: Sequence[str] = (),
+        kubeconfig: Path | None = None,
     ) -> list[dict[str, Any]]:
-        """`helm template` the chart and return the rendered objects (cached per arguments)."""
+        """`helm template` the chart and return the rendered objects (cached per arguments, except with a
+        `kubeconfig`: then helm may ask that cluster, e.g. for `lookup` with `--dry-run=server`)."""
         key = (tuple(map(str, values_files)), tuple(sets), namespace, release, tuple(extra))
-        if key not in self._renders:
-            args = ["template", release, str(CHART), "--namespace", namespace, *extra]
-            for f in values_files:
-                args += ["-f", str(f)]
-            for s in sets:
-                args += ["--set", s]
-            proc = self.run(*args)
-            if proc.returncode != 0:
-                raise RenderError(proc.stderr)
-            self._renders[key] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-        return self._renders[key]
+        if kubeconfig is None and key in self._renders:
+            return self._renders[key]
+        args = ["template", release, str(CHART), "--namespace", namespace, *extra]
+        for f in values_files:
+            args += ["-f", str(f)]
+        for s in sets:
+            args += ["--set", s]
+        proc = self.run(*args, kubeconfig=kubeconfig)
+        if proc.returncode != 0:
+            raise RenderError(proc.stderr)
+        objs = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+        if kubeconfig is None:
+            self._renders[key] = objs
+        return objs
 
 
 @pytest.fixture(scope="session")
