@@ -6,6 +6,7 @@ against the CRD schemas in tests/helm/schemas/.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections import Counter
@@ -18,7 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from epp.k8s.pods import parse_selector
+from epp.settings import HaMode, parse_settings
+
 from .conftest import BAD_VALUES, CHART, NAMESPACE, RELEASE, VALUES, Helm, RenderError
+from .fakeapi import fake_api_server
 from .helmbin import HELM_SHA256, HELM_VERSION
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -157,12 +162,9 @@ def test_helm_lint_strict(helm: Helm, name: str) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
-@pytest.mark.parametrize("name", GOOD_VALUES)
-def test_rendered_manifests_are_valid(helm: Helm, name: str) -> None:
-    objs = helm.template(values(name))
-    kinds = Counter(o["kind"] for o in objs)
-    for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "InferencePool"):
-        assert kinds[kind] == 1, f"{name}: {kind} rendered {kinds[kind]} times"
+def assert_valid(objs: list[dict[str, Any]]) -> None:
+    """Every object in the release namespace; built-in kinds valid for Kubernetes (strict), CRD kinds
+    valid against their schemas."""
     for obj in objs:
         assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]
         key = (obj["apiVersion"], obj["kind"])
@@ -175,6 +177,15 @@ def test_rendered_manifests_are_valid(helm: Helm, name: str) -> None:
         else:
             for version in k8s_versions():
                 kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("name", GOOD_VALUES)
+def test_rendered_manifests_are_valid(helm: Helm, name: str) -> None:
+    objs = helm.template(values(name))
+    kinds = Counter(o["kind"] for o in objs)
+    for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "InferencePool"):
+        assert kinds[kind] == 1, f"{name}: {kind} rendered {kinds[kind]} times"
+    assert_valid(objs)
 
 
 def test_kubernetes_validate_catches_a_broken_object(helm: Helm) -> None:
@@ -293,6 +304,314 @@ def test_single_replica_rolls_without_downtime(helm: Helm) -> None:
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
+
+
+# --- active-active HA -----------------------------------------------------------------------------------
+
+AA = ("inferenceExtension.ha.mode=active-active",)
+HA_SECRET_FILE = "/var/run/secrets/epp-ha/secret"
+
+
+def granted(objs: list[dict[str, Any]], subject: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs the Roles bound to `subject` grant in the release namespace."""
+    bound = {
+        b["roleRef"]["name"]
+        for b in objects(objs, "RoleBinding")
+        if subject in b["subjects"] and b["roleRef"]["kind"] == "Role"
+    }
+    out: dict[tuple[str, str], set[str]] = {}
+    for role in objects(objs, "Role"):
+        if role["metadata"]["name"] in bound and role["metadata"]["namespace"] == NAMESPACE:
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def secret_value(objs: list[dict[str, Any]], name: str, key: str = "secret") -> str:
+    return base64.b64decode(one(objs, "Secret", name)["data"][key]).decode()
+
+
+def ha_secret_volume(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The volume that --ha-secret-file's directory is mounted from."""
+    secret_file = flag_map(args_of(objs))["ha-secret-file"]
+    mount = next(
+        m for m in epp_container(objs)["volumeMounts"] if secret_file.startswith(m["mountPath"] + "/")
+    )
+    assert mount["readOnly"] is True
+    pod = one(objs, "Deployment", EPP)["spec"]["template"]["spec"]
+    volume: dict[str, Any] = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    # the file the flag names is the one the Secret's key lands in
+    (item,) = volume["secret"]["items"]
+    assert f"{mount['mountPath']}/{item['path']}" == secret_file
+    return volume
+
+
+def test_active_active_renders_peer_link_and_no_leader(helm: Helm) -> None:
+    objs = helm.template(values("active-active.yaml"))
+    assert_valid(objs)
+    dep = one(objs, "Deployment", EPP)
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["replicas"] == 3
+    flags = flag_map(args_of(objs))
+    assert "ha-enable-leader-election" not in flags
+    assert flags["ha-mode"] == "active-active"
+    assert flags["ha-port"] == "9004"
+    assert flags["ha-secret-file"] == HA_SECRET_FILE
+    # peers are this Deployment's own pods: the selector is its selector, as k=v pairs
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert flags["ha-peer-selector"] == ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    # every replica is ready, so they roll one by one; no lease, no lease Role
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert not any("leases" in rule["resources"] for r in objects(objs, "Role") for rule in r["rules"])
+    assert not [o for o in objs if o["metadata"]["name"].endswith("-leader-election")]
+    # spread over nodes, as with leader election
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    # the pod knows its IP (the peer watch leaves itself out by it), name and namespace
+    env = {e["name"]: e for e in epp_container(objs)["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # the peer port is a container port, pod to pod, and not in the Service
+    ports = {p["name"]: p for p in epp_container(objs)["ports"]}
+    assert ports["ha-peer"] == {"name": "ha-peer", "containerPort": 9004, "protocol": "TCP"}
+    svc = one(objs, "Service", EPP)
+    assert svc["spec"]["type"] == "ClusterIP" and "clusterIP" not in svc["spec"]
+    assert all(p["targetPort"] != "ha-peer" and p["port"] != 9004 for p in svc["spec"]["ports"])
+    # the shared secret: created by the chart, random, mounted read-only where the flag points
+    secret = one(objs, "Secret", f"{EPP}-ha")
+    assert secret["type"] == "Opaque" and set(secret["data"]) == {"secret"}
+    value = secret_value(objs, f"{EPP}-ha")
+    assert len(value) == 48 and value.isascii() and value.isalnum()
+    volume = ha_secret_volume(objs)
+    assert volume["secret"]["secretName"] == f"{EPP}-ha"
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    # the service account may watch its own pods in the release namespace (shared with the pool source)
+    sa = {"kind": "ServiceAccount", "name": pod["spec"]["serviceAccountName"], "namespace": NAMESPACE}
+    assert {"get", "list", "watch"} <= granted(objs, sa)[("", "pods")]
+    assert flags["pool-namespace"] == NAMESPACE
+
+
+def test_active_active_args_are_what_the_daemon_accepts(helm: Helm) -> None:
+    """The rendered flags parse with the daemon's own settings (ports distinct, modes not mixed)."""
+    settings = parse_settings(args_of(helm.template(values("active-active.yaml"))), {})
+    assert settings.ha_mode is HaMode.ACTIVE_ACTIVE
+    assert not settings.ha_enable_leader_election
+    assert settings.ha_port == 9004
+    assert settings.ha_secret_file == HA_SECRET_FILE
+    assert parse_selector(settings.ha_peer_selector) == {"inferencepool": EPP}
+    assert settings.peers == ()
+    # and the active-passive chart flags still mean leader election to it
+    assert parse_settings(args_of(helm.template(values("ha.yaml"))), {}).ha_enable_leader_election
+
+
+def test_active_active_secret_is_new_per_install_without_a_cluster(helm: Helm) -> None:
+    """With nothing to look up (helm template, a first install) every render draws a fresh value."""
+    seen = set()
+    for _ in range(2):
+        proc = helm.run(
+            "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values("single.yaml")), "--set", AA[0]
+        )
+        assert proc.returncode == 0, proc.stderr
+        seen.add(secret_value([d for d in yaml.safe_load_all(proc.stdout) if d], f"{EPP}-ha"))
+    assert len(seen) == 2
+
+
+def test_upgrade_keeps_the_live_secret(helm: Helm, tmp_path: Path) -> None:
+    """lookup, run by the real helm against a fake API server: the Secret already in the cluster keeps its
+    value, so an upgrade does not split the replicas into two groups that cannot hear each other."""
+    live = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"{EPP}-ha",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {
+                "meta.helm.sh/release-name": RELEASE,
+                "meta.helm.sh/release-namespace": NAMESPACE,
+            },
+        },
+        "type": "Opaque",
+        "data": {"secret": base64.b64encode(b"the-value-from-the-first-install-0123").decode()},
+    }
+    server_side = ("--dry-run=server", "--disable-openapi-validation")
+    path = f"/api/v1/namespaces/{NAMESPACE}/secrets/{EPP}-ha"
+    with fake_api_server({("v1/secrets", NAMESPACE, f"{EPP}-ha"): live}) as api:
+        objs = helm.template(
+            values("active-active.yaml"), extra=server_side, kubeconfig=api.kubeconfig(tmp_path)
+        )
+        assert ("GET", path) in api.requests  # helm did look it up
+    assert secret_value(objs, f"{EPP}-ha") == "the-value-from-the-first-install-0123"
+    assert ha_secret_volume(objs)["secret"]["secretName"] == f"{EPP}-ha"
+    # the same cluster without the Secret: a fresh random value
+    with fake_api_server({}) as api:
+        objs = helm.template(
+            values("active-active.yaml"), extra=server_side, kubeconfig=api.kubeconfig(tmp_path)
+        )
+        assert ("GET", path) in api.requests
+    value = secret_value(objs, f"{EPP}-ha")
+    assert len(value) == 48 and value.isalnum()
+
+
+@pytest.mark.parametrize("create", ["true", "false"])
+def test_an_existing_secret_is_used_and_none_created(helm: Helm, create: str) -> None:
+    objs = helm.template(
+        values("active-active.yaml"),
+        sets=(
+            "inferenceExtension.ha.secret.name=team-ha-secret",
+            "inferenceExtension.ha.secret.key=peer-token",
+            f"inferenceExtension.ha.secret.create={create}",
+        ),
+    )
+    assert_valid(objs)
+    assert not objects(objs, "Secret")
+    assert flag_map(args_of(objs))["ha-secret-file"] == HA_SECRET_FILE
+    volume = ha_secret_volume(objs)
+    assert volume["secret"]["secretName"] == "team-ha-secret"
+    assert volume["secret"]["items"] == [{"key": "peer-token", "path": "secret"}]
+
+
+def test_no_secret_means_a_plain_channel_and_a_warning(helm: Helm) -> None:
+    sets = (*AA, "inferenceExtension.ha.secret.create=false")
+    objs = helm.template(values("active-active.yaml"), sets=sets)
+    assert not objects(objs, "Secret")
+    assert "ha-secret-file" not in flag_map(args_of(objs))
+    assert not [m for m in epp_container(objs)["volumeMounts"] if "epp-ha" in m["mountPath"]]
+    assert flag_map(args_of(objs))["ha-mode"] == "active-active"
+    notes = install_notes(helm, values("active-active.yaml"), sets)
+    assert "WARNING: no ha.secret: the peer channel is plain, unauthenticated TCP" in notes
+    notes = install_notes(helm, values("active-active.yaml"))
+    assert f"CURVE-encrypted with the shared secret in Secret {EPP}-ha" in notes
+    assert "WARNING" not in notes
+
+
+def install_notes(helm: Helm, values_file: Path, sets: tuple[str, ...] = ()) -> str:
+    """NOTES.txt as `helm install --dry-run` (no cluster) prints it."""
+    args = ["install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", "-f", str(values_file)]
+    for s in sets:
+        args += ["--set", s]
+    proc = helm.run(*args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_describe_the_ha_mode(helm: Helm) -> None:
+    notes = install_notes(helm, values("active-active.yaml"))
+    assert "High availability: active-active, 3 replica(s); every replica routes" in notes
+    assert "scale to 2 or more" not in notes
+    assert "scale to 2 or more" in install_notes(helm, values("single.yaml"), AA)
+    assert "leader election on; only the leader is Ready" in install_notes(helm, values("ha.yaml"))
+    assert "High availability" not in install_notes(helm, values("single.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("sets", "port"),
+    [
+        (("inferenceExtension.ha.peerPort=9200",), 9200),
+        (("inferenceExtension.flags.ha-port=9100",), 9100),  # a user flag still wins, the port follows
+    ],
+)
+def test_peer_port_moves_flag_and_container_port_together(
+    helm: Helm, sets: tuple[str, ...], port: int
+) -> None:
+    objs = helm.template(values("active-active.yaml"), sets=sets)
+    assert flag_map(args_of(objs))["ha-port"] == str(port)  # also: given once
+    assert {p["name"]: p["containerPort"] for p in epp_container(objs)["ports"]}["ha-peer"] == port
+    assert all(p["port"] != port for p in one(objs, "Service", EPP)["spec"]["ports"])
+
+
+def test_user_flags_merge_with_the_active_active_flags(helm: Helm) -> None:
+    objs = helm.template(
+        values("active-active.yaml"),
+        sets=(
+            "inferenceExtension.flags.ha-bootstrap-timeout=10s",
+            "inferenceExtension.flags.ha-secret-file=/etc/epp-ha/key",
+            "inferenceExtension.flags.ha-mode=active-active",  # agrees with ha.mode: allowed, given once
+        ),
+    )
+    flags = flag_map(args_of(objs))
+    assert flags["ha-bootstrap-timeout"] == "10s"
+    assert flags["ha-secret-file"] == "/etc/epp-ha/key"
+    assert flags["ha-mode"] == "active-active"
+    # static peers replace the pod watch (the daemon refuses both)
+    objs = helm.template(
+        values("active-active.yaml"), sets=("inferenceExtension.flags.peers=10.0.0.5:9004\\,10.0.0.6:9004",)
+    )
+    flags = flag_map(args_of(objs))
+    assert flags["peers"] == "10.0.0.5:9004,10.0.0.6:9004"
+    assert "ha-peer-selector" not in flags
+    assert parse_settings(args_of(objs), {}).peers == ("10.0.0.5:9004", "10.0.0.6:9004")
+
+
+def test_active_active_with_one_replica_or_user_affinity(helm: Helm) -> None:
+    """The mode, not the count, decides: one replica (e.g. before an autoscaler adds more) is still
+    active-active, with RollingUpdate and no lease; a user's affinity replaces the default spread."""
+    objs = helm.template(values("single.yaml"), sets=AA)
+    dep = one(objs, "Deployment", EPP)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert flag_map(args_of(objs))["ha-mode"] == "active-active"
+    assert "podAntiAffinity" in dep["spec"]["template"]["spec"]["affinity"]
+    objs = helm.template(values("upstream-latest.yaml"), sets=AA)
+    affinity = one(objs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert affinity == load_values("upstream-latest.yaml")["inferenceExtension"]["affinity"]
+
+
+def test_leader_election_flag_with_active_active_fails_also_with_schema_checks(helm: Helm) -> None:
+    with pytest.raises(RenderError, match="exclude each other"):
+        helm.template(
+            values("active-active.yaml"), sets=("inferenceExtension.flags.ha-enable-leader-election=true",)
+        )
+    # turning it off explicitly is not a conflict
+    objs = helm.template(
+        values("active-active.yaml"), sets=("inferenceExtension.flags.ha-enable-leader-election=false",)
+    )
+    assert flag_map(args_of(objs))["ha-enable-leader-election"] == "false"
+    assert not parse_settings(args_of(objs), {}).ha_enable_leader_election
+
+
+def test_headless_service_only_when_asked(helm: Helm) -> None:
+    assert not [
+        o for o in helm.template(values("active-active.yaml")) if o["metadata"]["name"].endswith("-headless")
+    ]
+    objs = helm.template(values("active-active.yaml"), sets=("inferenceExtension.ha.headlessService=true",))
+    assert_valid(objs)
+    headless, svc = one(objs, "Service", f"{EPP}-headless"), one(objs, "Service", EPP)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert "clusterIP" not in svc["spec"]  # the ClusterIP Service, which the pool points at, stays
+    assert one(objs, "InferencePool")["spec"]["endpointPickerRef"]["name"] == EPP
+    pod_labels = one(objs, "Deployment", EPP)["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"] == svc["spec"]["selector"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    container_ports = {p["name"]: p["containerPort"] for p in epp_container(objs)["ports"]}
+    ports = {p["name"]: (p["port"], container_ports[p["targetPort"]]) for p in headless["spec"]["ports"]}
+    assert ports == {"grpc-ext-proc": (9002, 9002), "grpc-health": (9003, 9003)}
+
+
+@pytest.mark.parametrize("name", ["single.yaml", "ha.yaml", "upstream-v1.0.yaml"])
+def test_active_passive_is_the_default_and_unchanged(helm: Helm, name: str) -> None:
+    """ha.mode active-passive renders exactly what no ha values render, with nothing of active-active."""
+    objs = helm.template(values(name))
+    assert objs == helm.template(values(name), sets=("inferenceExtension.ha.mode=active-passive",))
+    # the active-active options are ignored in active-passive mode
+    assert objs == helm.template(
+        values(name),
+        sets=("inferenceExtension.ha.peerPort=9100", "inferenceExtension.ha.secret.name=x"),
+    )
+    flags = flag_map(args_of(objs))
+    assert not [
+        f for f in flags if f in {"ha-mode", "ha-port", "ha-peer-selector", "ha-secret-file", "peers"}
+    ]
+    assert "POD_IP" not in {e["name"] for e in epp_container(objs)["env"]}
+    assert "ha-peer" not in {p["name"] for p in epp_container(objs)["ports"]}
+    assert not [o for o in objs if o["metadata"]["name"] in {f"{EPP}-ha", f"{EPP}-headless"}]
 
 
 # --- config ConfigMap -------------------------------------------------------------------------------
@@ -504,7 +823,11 @@ def test_pool_service_and_pods_are_wired_together(helm: Helm, name: str) -> None
     container_ports = {p["name"]: p["containerPort"] for p in epp_container(objs)["ports"]}
     for port in ("grpc-ext-proc", "grpc-health", "http-metrics"):
         assert ports[port]["targetPort"] in container_ports
-    assert container_ports == {"grpc": 9002, "grpc-health": 9003, "metrics": 9090}
+    expected = {"grpc": 9002, "grpc-health": 9003, "metrics": 9090}
+    if load_values(name).get("inferenceExtension", {}).get("ha", {}).get("mode") == "active-active":
+        expected["ha-peer"] = 9004  # pod to pod only: never a Service port
+    assert container_ports == expected
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"grpc", "grpc-health", "metrics"}
     matchlabels = load_values(name)["inferencePool"]["modelServers"]["matchLabels"]
     assert pool["spec"]["selector"]["matchLabels"] == {k: str(v) for k, v in matchlabels.items()}
     assert pool["metadata"]["name"] == RELEASE
@@ -724,6 +1047,7 @@ def test_gke_provider(helm: Helm) -> None:
         ("model-server-type.yaml", "/inferencePool/modelServerType"),
         ("typo-key.yaml", "'replica' not allowed"),
         ("flags-map-value.yaml", "/inferenceExtension/flags"),
+        ("ha-mode.yaml", "/inferenceExtension/ha/mode"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, name: str, message: str) -> None:
@@ -755,6 +1079,31 @@ def test_chart_without_values_asks_for_match_labels(helm: Helm) -> None:
         (None, ("inferenceExtension.latencyPredictor.enabled=true",), "latency predictor is not supported"),
         (None, ("provider.name=aws",), 'provider.name "aws": use none, gke or istio'),
         (None, ("inferencePool.modelServerProtocol=grpc",), "this EPP has no gRPC request parser"),
+        (
+            "ha-mode.yaml",
+            (),
+            'inferenceExtension.ha.mode "active-standby": use active-passive (one leader routes, leader '
+            "election with more than one replica) or active-active",
+        ),
+        (None, ("inferenceExtension.ha.mode=",), 'inferenceExtension.ha.mode "": use active-passive'),
+        *(
+            (
+                None,
+                ("inferenceExtension.ha.mode=active-active", f"inferenceExtension.flags.{flag}=true"),
+                "inferenceExtension.ha.mode active-active and the flag ha-enable-leader-election: true "
+                "exclude each other: every active-active replica routes and no lease is taken; remove "
+                "inferenceExtension.flags.ha-enable-leader-election, or set inferenceExtension.ha.mode: "
+                "active-passive",
+            )
+            # upstream v1.0's misspelt flag means the same
+            for flag in ("ha-enable-leader-election", "has-enable-leader-election")
+        ),
+        (
+            None,
+            ("inferenceExtension.flags.ha-mode=active-active",),
+            'inferenceExtension.flags.ha-mode "active-active" disagrees with inferenceExtension.ha.mode '
+            '"active-passive": set the mode with inferenceExtension.ha.mode only',
+        ),
     ],
 )
 def test_template_checks_fail_with_a_message(
@@ -775,6 +1124,7 @@ def test_template_checks_fail_with_a_message(
             ("inferencePool.targetPorts[0].number=8000", "inferencePool.targetPorts[1].number=8000"),
             "port 8000 is listed twice",
         ),
+        ("ha-mode.yaml", (), 'inferenceExtension.ha.mode "active-standby": use active-passive'),
     ],
 )
 def test_template_checks_back_up_the_schema(

@@ -34,13 +34,71 @@ inference.networking.k8s.io/igw-mode: inferencepool
 {{- if kindIs "invalid" $r -}}1{{- else -}}{{- int $r -}}{{- end -}}
 {{- end -}}
 
+{{/* inferenceExtension.ha.mode: active-passive (the default) or active-active. */}}
+{{- define "epp.haMode" -}}
+{{- dig "ha" "mode" "active-passive" (.Values.inferenceExtension | default dict) -}}
+{{- end -}}
+
+{{/* "true" for active-active HA: every replica routes and shares its routing state over the peer link. */}}
+{{- define "epp.activeActive" -}}
+{{- if eq (include "epp.haMode" .) "active-active" -}}true{{- end -}}
+{{- end -}}
+
 {{/*
 "true" for active-passive HA with leader election: more than one replica, or the user's own
 ha-enable-leader-election flag (then the lease Role and the Recreate strategy are needed all the same).
+Never in active-active mode (no leader; a leader-election flag there is a render error, epp.validate).
 */}}
 {{- define "epp.ha" -}}
+{{- if not (include "epp.activeActive" .) -}}
+{{- $flag := include "epp.leaderElectionFlag" . -}}
+{{- if or (gt (include "epp.replicas" . | int) 1) $flag -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the user's flags turn leader election on (ha-enable-leader-election: true). */}}
+{{- define "epp.leaderElectionFlag" -}}
 {{- $flag := get (include "epp.userFlags" . | fromYaml) "ha-enable-leader-election" | toString | lower -}}
-{{- if or (gt (include "epp.replicas" . | int) 1) (has $flag (list "true" "1" "t" "yes" "on")) -}}true{{- end -}}
+{{- if has $flag (list "true" "1" "t" "yes" "on") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the replicas should prefer different nodes: leader election, or active-active. */}}
+{{- define "epp.spread" -}}
+{{- if or (include "epp.ha" .) (include "epp.activeActive" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret holding the active-active peer channel's shared secret, as YAML {name, key, create}; name ""
+= none (ha.secret.create false and no ha.secret.name: the peer channel is plain TCP, the EPP warns).
+An ha.secret.name is an existing Secret the chart never creates; else the chart creates <name>-ha.
+*/}}
+{{- define "epp.haSecret" -}}
+{{- $s := dig "ha" "secret" dict (.Values.inferenceExtension | default dict) -}}
+{{- $key := $s.key | default "secret" -}}
+{{- if $s.name -}}
+name: {{ $s.name | quote }}
+key: {{ $key | quote }}
+create: false
+{{- else if ternary true $s.create (kindIs "invalid" $s.create) -}}
+name: {{ printf "%s-ha" (include "epp.name" .) | quote }}
+key: {{ $key | quote }}
+create: true
+{{- else -}}
+name: ""
+key: {{ $key | quote }}
+create: false
+{{- end -}}
+{{- end -}}
+
+{{- define "epp.haSecretDir" -}}/var/run/secrets/epp-ha{{- end -}}
+
+{{/* The chart's selector labels as "k=v,k=v" (sorted): --ha-peer-selector, how replicas find each other. */}}
+{{- define "epp.peerSelector" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := (include "epp.selectorLabels" . | fromYaml) -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (toString $v)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
 
 {{- define "epp.image" -}}
@@ -124,6 +182,7 @@ The user's flags as a YAML map "name: value-text". Accepts the current map form 
 grpc: {{ get $user "grpc-port" | default (.Values.inferenceExtension.extProcPort | default 9002) | int }}
 health: {{ get $user "grpc-health-port" | default 9003 | int }}
 metrics: {{ get $user "metrics-port" | default (.Values.inferenceExtension.metricsPort | default 9090) | int }}
+ha: {{ get $user "ha-port" | default (dig "ha" "peerPort" 9004 (.Values.inferenceExtension | default dict)) | int }}
 {{- end -}}
 
 {{- define "epp.metricsAuth" -}}
@@ -179,6 +238,17 @@ value, so every flag appears exactly once.
 {{- end -}}
 {{- if include "epp.ha" . -}}
 {{- $managed = append $managed (list "ha-enable-leader-election" "true") -}}
+{{- end -}}
+{{- if include "epp.activeActive" . -}}
+{{- $managed = append $managed (list "ha-mode" "active-active") -}}
+{{- $managed = append $managed (list "ha-port" (toString $ports.ha)) -}}
+{{- /* --peers and --ha-peer-selector exclude each other: a user's static --peers replaces the selector. */ -}}
+{{- if not (hasKey $user "peers") -}}
+{{- $managed = append $managed (list "ha-peer-selector" (include "epp.peerSelector" .)) -}}
+{{- end -}}
+{{- if (include "epp.haSecret" . | fromYaml).name -}}
+{{- $managed = append $managed (list "ha-secret-file" (printf "%s/secret" (include "epp.haSecretDir" .))) -}}
+{{- end -}}
 {{- end -}}
 {{- with include "epp.workers" . -}}
 {{- $managed = append $managed (list "workers" .) -}}

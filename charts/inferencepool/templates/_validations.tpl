@@ -27,6 +27,17 @@ Checks the schema cannot express, with messages that say what to set. Included o
 {{- if not (has (include "epp.provider" .) (list "none" "gke" "istio")) -}}
 {{- fail (printf "provider.name %q: use none, gke or istio" .Values.provider.name) -}}
 {{- end -}}
+{{- $mode := include "epp.haMode" . -}}
+{{- if not (has $mode (list "active-passive" "active-active")) -}}
+{{- fail (printf "inferenceExtension.ha.mode %q: use active-passive (one leader routes, leader election with more than one replica) or active-active (every replica routes and they share their routing state)" $mode) -}}
+{{- end -}}
+{{- $userFlags := include "epp.userFlags" . | fromYaml -}}
+{{- if and (eq $mode "active-active") (include "epp.leaderElectionFlag" .) -}}
+{{- fail "inferenceExtension.ha.mode active-active and the flag ha-enable-leader-election: true exclude each other: every active-active replica routes and no lease is taken; remove inferenceExtension.flags.ha-enable-leader-election, or set inferenceExtension.ha.mode: active-passive for a leader" -}}
+{{- end -}}
+{{- if and (hasKey $userFlags "ha-mode") (ne (toString (get $userFlags "ha-mode")) $mode) -}}
+{{- fail (printf "inferenceExtension.flags.ha-mode %q disagrees with inferenceExtension.ha.mode %q: set the mode with inferenceExtension.ha.mode only (it also sets the peer flags, the Secret, the RBAC and the strategy)" (toString (get $userFlags "ha-mode")) $mode) -}}
+{{- end -}}
 {{- $ports := list -}}
 {{- range (include "epp.targetPorts" . | fromYamlArray) -}}
 {{- if has (int .number) $ports -}}
