@@ -59,7 +59,10 @@ class HaReplica:
         on_count: Callable[[str], None] | None = None,
         heartbeat: float = 1.0,
         silence: float = 5.0,
+        deliver: Callable[[bytes], None] | None = None,
     ) -> None:
+        """`deliver`: the pod process is the one decider (its bus gives `link.publish` its messages, and
+        takes its peers' from `deliver`); else the deciders are `local_slots` processes on ipc."""
         self.replica = replica
         self.directory = directory
         self.static_peers = list(static_peers)
@@ -70,8 +73,9 @@ class HaReplica:
         self.snapshot_applied = 0
         self.link = PeerLink(
             replica=replica,
-            local_sources=[state_address(directory, slot) for slot in range(local_slots)],
-            local_sink=peers_address(directory),
+            local_sources=[] if deliver else [state_address(directory, slot) for slot in range(local_slots)],
+            local_sink="" if deliver else peers_address(directory),
+            deliver=deliver,
             host=host,
             port=port,
             keys=keys,

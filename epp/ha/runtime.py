@@ -23,7 +23,7 @@ from epp.requestcontrol.director import Director
 from epp.scheduling.pipeline import PipelineHolder
 from epp.settings import EppSettings
 from epp.workers.pool import WorkerPool
-from epp.workers.statebus import StateBus, peers_address
+from epp.workers.statebus import StateBus
 
 __all__ = ["ActiveActive"]
 
@@ -87,7 +87,10 @@ class ActiveActive:
             bootstrap_timeout=s.ha_bootstrap_timeout,
             on_lag=metrics.sync_lag.observe,
             on_count=self._count,
+            deliver=self.bus.receive if self.bus is not None else None,
         )
+        if self.bus is not None:
+            self.bus.on_sent = ha.link.publish
         self.port = await ha.start(self._kubernetes_peers(ha) if s.ha_peer_selector else None)
         self.readiness.set_bootstrapped(False)
         self._tasks.append(asyncio.create_task(self._bootstrap(ha), name="ha-bootstrap"))
@@ -117,7 +120,6 @@ class ActiveActive:
             slots=1,
             on_message=self.metrics.sync_message,
             replica=self.replica,
-            extra_sources=[peers_address(directory)],
         )
         bus.start()
         if self.director is not None:

@@ -100,6 +100,8 @@ class StateBus:
         self.holder = holder
         self.slot = slot
         self.replica = replica
+        #: in one process with a peer link: every message sent goes to it too (`PeerLink.publish`)
+        self.on_sent: Callable[[bytes], None] | None = None
         self.origin = f"{replica}/w{slot}.{incarnation}" if replica else f"w{slot}.{incarnation}"
         self.period = period
         self.heartbeat = heartbeat
@@ -162,6 +164,8 @@ class StateBus:
             self.pub.send(data, zmq.NOBLOCK)  # a PUB socket drops what a slow subscriber cannot take
         except zmq.Again:
             return
+        if self.on_sent is not None:
+            self.on_sent(data)
         self._last_sent = time.monotonic()
         if parts:
             self.sent += 1
@@ -194,6 +198,10 @@ class StateBus:
 
     def _received(self, frames: list[bytes]) -> None:
         self.apply(unpack(frames[0]))
+
+    def receive(self, data: bytes) -> None:
+        """A message handed over in process (a peer's, from `epp.ha.link`)."""
+        self.apply(unpack(data))
 
     def apply(self, message: list[Any]) -> None:
         version, origin, seq, _generation, sent_at, parts = message

@@ -71,11 +71,13 @@ class EnvoyConfig:
     Attributes:
         listener_port / admin_port: 0 = any free port (discovered after start).
         ext_proc_port / ext_proc_host: where the EPP listens (routing "epp").
-        ext_proc_replicas: more EPP replicas (`host`, `port`, `health_port`) in the same ext_proc cluster
-            (`--ha-mode active-active`): Envoy picks one per ext_proc stream (round robin), so the streams
-            spread over every replica. With replicas, Envoy checks each one's gRPC readiness on its health
-            port (`ext_proc_health_port` for the first) every second and ejects one whose connection fails
-            at once (outlier detection), so a replica that dies or is not ready gets no new streams.
+        ext_proc_replicas: more EPP replicas (`host`, `port`, `health_port`; at most 16 in all) for
+            `--ha-mode active-active`: a route per replica by the first hex digit of the request id sends
+            both ext_proc streams of a request to that replica (failing over to the others), so requests
+            spread evenly and each meets its observer (`_replica_routes`; a request id that is not hex
+            falls to the shared cluster, round robin). Envoy checks each replica's gRPC readiness on its
+            health port (`ext_proc_health_port` for the first) every 0.5 s and ejects one whose connection
+            fails at once (outlier detection), so a replica that dies or is not ready gets no new streams.
         ext_proc_tls: TLS to the EPP (no certificate validation, ALPN h2), as upstream's chart.
         body_mode: ON_DEMAND (default), FULL_DUPLEX_STREAMED (upstream's) or BUFFERED (see above).
         observer: add the observability-mode filter that copies response bodies to the EPP off the
@@ -238,7 +240,8 @@ def _ext_proc_cluster(
         cluster["health_checks"] = [
             {
                 "timeout": "1s",
-                "interval": "1s",
+                "interval": "0.5s",
+                "no_traffic_interval": "1s",
                 "unhealthy_threshold": 1,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": "readiness"},
@@ -377,6 +380,8 @@ def _replica_routes(cfg: EnvoyConfig, base: dict[str, Any]) -> list[dict[str, An
     ext_proc filters both talk to that replica (`ext_proc_r<i>`, failing over to the others): the routing
     stream and the observer stream of a request meet on one replica, and requests spread evenly."""
     count = len(_replicas(cfg))
+    if count > len(_HEX):
+        raise ValueError(f"at most {len(_HEX)} EPP replicas behind one Envoy, got {count}")
     routes: list[dict[str, Any]] = []
     for i in range(count):
         digits = _HEX[i * 16 // count : (i + 1) * 16 // count]

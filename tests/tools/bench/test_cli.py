@@ -150,6 +150,10 @@ def test_envoy_config_for_replicas_keeps_a_request_on_one_replica() -> None:
         }
         assert per_filter.keys() == {ROUTING_FILTER, OBSERVER_FILTER} and clusters_used == {f"ext_proc_r{i}"}
     assert "headers" not in routes[3]["match"]  # a request id that is not hex: the shared cluster
+    import pytest
+
+    with pytest.raises(ValueError, match="at most 16"):
+        bootstrap(EnvoyConfig(ext_proc_replicas=[("h", p, p + 1) for p in range(2, 36, 2)]))
 
 
 def test_envoy_config_limits_streams_per_ext_proc_connection() -> None:
