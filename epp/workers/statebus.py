@@ -127,6 +127,7 @@ class StateBus:
         self._last_seq: dict[str, int] = {}
         self._heard: dict[str, float] = {}
         self._incarnations: dict[tuple[str, int], str] = {}
+        self._slots: dict[str, tuple[str, int]] = {}  # origin -> (replica, slot), parsed once
         self._last_sent = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -231,10 +232,13 @@ class StateBus:
         if last is not None and seq > last + 1:
             self.lost += seq - last - 1
         self._last_seq[origin] = seq
+        if self._incarnations.get(self._slots.get(origin, ("", -1))) == origin:
+            return  # the usual case: an origin already known as its slot's current incarnation
         parsed = _origin_slot(origin)
         if parsed is None:
             return
         replica, slot, incarnation = parsed
+        self._slots[origin] = (replica, slot)
         previous = self._incarnations.get((replica, slot))
         if previous != origin:
             if previous is not None and (_origin_slot(previous) or (replica, slot, -1))[2] < incarnation:
@@ -250,6 +254,7 @@ class StateBus:
     def forget(self, origin: str) -> None:
         self._last_seq.pop(origin, None)
         self._heard.pop(origin, None)
+        self._slots.pop(origin, None)
         parsed = _origin_slot(origin)
         if parsed is not None and self._incarnations.get(parsed[:2]) == origin:
             del self._incarnations[parsed[:2]]
