@@ -244,7 +244,10 @@ class PeerLink:
                 if frames[0] == _STATE:
                     self._count("dropped")
                 continue
-            inbox.kick()
+            if self._answers is not None:
+                # a send may take the edge of an arriving answer: look (only answers to our snapshot
+                # request ever arrive on a DEALER, so outside a bootstrap there is nothing to miss)
+                inbox.kick()
 
     # ---- traffic ----------------------------------------------------------------------------------
 

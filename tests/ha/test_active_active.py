@@ -195,9 +195,11 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
         await envoy.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             await until(lambda: _heard(http, a, 1), what="a hears b")
-            picks = [await _picked(http, envoy, g % 4, g) for g in range(24)]
-            for g in range(4):  # whichever replica routed it, a prefix stays on one endpoint
-                assert len({p for i, p in enumerate(picks) if i % 4 == g}) == 1, picks
+            first = [await _picked(http, envoy, g, g) for g in range(4)]
+            await asyncio.sleep(0.2)  # sharing is eventual: a few ms (the bus gathers 10 ms of changes)
+            picks = [await _picked(http, envoy, g % 4, g) for g in range(4, 28)]
+            for g in range(4):  # whichever replica routes it now, a prefix stays where it went first
+                assert {p for i, p in enumerate(picks) if i % 4 == g} == {first[g]}, (first, picks)
             async with http.get(f"{envoy.admin_url}/clusters") as resp:
                 hosts = [ln for ln in (await resp.text()).splitlines() if ln.startswith("ext_proc::127")]
             for epp in replicas:  # the streams went to both replicas, a request's two streams to one
@@ -226,11 +228,11 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
             await asyncio.sleep(2.0)
             stop.set()
             await asyncio.gather(*clients)
-            before = [s for t, s in results if t < killed_at]
+            before = [s for t, s in results if t < killed_at - 0.5]  # long done when b died
             # Envoy health-checks every 0.5 s and ejects a replica at its first refused connection
             after = [s for t, s in results if t > killed_at + 1.0]
             failed = [round(t - killed_at, 3) for t, s in results if s != 200]
-            assert before and all(s == 200 for s in before)
+            assert before and all(s == 200 for s in before), [s for s in before if s != 200]
             assert after and all(s == 200 for s in after), (
                 failed,
                 [(round(t - killed_at, 3), s) for t, s in results if s != 200],
