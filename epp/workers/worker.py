@@ -347,13 +347,25 @@ async def serve_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, worker.stopping.set)
+    starting = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(worker.stopping.wait())
+    # a SIGTERM (the pod process died: PDEATHSIG, or it stops us) also ends a start still waiting, e.g.
+    # the warm spare waiting for its assignment
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        stopping.cancel()
+        await worker.stop()
+        return 0
     try:
-        await worker.start()
+        starting.result()
     except Exception:
         log.exception("worker %d failed to start", args.slot)
+        stopping.cancel()
         await worker.stop()
         return 1
-    await worker.stopping.wait()
+    await stopping
     await worker.stop()
     return 0
 

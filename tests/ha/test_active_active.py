@@ -223,6 +223,8 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
             clients = [asyncio.create_task(client(i)) for i in range(6)]
             await asyncio.sleep(1.0)
             assert b.process is not None
+            workers = _children(b.process.pid)
+            assert len(workers) == 3  # two workers and the warm spare
             killed_at = time.monotonic()
             os.kill(b.process.pid, signal.SIGKILL)
             await asyncio.sleep(2.0)
@@ -240,11 +242,22 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
             assert len(failed) <= 6 + 2, (
                 failed
             )  # b's in-flight share, and a stream or two racing the ejection
+        assert a.process is not None
+        a_workers = _children(a.process.pid)
     finally:
         await envoy.stop()
         for epp in replicas:
             await epp.stop()
     assert "Traceback" not in a.log_text()
+    # a stopped in time, its workers and warm spare with it
+    assert not [pid for pid in a_workers if Path(f"/proc/{pid}").exists()]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
 
 async def _status(http: aiohttp.ClientSession, envoy: EnvoyProcess, i: int, n: int) -> int:
