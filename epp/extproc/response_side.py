@@ -217,8 +217,9 @@ class ResponseSide:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, OBSERVER_GRACE)
             ctx.observer_waiter = None
-            if self._observer_missed_the_end():
-                return  # a disconnect: `Director.finish` runs the hooks without completing
+        # also when the observer ended between this stream's end and now
+        if self._observer_missed_the_end():
+            return  # a disconnect: `Director.finish` runs the hooks without completing
         self.complete()
 
     def with_hook_metadata(self, reply: Reply) -> Reply:

@@ -4,8 +4,8 @@ Used by the tests (fixtures served by real HTTP servers), the scrape benchmark a
 model server. The pages follow the real exposition of each engine: vLLM (Python `prometheus_client`, with
 its histograms, `_created` series, process/GC and HTTP-instrumentator metrics), SGLang (also
 `prometheus_client`), trtllm-serve and Triton's TensorRT-LLM backend (prometheus-cpp style). Metric names
-and labels for the scheduling signals are those of `reference/protocol.md` §2.1; the rest is filler with the
-shape and volume of a real page (a vLLM page is 20-80 KB).
+and labels for the scheduling signals are the engines' own (docs/datalayer.md, "Engines and metric
+names"); the rest is filler with the shape and volume of a real page (a vLLM page is 20-80 KB).
 """
 
 from __future__ import annotations

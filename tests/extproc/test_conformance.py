@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from .helpers import (
+from .harness import (
     CONFORMANCE_CONFIG,
     Harness,
     endpoint,

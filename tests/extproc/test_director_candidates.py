@@ -18,7 +18,7 @@ from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.context import RequestContext, RequestOptions
 from epp.requestcontrol.director import Director
 
-from .helpers import DEFAULT_CONFIG, pipeline_from
+from .harness import DEFAULT_CONFIG, pipeline_from
 
 STALENESS = 2.0
 

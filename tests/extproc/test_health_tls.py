@@ -16,7 +16,7 @@ from epp.errors import SettingsError
 from epp.extproc.health import HealthServer, HealthServicer, ReadinessState
 from epp.extproc.tls import TlsOptions, generate_self_signed
 
-from .helpers import (
+from .harness import (
     DEFAULT_CONFIG,
     Harness,
     endpoint,

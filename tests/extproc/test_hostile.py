@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from .helpers import (
+from .harness import (
     DEFAULT_CONFIG,
     Harness,
     endpoint,

@@ -9,7 +9,7 @@ from epp.extproc import messages as m
 from epp.extproc import wire as w
 from epp.metadata import BODY_CHUNK_LIMIT
 
-from .helpers import metadata_destination, removed_headers, set_headers, streamed
+from .harness import metadata_destination, removed_headers, set_headers, streamed
 
 
 def test_headers_response_uses_raw_value_and_overwrite() -> None:

@@ -17,7 +17,7 @@ from epp.extproc import wire as w
 from epp.plugins.producers.prefill_load import PrefillLoadProducer
 from tests.helpers import until
 
-from .helpers import (
+from .harness import (
     BUFFERED,
     DEFAULT_CONFIG,
     FULL_DUPLEX,

@@ -16,7 +16,7 @@ from epp.metadata import BODY_CHUNK_LIMIT
 from epp.requestcontrol.context import RequestOptions
 from tests.helpers import until
 
-from .helpers import (
+from .harness import (
     BUFFERED,
     BUFFERED_PARTIAL,
     DEFAULT_CONFIG,

@@ -14,7 +14,7 @@ from epp.requestcontrol.candidates import host_of, subset_filter
 from epp.requestcontrol.rewrite import ModelNameRestorer, RewriteIndex, pick_weighted
 from epp.requestcontrol.usage import SseUsageScanner, Usage, usage_from_json_body
 
-from .helpers import endpoint
+from .harness import endpoint
 
 
 def sse(*events: dict | str) -> bytes:

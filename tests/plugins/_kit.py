@@ -1,7 +1,4 @@
-"""Builders shared by the plugin tests: endpoints, requests, handles and cycles.
-
-`until` is `tests.helpers.until`, re-exported here because tests/plugins/kvevents imports it from this module.
-"""
+"""Builders shared by the plugin tests: endpoints, requests, handles and cycles."""
 
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from epp.framework.types import (
 )
 from epp.plugins import register_builtins
 from epp.registry import PluginRegistry
-from tests.helpers import until as until
 
 
 def ep(key: str, ip: str | None = None, port: int = 8000, **metrics: Any) -> Endpoint:

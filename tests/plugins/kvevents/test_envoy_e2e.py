@@ -23,8 +23,7 @@ from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
 from epp.tools.loadgen.gateway import EppServer, Gateway
 from epp.tools.sim.config import SimConfig
 from epp.tools.sim.server import SimServer
-
-from .._kit import until
+from tests.helpers import until
 
 pytestmark = pytest.mark.envoy
 

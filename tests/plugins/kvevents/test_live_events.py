@@ -22,8 +22,9 @@ from epp.plugins.kvevents.producer import PrecisePrefixCacheProducer
 from epp.plugins.kvevents.tokens import char4_tokens
 from epp.tools.sim.config import SimConfig
 from epp.tools.sim.server import SimServer
+from tests.helpers import until
 
-from .._kit import tn, until
+from .._kit import tn
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TEXT = "a shared system prompt that is long enough to fill several blocks of sixteen tokens. " * 3

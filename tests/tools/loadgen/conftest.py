@@ -1,23 +1,21 @@
-"""Fixtures for the load-generator tests: in-process simulators on 127.0.0.1."""
+"""Fixtures for the load-generator tests: the root `start_sim` serving model `m` unless told otherwise."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from epp.tools.sim import SimConfig, SimServer
+from epp.tools.sim import SimServer
 
 
 @pytest.fixture
-async def start_sim():
-    servers: list[SimServer] = []
+def start_sim(start_sim: Any) -> Any:
+    """The one simulator fixture (`tests/conftest.py`), serving model `m` unless told otherwise."""
 
-    async def _start(**kw) -> SimServer:
+    async def _start(**kw: Any) -> SimServer:
         kw.setdefault("model", "m")
-        server = SimServer(SimConfig(**kw))
-        await server.start()
-        servers.append(server)
+        server: SimServer = await start_sim(**kw)
         return server
 
-    yield _start
-    for server in servers:
-        await server.stop()
+    return _start

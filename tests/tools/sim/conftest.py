@@ -1,28 +1,26 @@
-"""Fixtures for the simulator tests: in-process simulators on 127.0.0.1 and an HTTP client."""
+"""Fixtures for the simulator tests: the root `start_sim` with this folder's default time scale, and an
+HTTP client."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import aiohttp
 import pytest
 
-from epp.tools.sim.config import SimConfig
 from epp.tools.sim.server import SimServer
 
 
 @pytest.fixture
-async def start_sim():
-    servers: list[SimServer] = []
+def start_sim(start_sim: Any) -> Any:
+    """The one simulator fixture (`tests/conftest.py`), at `time_scale=0.05` unless told otherwise."""
 
-    async def _start(**kw) -> SimServer:
+    async def _start(**kw: Any) -> SimServer:
         kw.setdefault("time_scale", 0.05)
-        server = SimServer(SimConfig(**kw))
-        await server.start()
-        servers.append(server)
+        server: SimServer = await start_sim(**kw)
         return server
 
-    yield _start
-    for server in servers:
-        await server.stop()
+    return _start
 
 
 @pytest.fixture
