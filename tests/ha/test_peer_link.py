@@ -8,7 +8,6 @@ link, in their own private directory.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from epp.scheduling.pipeline import PipelineHolder
 from epp.workers.codec import pack
 from epp.workers.statebus import StateBus, peers_address, state_address
 from tests.helpers import until
-from tests.workers.test_buses import EPS, _holder, _producer, _route
+from tests.workers.test_buses import EPS, _producer, _route
+
+from .deciders import decider
 
 SECRET = b"a shared secret of the replicas\n"
 
@@ -51,19 +52,7 @@ class Replica:
 
 @asynccontextmanager
 async def replica(name: str, secret: bytes | None = SECRET) -> AsyncIterator[Replica]:
-    directory = tempfile.mkdtemp(prefix="epp-ha-")  # ipc paths must stay short
-    holder = _holder()
-    bus = StateBus(
-        holder,
-        directory=directory,
-        slot=0,
-        incarnation=1,
-        slots=1,
-        replica=name,
-        extra_sources=[peers_address(directory)],
-        heartbeat=0.1,
-        silence=0.6,
-    )
+    directory, holder, bus = decider(name, silence=0.6)
 
     async def snapshot() -> bytes | None:
         return bus.export_snapshot()

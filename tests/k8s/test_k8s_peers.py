@@ -6,7 +6,6 @@ port each, as pods share one port), their deciders state buses on ipc://."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +13,10 @@ from contextlib import asynccontextmanager
 from epp.ha.keys import derive_keys
 from epp.ha.replica import HaReplica
 from epp.k8s.peers import KubernetesPeers, peer_addresses
-from epp.workers.statebus import StateBus, peers_address
+from epp.workers.statebus import StateBus
+from tests.ha.deciders import decider
 from tests.helpers import free_port, until
-from tests.workers.test_buses import EPS, _holder, _producer, _route
+from tests.workers.test_buses import EPS, _producer, _route
 
 from .conftest import FAST
 from .kube import Kube
@@ -39,19 +39,7 @@ def test_peers_are_the_other_ready_pods() -> None:
 
 @asynccontextmanager
 async def replica(api, name: str, ip: str, port: int) -> AsyncIterator[tuple[HaReplica, StateBus]]:
-    directory = tempfile.mkdtemp(prefix="epp-k-")
-    holder = _holder()
-    bus = StateBus(
-        holder,
-        directory=directory,
-        slot=0,
-        incarnation=1,
-        slots=1,
-        replica=name,
-        extra_sources=[peers_address(directory)],
-        heartbeat=0.1,
-        silence=1.0,
-    )
+    directory, holder, bus = decider(name, silence=1.0, prefix="epp-k-")
 
     async def snapshot() -> bytes | None:
         return bus.export_snapshot()

@@ -111,11 +111,11 @@ class OverheadOptions:
 
 SMOKE = OverheadOptions(
     smoke=True,
-    ext_duration_s=2.0,
+    ext_duration_s=1.0,
     ext_warmup_s=0.5,
-    rates=(50.0,),
+    rates=(100.0,),
     tokens=(1, 16),
-    duration_s=2.0,
+    duration_s=1.0,
     warmup_s=0.5,
     idle_s=1.0,
     rounds=1,
@@ -817,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--smoke", action="store_true", help="short runs (CI)")
     add("--part", type=int, choices=[1, 2], action="append", help="only part 1 or 2 (repeatable)")
     add("--routers", default=None, help=f"comma-separated routers for part 2 (default {','.join(d.routers)})")
-    add("--rates", default=None, help="comma-separated request rates for part 2 (default 20; smoke 50)")
+    add("--rates", default=None, help="comma-separated request rates for part 2 (default 20; smoke 100)")
     add(
         "--tokens",
         default=None,
@@ -828,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--token-interval-ms", type=float, default=None,
         help=f"milliseconds between two tokens of a response (default {d.token_interval_ms:g})")  # fmt: skip
     add("--epp-args", default="", help="extra daemon flags for the EPP routers, e.g. --epp-args=--workers=1")
-    add("--duration", type=float, default=None, help="seconds per measurement (default 10; smoke 2)")
+    add("--duration", type=float, default=None, help="seconds per measurement (default 10; smoke 1)")
     add("--rounds", type=int, default=None, help="rounds of part 2 (default 1)")
     add("--endpoints", type=int, default=64, help="endpoints in the EPP's datastore (part 1)")
     add(

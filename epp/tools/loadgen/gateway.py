@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -286,7 +286,47 @@ class EppProcess(_Epp):
         await self.stop()
 
 
-class Gateway:
+class _Front:
+    """The Envoy in front of one or more EPPs: its options, starting it, stopping it before the EPPs."""
+
+    def __init__(
+        self,
+        workdir: str | Path | None,
+        route_timeout: float,
+        body_mode: BodyMode,
+        observer: bool,
+        envoy_concurrency: int,
+    ) -> None:
+        self.workdir = workdir
+        self.route_timeout = route_timeout
+        self.body_mode: BodyMode = body_mode
+        self.observer = observer
+        self.envoy_concurrency = envoy_concurrency
+        self.envoy: EnvoyProcess | None = None
+
+    @property
+    def url(self) -> str:
+        if self.envoy is None:
+            raise RuntimeError("the gateway is not started")
+        return self.envoy.url
+
+    async def _start_envoy(self, **ext_proc: Any) -> None:
+        config = EnvoyConfig(
+            route_timeout=self.route_timeout, body_mode=self.body_mode, observer=self.observer, **ext_proc
+        )
+        self.envoy = EnvoyProcess(config, self.workdir, concurrency=self.envoy_concurrency)
+        await self.envoy.start()
+
+    async def _stop(self, *epps: EppServer | EppProcess) -> None:
+        envoy, self.envoy = self.envoy, None
+        try:
+            if envoy is not None:
+                await envoy.stop()
+        finally:
+            await asyncio.gather(*(e.stop() for e in epps), return_exceptions=len(epps) > 1)
+
+
+class Gateway(_Front):
     """EPP + Envoy: requests to `url` are scheduled by the EPP and served by the picked endpoint."""
 
     def __init__(
@@ -319,19 +359,8 @@ class Gateway:
             self.epp = EppServer(endpoints, **options)
         else:
             raise ValueError(f"epp_mode must be 'inprocess' or 'subprocess', got {epp_mode!r}")
-        self.workdir = workdir
-        self.route_timeout = route_timeout
-        self.body_mode: BodyMode = body_mode
-        self.observer = observer
-        self.envoy_concurrency = envoy_concurrency
+        super().__init__(workdir, route_timeout, body_mode, observer, envoy_concurrency)
         self.ext_proc_max_streams = ext_proc_max_streams
-        self.envoy: EnvoyProcess | None = None
-
-    @property
-    def url(self) -> str:
-        if self.envoy is None:
-            raise RuntimeError("the gateway is not started")
-        return self.envoy.url
 
     @property
     def envoy_pid(self) -> int | None:
@@ -357,28 +386,18 @@ class Gateway:
     async def start(self) -> Gateway:
         try:
             await self.epp.start()
-            config = EnvoyConfig(
+            await self._start_envoy(
                 ext_proc_port=self.epp.grpc_port,
                 ext_proc_tls=self.epp.secure_serving,
-                route_timeout=self.route_timeout,
-                body_mode=self.body_mode,
-                observer=self.observer,
                 ext_proc_max_streams=self.ext_proc_max_streams,
             )
-            self.envoy = EnvoyProcess(config, self.workdir, concurrency=self.envoy_concurrency)
-            await self.envoy.start()
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def stop(self) -> None:
-        envoy, self.envoy = self.envoy, None
-        try:
-            if envoy is not None:
-                await envoy.stop()
-        finally:
-            await self.epp.stop()
+        await self._stop(self.epp)
 
     async def __aenter__(self) -> Gateway:
         return await self.start()
@@ -387,7 +406,7 @@ class Gateway:
         await self.stop()
 
 
-class ReplicatedGateway:
+class ReplicatedGateway(_Front):
     """N EPP replicas (own processes) behind one Envoy: `--ha-mode active-active` sharing their routing
     state over the peer link (CURVE, a secret file in `workdir`), or, with `sync=False`, N independent
     daemons (no HA flags). Envoy keeps both ext_proc streams of a request on one replica (by request id)
@@ -410,14 +429,12 @@ class ReplicatedGateway:
     ) -> None:
         if replicas < 2:
             raise ValueError(f"a replicated gateway needs 2 or more replicas, got {replicas}")
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="epp-rg-"))
-        self.route_timeout = route_timeout
-        self.body_mode: BodyMode = body_mode
-        self.observer = observer
-        self.envoy_concurrency = envoy_concurrency
+        directory = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="epp-rg-"))
+        super().__init__(directory, route_timeout, body_mode, observer, envoy_concurrency)
+        self.directory = directory
         self.secure_serving = secure_serving
         ports = _free_ports(replicas) if sync else []
-        secret = self.workdir / "ha-secret"
+        secret = directory / "ha-secret"
         self.replicas: list[EppProcess] = []
         for i in range(replicas):
             args = list(extra_args)
@@ -431,22 +448,15 @@ class ReplicatedGateway:
                     config_file=config_file,
                     secure_serving=secure_serving,
                     extra_args=args,
-                    log_path=self.workdir / f"epp-{i}.log",
+                    log_path=directory / f"epp-{i}.log",
                 )
             )
         self._secret = secret if sync else None
-        self.envoy: EnvoyProcess | None = None
 
     @property
     def epp(self) -> EppProcess:
         """The first replica (its `/metrics` for reports that read one EPP)."""
         return self.replicas[0]
-
-    @property
-    def url(self) -> str:
-        if self.envoy is None:
-            raise RuntimeError("the gateway is not started")
-        return self.envoy.url
 
     @property
     def processes(self) -> dict[str, int]:
@@ -461,32 +471,22 @@ class ReplicatedGateway:
 
     async def start(self) -> ReplicatedGateway:
         try:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=True, exist_ok=True)
             if self._secret is not None:
                 self._secret.write_text(secrets.token_hex(24) + "\n")
                 self._secret.chmod(0o600)
             await asyncio.gather(*(r.start() for r in self.replicas))
             first, *rest = self.replicas
-            config = EnvoyConfig(
+            await self._start_envoy(
                 ext_proc_port=first.grpc_port,
                 ext_proc_health_port=first.health_port,
                 ext_proc_replicas=[("127.0.0.1", r.grpc_port, r.health_port) for r in rest],
                 ext_proc_tls=self.secure_serving,
-                route_timeout=self.route_timeout,
-                body_mode=self.body_mode,
-                observer=self.observer,
             )
-            self.envoy = EnvoyProcess(config, self.workdir, concurrency=self.envoy_concurrency)
-            await self.envoy.start()
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def stop(self) -> None:
-        envoy, self.envoy = self.envoy, None
-        try:
-            if envoy is not None:
-                await envoy.stop()
-        finally:
-            await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
+        await self._stop(*self.replicas)
