@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -233,7 +234,11 @@ async def test_usage_read_after_the_routing_stream_ended_is_still_recorded_once(
         assert h.sample("inference_objective_request_duration_seconds_count", LABELS) == 1
 
 
-async def test_a_client_gone_mid_stream_is_no_completion_when_the_observer_never_saw_the_end() -> None:
+@pytest.mark.parametrize("observer_ends_first", [False, True])
+async def test_a_client_gone_mid_stream_is_no_completion_when_the_observer_never_saw_the_end(
+    observer_ends_first: bool,
+) -> None:
+    """Envoy drops the observer stream without an end of body, before or after it ends the routing one."""
     rec = Recorder()
     async with harness(rec) as h:
         obs = await observer(h, "r-gone")
@@ -241,30 +246,19 @@ async def test_a_client_gone_mid_stream_is_no_completion_when_the_observer_never
         await s.send(response_headers(content_type="text/event-stream"))
         await s.recv()
         await obs.send(obs_body(TOKEN))
-        await s.close()
-        obs.cancel()  # Envoy drops the observer stream without an end of body
+        if observer_ends_first:
+            obs.cancel()
+            ctx = h.server.servicer.registry.find("r-gone")
+            assert ctx is not None and ctx.observed
+            await until(lambda: not ctx.observer_active)
+            await s.close()
+        else:
+            await s.close()
+            obs.cancel()
         await until(lambda: len(rec.completed) == 1)
         assert not rec.completed[0].complete
         assert h.sample("inference_objective_request_duration_seconds_count", LABELS) == 0
         assert h.sample("inference_objective_running_requests", {"model_name": "m1"}) == 0
-
-
-async def test_an_observer_dropped_before_the_routing_stream_ends_is_no_completion_either() -> None:
-    rec = Recorder()
-    async with harness(rec) as h:
-        obs = await observer(h, "r-gone-first")
-        s = await route(h, "r-gone-first", body(stream=True, usage=True))
-        await s.send(response_headers(content_type="text/event-stream"))
-        await s.recv()
-        await obs.send(obs_body(TOKEN))
-        obs.cancel()  # Envoy may reset the observer stream before it ends the routing one
-        ctx = h.server.servicer.registry.find("r-gone-first")
-        assert ctx is not None and ctx.observed
-        await until(lambda: not ctx.observer_active)
-        await s.close()
-        await until(lambda: len(rec.completed) == 1)
-        assert not rec.completed[0].complete
-        assert h.sample("inference_objective_request_duration_seconds_count", LABELS) == 0
 
 
 async def test_observer_stops_after_the_first_byte_when_no_usage_is_wanted() -> None:

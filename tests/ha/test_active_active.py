@@ -21,20 +21,10 @@ import pytest
 from epp.tools.loadgen.gateway import EppProcess
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from tests.helpers import free_ports, until
+from tests.workers.test_buses import CONFIG as PROFILE  # prefix-cache-scorer alone
 
 pytestmark = pytest.mark.envoy
 
-PROFILE = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: prefix-cache-scorer
-"""
 PREFIXES = 8
 
 
