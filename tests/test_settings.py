@@ -163,6 +163,8 @@ def test_upstream_chart_arguments_are_accepted() -> None:
     assert s.pool_name == "vllm-llama3" and s.config_file == "/config/default-plugins.yaml"
     assert s.log_format is LogFormat.JSON  # from --zap-encoder
     assert s.ha_enable_leader_election is True
+    assert s.enable_cert_reload is False  # acted on, not ignored
+    assert parse(*POOL).enable_cert_reload is True
 
 
 def test_log_format_flag_wins_over_zap_encoder() -> None:

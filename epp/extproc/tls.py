@@ -1,7 +1,9 @@
 """TLS for the ext_proc port: a self-signed certificate made at start, or `tls.crt`/`tls.key` from a dir.
 
 With `--cert-path`, the files are re-read when they change (checked before each new connection's
-handshake, as upstream watches its cert dir), so a rotated Secret takes effect without a restart.
+handshake, as upstream watches its cert dir with `--enable-cert-reload`), so a rotated Secret takes effect
+without a restart; connections already open keep the certificate they were made with, and their streams
+go on. `--enable-cert-reload=false` keeps the certificate read at start.
 gRPC negotiates ALPN `h2` itself. The proxy side does not validate the certificate (upstream's setup).
 """
 
@@ -32,9 +34,10 @@ KEY_FILE = "tls.key"
 
 @dataclass(frozen=True, slots=True)
 class TlsOptions:
-    """`cert_path` None: a self-signed certificate generated at start."""
+    """`cert_path` None: a self-signed certificate generated at start; `reload`: re-read changed files."""
 
     cert_path: str | None = None
+    reload: bool = True
 
 
 def generate_self_signed(
@@ -113,5 +116,7 @@ def server_credentials(options: TlsOptions) -> grpc.ServerCredentials:
         raise SettingsError(
             f"--cert-path {directory}: cannot read {CERT_FILE} and {KEY_FILE}: {exc}"
         ) from exc
+    if not options.reload:
+        return grpc.ssl_server_credentials([(watcher.key.read_bytes(), watcher.cert.read_bytes())])
     # grpc-stubs types the fetcher as never returning None, but None means "no change"
     return grpc.dynamic_ssl_server_credentials(initial, watcher)  # type: ignore[arg-type]

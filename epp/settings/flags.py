@@ -77,7 +77,6 @@ IGNORED_FLAGS: Mapping[str, bool] = {
     "metrics-endpoint-auth": True,
     "enable-pprof": True,
     "health-checking": True,
-    "enable-cert-reload": True,
     "model-server-metrics-port": False,
     "model-server-metrics-path": False,
     "model-server-metrics-scheme": False,

@@ -65,6 +65,11 @@ class EppSettings(BaseSettings):
         True, description="TLS on the ext_proc port (self-signed unless --cert-path)"
     )
     cert_path: str | None = Field(None, description="directory holding tls.crt and tls.key")
+    enable_cert_reload: Bool = Field(
+        True,
+        description="re-read --cert-path's tls.crt and tls.key when they change (a rotated Secret), for "
+        "new connections; open streams keep theirs",
+    )
     metrics_bearer_token_file: str | None = Field(
         None, description="when set, /metrics requires the bearer token in this file"
     )

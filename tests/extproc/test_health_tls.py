@@ -145,6 +145,37 @@ async def test_tls_from_cert_path_and_rotation(tmp_path) -> None:
         assert _served_cn(h.port) == "second"  # a new connection gets the rotated certificate
 
 
+async def test_an_open_stream_outlives_a_rotation_and_reload_can_be_off(tmp_path) -> None:
+    on, off = tmp_path / "on", tmp_path / "off"
+    for d in (on, off):
+        d.mkdir()
+        _write_cert(d, "first")
+    eps = [endpoint("10.0.0.1", 8000)]
+    async with (
+        Harness(pipeline_from(DEFAULT_CONFIG), eps, tls=TlsOptions(str(on))) as h,
+        Harness(pipeline_from(DEFAULT_CONFIG), eps, tls=TlsOptions(str(off), reload=False)) as fixed,
+    ):
+        s = h.stream()  # a stream opened before the rotation, on the connection made with "first"
+        await s.send(request_headers())  # (full duplex: its reply comes with the body's)
+        for d in (on, off):
+            _write_cert(d, "second")
+        assert _served_cn(h.port) == "second"
+        assert _served_cn(fixed.port) == "first"  # --enable-cert-reload=false: the certificate of the start
+        await s.send(request_body(json_body(model="m", prompt="p"), eos=True))
+        replies = await s.recv(2)
+        assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body"]
+        s.cancel()
+
+
+def _write_cert(directory, cn: str) -> None:
+    """A certificate for `cn`, swapped in as a Secret update does (new files renamed over the old)."""
+    cert, key = generate_self_signed(common_name=cn)
+    (directory / "tls.key.new").write_bytes(key)
+    (directory / "tls.crt.new").write_bytes(cert)
+    os.replace(directory / "tls.key.new", directory / "tls.key")
+    os.replace(directory / "tls.crt.new", directory / "tls.crt")
+
+
 def _served_cn(port: int) -> str:
     """The CN of the certificate a fresh TLS connection (ALPN h2) gets."""
     ctx = ssl.create_default_context()
