@@ -73,7 +73,7 @@ class Stack:
         self.secret.write_text("the replicas' shared secret, 32+ bytes long\n")
         self.config = tmp_path / "epp.yaml"
         self.config.write_text(PROFILE)
-        self.started: list[tuple[EppProcess, EnvoyProcess]] = []
+        self.started: list[tuple[EppProcess, EnvoyProcess | None]] = []
 
     async def replica(self, name: str, ha_port: int, peers: list[int], *, workers: int = 1):
         args = ["--ha-mode", "active-active", "--ha-port", str(ha_port), "--ha-secret-file", str(self.secret)]
@@ -87,17 +87,19 @@ class Stack:
             extra_args=args,
             log_path=self.tmp_path / f"{name}.log",
         )
+        self.started.append((epp, None))  # stopped by `stop` even if what follows fails
         await epp.start()
         envoy = EnvoyProcess(
             EnvoyConfig(ext_proc_port=epp.grpc_port, ext_proc_tls=False), self.tmp_path / name
         )
-        self.started.append((epp, envoy))
+        self.started[self.started.index((epp, None))] = (epp, envoy)
         await envoy.start()
         return epp, envoy
 
     async def stop(self) -> None:
         for epp, envoy in reversed(self.started):
-            await envoy.stop()
+            if envoy is not None:
+                await envoy.stop()
             await epp.stop()
         for epp, _ in self.started:
             assert "Traceback" not in epp.log_text(), epp.log_text()[-3000:]
@@ -107,8 +109,9 @@ async def test_replicas_route_a_prefix_alike_and_a_new_one_bootstraps(fleet, tmp
     stack = Stack(fleet, tmp_path)
     pa, pb, pc = free_ports(3)
     try:
-        a, ea = await stack.replica("a", pa, [pb, pc])
-        b, eb = await stack.replica("b", pb, [pa, pc], workers=2)
+        (a, ea), (b, eb) = await asyncio.gather(
+            stack.replica("a", pa, [pb, pc]), stack.replica("b", pb, [pa, pc], workers=2)
+        )
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             await until(lambda: _heard(http, a, 1), what="a hears b")
             await until(lambda: _heard(http, b, 1), what="b hears a")
@@ -139,8 +142,7 @@ async def test_without_the_link_the_other_replica_does_not_know(fleet, tmp_path:
     stack = Stack(fleet, tmp_path)
     pa, pb = free_ports(2)
     try:
-        a, ea = await stack.replica("a", pa, [])
-        _, eb = await stack.replica("b", pb, [])
+        (a, ea), (_, eb) = await asyncio.gather(stack.replica("a", pa, []), stack.replica("b", pb, []))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             first = {g: await _picked(http, ea, g, 0) for g in range(PREFIXES)}
             await asyncio.sleep(0.5)  # what sharing would deliver in milliseconds
@@ -170,7 +172,11 @@ async def test_one_envoy_spreads_streams_over_replicas_and_survives_one_killed(f
             log_path=tmp_path / f"{name}.log",
         )
         replicas.append(epp)
-        await epp.start()
+    try:
+        await asyncio.gather(*(epp.start() for epp in replicas))
+    except BaseException:
+        await asyncio.gather(*(epp.stop() for epp in replicas))
+        raise
     a, b = replicas
     envoy = EnvoyProcess(
         EnvoyConfig(
