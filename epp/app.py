@@ -40,7 +40,7 @@ from epp.flowcontrol.observe import PrometheusFlowObserver
 from epp.ha.replica import replica_id
 from epp.ha.runtime import ActiveActive
 from epp.logs import configure_logging
-from epp.observability.http import MetricsHttpServer
+from epp.observability.http import MetricsAuthorizer, MetricsHttpServer
 from epp.observability.metrics import EppMetrics, build_commit
 from epp.observability.pool import PoolMetricsRefresher
 from epp.plugin_runtime import PluginRuntime
@@ -267,9 +267,25 @@ class App:
             token_file=s.metrics_bearer_token_file,
             before_scrape=self.pool_metrics.before_scrape,
             gather=gather,
+            authorizer=self._metrics_authorizer(),
         )
         self.metrics_port = await self.metrics_http.start()
         return self.pool_metrics
+
+    def _metrics_authorizer(self) -> MetricsAuthorizer | None:
+        """Kubernetes mode with `--metrics-endpoint-auth` (and no token file, which wins): the
+        TokenReview + SubjectAccessReview check of /metrics; otherwise none."""
+        s = self.settings
+        if (
+            configured_source_kind(s) == "static"
+            or not s.metrics_endpoint_auth
+            or s.metrics_bearer_token_file
+        ):
+            return None
+        from epp.k8s.client import load_api_client
+        from epp.k8s.metrics_auth import TokenReviewAuthorizer
+
+        return TokenReviewAuthorizer(self._k8s_client() or load_api_client())
 
     async def _start_active_active(self) -> None:
         """`--ha-mode active-active`: the peer link (readiness waits for its bootstrap)."""

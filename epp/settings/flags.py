@@ -74,7 +74,6 @@ IGNORED_FLAGS: Mapping[str, bool] = {
     "zap-stacktrace-level": False,
     "zap-time-encoding": False,
     "tracing": True,
-    "metrics-endpoint-auth": True,
     "enable-pprof": True,
     "health-checking": True,
     "model-server-metrics-port": False,

@@ -70,8 +70,15 @@ class EppSettings(BaseSettings):
         description="re-read --cert-path's tls.crt and tls.key when they change (a rotated Secret), for "
         "new connections; open streams keep theirs",
     )
+    metrics_endpoint_auth: Bool = Field(
+        True,
+        description="in Kubernetes mode, /metrics requires a bearer token that a TokenReview authenticates "
+        "and a SubjectAccessReview allows to get /metrics; false: open (static mode never uses it)",
+    )
     metrics_bearer_token_file: str | None = Field(
-        None, description="when set, /metrics requires the bearer token in this file"
+        None,
+        description="when set, /metrics requires the bearer token in this file (in any mode; instead of "
+        "--metrics-endpoint-auth's review)",
     )
     max_request_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="largest request body accepted (larger: 413)"

@@ -255,6 +255,9 @@ value, so every flag appears exactly once.
 {{- end -}}
 {{- if include "epp.metricsAuth" . -}}
 {{- $managed = append $managed (list "metrics-bearer-token-file" (printf "%s/token" (include "epp.metricsTokenDir" .))) -}}
+{{- else -}}
+{{- /* no ClusterRole for TokenReviews here: /metrics stays open, as upstream's chart has it */ -}}
+{{- $managed = append $managed (list "metrics-endpoint-auth" "false") -}}
 {{- end -}}
 {{- $args := list -}}
 {{- range $managed -}}
