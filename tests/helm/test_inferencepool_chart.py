@@ -967,6 +967,87 @@ def test_metrics_without_auth(helm: Helm) -> None:
     assert "metrics-bearer-token-file" not in flag_map(args_of(objs))
 
 
+TOKEN_REVIEW = "inferenceExtension.monitoring.prometheus.auth.tokenReview"
+
+
+@pytest.mark.parametrize("name", ["single.yaml", "upstream-latest.yaml"])
+def test_metrics_endpoint_auth_off_without_a_token_file_or_token_review(helm: Helm, name: str) -> None:
+    """No ServiceMonitor (single) or auth.enabled false (upstream-latest): /metrics is left open."""
+    objs = helm.template(values(name))
+    flags = flag_map(args_of(objs))
+    assert flags["metrics-endpoint-auth"] == "false"
+    assert "metrics-bearer-token-file" not in flags
+    assert not objects(objs, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("name", GOOD_VALUES)
+def test_token_review_off_changes_nothing(helm: Helm, name: str) -> None:
+    default = helm.template(values(name))
+    off = helm.template(values(name), sets=(f"{TOKEN_REVIEW}=false",))
+    without_random = [o for o in default if o["kind"] != "Secret" or o["metadata"]["name"] != f"{EPP}-ha"]
+    assert [o for o in off if o["kind"] != "Secret" or o["metadata"]["name"] != f"{EPP}-ha"] == without_random
+    assert not objects(default, "ClusterRoleBinding")
+    assert not objects(default, "ClusterRole")
+
+
+@pytest.mark.parametrize("name", ["monitoring.yaml", "single.yaml"])
+def test_token_review_binds_auth_delegator_and_keeps_endpoint_auth_on(helm: Helm, name: str) -> None:
+    objs = helm.template(values(name), sets=(f"{TOKEN_REVIEW}=true",))
+    for obj in objs:
+        if (obj["apiVersion"], obj["kind"]) not in CRD_KINDS:
+            kubernetes_validate.validate(obj, k8s_versions()[-1], strict=True)
+    binding = one(objs, "ClusterRoleBinding", f"{NAMESPACE}-{EPP}-auth-delegator")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    sa = one(objs, "ServiceAccount", EPP)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": EPP, "namespace": NAMESPACE}]
+    assert (
+        one(objs, "Deployment", EPP)["spec"]["template"]["spec"]["serviceAccountName"]
+        == sa["metadata"]["name"]
+    )
+    flags = flag_map(args_of(objs))
+    assert "metrics-endpoint-auth" not in flags
+    assert "metrics-bearer-token-file" not in flags
+    assert not objects(objs, "Secret")
+    volumes = one(objs, "Deployment", EPP)["spec"]["template"]["spec"].get("volumes", [])
+    assert not [v for v in volumes if "secret" in v]
+    # The daemon's own default is then in force: Kubernetes-mode /metrics auth by TokenReview.
+    assert parse_settings(args_of(objs), {}).metrics_endpoint_auth is True
+    monitors = objects(objs, "ServiceMonitor")
+    if name == "monitoring.yaml":
+        (endpoint,) = monitors[0]["spec"]["endpoints"]
+        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        assert "authorization" not in endpoint
+    else:
+        assert not monitors
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("inferenceExtension.monitoring.prometheus.auth.enabled=false",),
+            "auth.tokenReview needs auth.enabled: true",
+        ),
+        (
+            ("inferenceExtension.flags.metrics-bearer-token-file=/t/token",),
+            "auth.tokenReview and the flag metrics-bearer-token-file exclude each other",
+        ),
+        (
+            ("inferenceExtension.flags.metrics-endpoint-auth=false",),
+            "auth.tokenReview and the flag metrics-endpoint-auth: false exclude each other",
+        ),
+    ],
+)
+def test_token_review_conflicts_fail_with_a_message(helm: Helm, sets: tuple[str, ...], message: str) -> None:
+    with pytest.raises(RenderError) as err:
+        helm.template(values("monitoring.yaml"), sets=(f"{TOKEN_REVIEW}=true", *sets))
+    assert message in str(err.value)
+
+
 # --- upstream values compatibility ------------------------------------------------------------------------
 
 

@@ -185,9 +185,19 @@ metrics: {{ get $user "metrics-port" | default (.Values.inferenceExtension.metri
 ha: {{ get $user "ha-port" | default (dig "ha" "peerPort" 9004 (.Values.inferenceExtension | default dict)) | int }}
 {{- end -}}
 
+{{/* "true" when the chart's token Secret protects /metrics (--metrics-bearer-token-file). */}}
 {{- define "epp.metricsAuth" -}}
 {{- $prom := .Values.inferenceExtension.monitoring.prometheus -}}
-{{- if and $prom.enabled $prom.auth.enabled (ne (include "epp.provider" .) "gke") -}}true{{- end -}}
+{{- if and $prom.enabled $prom.auth.enabled (ne (include "epp.provider" .) "gke") (not (include "epp.metricsTokenReview" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" with monitoring.prometheus.auth.tokenReview: the EPP checks scrapers' tokens itself (TokenReview and
+SubjectAccessReview, its --metrics-endpoint-auth default) and its ServiceAccount is bound to
+system:auth-delegator. Independent of monitoring.prometheus.enabled (any scraper is checked the same way).
+*/}}
+{{- define "epp.metricsTokenReview" -}}
+{{- if dig "monitoring" "prometheus" "auth" "tokenReview" false (.Values.inferenceExtension | default dict) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "epp.metricsTokenDir" -}}/var/run/secrets/epp-metrics-auth{{- end -}}
@@ -255,8 +265,8 @@ value, so every flag appears exactly once.
 {{- end -}}
 {{- if include "epp.metricsAuth" . -}}
 {{- $managed = append $managed (list "metrics-bearer-token-file" (printf "%s/token" (include "epp.metricsTokenDir" .))) -}}
-{{- else -}}
-{{- /* no ClusterRole for TokenReviews here: /metrics stays open, as upstream's chart has it */ -}}
+{{- else if not (include "epp.metricsTokenReview" .) -}}
+{{- /* no RBAC for TokenReviews without auth.tokenReview: /metrics stays open, as upstream's chart has it */ -}}
 {{- $managed = append $managed (list "metrics-endpoint-auth" "false") -}}
 {{- end -}}
 {{- $args := list -}}

@@ -38,6 +38,17 @@ Checks the schema cannot express, with messages that say what to set. Included o
 {{- if and (hasKey $userFlags "ha-mode") (ne (toString (get $userFlags "ha-mode")) $mode) -}}
 {{- fail (printf "inferenceExtension.flags.ha-mode %q disagrees with inferenceExtension.ha.mode %q: set the mode with inferenceExtension.ha.mode only (it also sets the peer flags, the Secret, the RBAC and the strategy)" (toString (get $userFlags "ha-mode")) $mode) -}}
 {{- end -}}
+{{- if include "epp.metricsTokenReview" . -}}
+{{- if eq (toString (dig "monitoring" "prometheus" "auth" "enabled" true $ie)) "false" -}}
+{{- fail "inferenceExtension.monitoring.prometheus.auth.tokenReview needs auth.enabled: true (auth.enabled: false leaves /metrics open); set auth.enabled: true to check scrapers' tokens with TokenReviews, or tokenReview: false" -}}
+{{- end -}}
+{{- if hasKey $userFlags "metrics-bearer-token-file" -}}
+{{- fail "inferenceExtension.monitoring.prometheus.auth.tokenReview and the flag metrics-bearer-token-file exclude each other: the token file wins in the EPP and no TokenReview is ever made; remove inferenceExtension.flags.metrics-bearer-token-file, or set tokenReview: false" -}}
+{{- end -}}
+{{- if has (toString (get $userFlags "metrics-endpoint-auth") | lower) (list "false" "0" "f" "no" "off") -}}
+{{- fail "inferenceExtension.monitoring.prometheus.auth.tokenReview and the flag metrics-endpoint-auth: false exclude each other: the EPP would not check tokens; remove inferenceExtension.flags.metrics-endpoint-auth, or set tokenReview: false" -}}
+{{- end -}}
+{{- end -}}
 {{- $ports := list -}}
 {{- range (include "epp.targetPorts" . | fromYamlArray) -}}
 {{- if has (int .number) $ports -}}
