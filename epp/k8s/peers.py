@@ -12,7 +12,7 @@ from kubernetes import client
 
 from epp.k8s.informer import Informer
 from epp.k8s.listwatch import DEFAULT_WATCH_OPTIONS, WatchOptions
-from epp.k8s.pods import labels_match, pod_is_serving
+from epp.k8s.pods import label_selector, labels_match, pod_is_serving
 
 __all__ = ["KubernetesPeers", "peer_addresses"]
 
@@ -54,7 +54,7 @@ class KubernetesPeers:
         self.own_name = own_name
         self.on_peers = on_peers
         self.current: list[str] | None = None
-        labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        labels = label_selector(selector)
         core = client.CoreV1Api(api_client)
         self.informer = Informer(
             f"peers/{namespace}[{labels}]",

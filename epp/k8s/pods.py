@@ -16,6 +16,7 @@ from epp.framework.types import Endpoint
 
 __all__ = [
     "ACTIVE_PORTS_ANNOTATION",
+    "label_selector",
     "labels_match",
     "parse_selector",
     "parse_target_ports",
@@ -29,6 +30,11 @@ ACTIVE_PORTS_ANNOTATION = "inference.networking.k8s.io/active-ports"
 log = logging.getLogger(__name__)
 
 Obj = Mapping[str, Any]
+
+
+def label_selector(selector: Mapping[str, str]) -> str:
+    """matchLabels as an API `labelSelector` (`k=v,k=v`, sorted)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:

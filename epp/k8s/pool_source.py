@@ -27,7 +27,7 @@ from epp.datalayer.datastore import Datastore
 from epp.k8s.informer import Informer
 from epp.k8s.listwatch import DEFAULT_WATCH_OPTIONS, WatchOptions
 from epp.k8s.objectives import DEFAULT_POOL_GROUP, ObjectiveWatches
-from epp.k8s.pods import labels_match, pods_to_endpoints
+from epp.k8s.pods import label_selector, labels_match, pods_to_endpoints
 
 __all__ = ["InferencePoolSource", "PoolSpec", "SelectorSource"]
 
@@ -70,10 +70,6 @@ class PoolSpec:
         )
 
 
-def _label_selector(selector: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-
-
 class _PodWatch:
     """Pods of one namespace matching one selector (server-side label selector + client-side check)."""
 
@@ -87,11 +83,11 @@ class _PodWatch:
     ) -> None:
         self.selector = dict(selector)
         self.informer = Informer(
-            f"pods/{namespace}[{_label_selector(selector)}]",
+            f"pods/{namespace}[{label_selector(selector)}]",
             functools.partial(core.list_namespaced_pod, namespace),
             on_change=lambda: on_change(self),
             accept=lambda pod: labels_match(self.selector, (pod.get("metadata") or {}).get("labels")),
-            selectors={"label_selector": _label_selector(selector)},
+            selectors={"label_selector": label_selector(selector)},
             options=options,
         )
 
@@ -219,7 +215,7 @@ class InferencePoolSource:
             "InferencePool %s/%s: selector %s, target ports %s",
             self.namespace,
             self.pool_name,
-            _label_selector(spec.match_labels),
+            label_selector(spec.match_labels),
             list(spec.target_ports),
         )
         if old is None or old.selector != spec.selector:
@@ -303,5 +299,5 @@ class SelectorSource:
         )
         self._ds.set_endpoints(endpoints)
         if not self._ds.synced:
-            log.info("pods matching %s synced: %d endpoints", _label_selector(self.selector), len(endpoints))
+            log.info("pods matching %s synced: %d endpoints", label_selector(self.selector), len(endpoints))
             self._ds.mark_synced()

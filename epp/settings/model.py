@@ -210,7 +210,7 @@ class EppSettings(BaseSettings):
         }
         return {k: v for k, v in fields.items() if v}
 
-    @field_validator("static_endpoints")
+    @field_validator("static_endpoints", "peers")
     @classmethod
     def _check_endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
@@ -231,7 +231,7 @@ class EppSettings(BaseSettings):
                 raise ValueError(f"port {port} is out of range 1-65535")
         return value
 
-    @field_validator("endpoint_selector")
+    @field_validator("endpoint_selector", "ha_peer_selector")
     @classmethod
     def _check_selector(cls, value: str) -> str:
         for part in (p.strip() for p in value.split(",") if p.strip()):
@@ -304,15 +304,6 @@ class EppSettings(BaseSettings):
             return
         if self.peers and self.ha_peer_selector:
             raise SettingsError("--peers and --ha-peer-selector exclude each other: peers come from one")
-        for item in self.peers:
-            host, sep, port = item.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise SettingsError(f"--peers: expected host:port, got {item!r}")
-        if self.ha_peer_selector:
-            for part in (p.strip() for p in self.ha_peer_selector.split(",") if p.strip()):
-                key, sep, _ = part.partition("=")
-                if not sep or not key.strip():
-                    raise SettingsError(f"--ha-peer-selector: expected key=value pairs, got {part!r}")
 
     @classmethod
     def settings_customise_sources(
