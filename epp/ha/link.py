@@ -253,12 +253,7 @@ class PeerLink:
 
     def _count(self, what: str) -> None:
         stats = self.stats
-        if what == "sent":
-            stats.sent += 1
-        elif what == "received":
-            stats.received += 1
-        else:
-            setattr(stats, what, getattr(stats, what) + 1)
+        setattr(stats, what, getattr(stats, what) + 1)
         if self.on_count is not None:
             self.on_count(what)
 
