@@ -179,6 +179,7 @@ class App:
         )
         if configured_source_kind(s) == "static":
             self.datastore.set_objectives(s.static_objectives)
+        self.metrics.count_tasks_of(asyncio.get_running_loop())
         tls = TlsOptions(cert_path=s.cert_path, reload=s.enable_cert_reload) if s.secure_serving else None
         host = self.bind_host or "[::]"
         exposition, gather = await self._start_ext_proc(tls, host)

@@ -300,6 +300,30 @@ def declare_response_body(r: CollectorRegistry) -> Counter:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeFamilies(FamilyGroup):
+    """Ours: the processes' own health (a leak shows as a number that grows under steady load)."""
+
+    tasks: Gauge
+    worker_tasks: Gauge
+
+    @classmethod
+    def declare(cls, r: CollectorRegistry) -> RuntimeFamilies:
+        return cls(
+            tasks=Gauge(
+                "epp_asyncio_tasks",
+                "Asyncio tasks alive in the pod process's event loop (sampled when scraped).",
+                registry=r,
+            ),
+            worker_tasks=Gauge(
+                "epp_worker_asyncio_tasks",
+                "Asyncio tasks alive in the worker processes' event loops, added up (--workers; sampled when "
+                "scraped).",
+                registry=r,
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ConfigFamilies(FamilyGroup):
     """Ours: config loads and reloads (`epp_config_*`)."""
 

@@ -14,6 +14,7 @@ docs/observability.md.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import os
 import time
@@ -30,6 +31,7 @@ from epp.observability.families import (
     HaFamilies,
     PoolFamilies,
     RequestFamilies,
+    RuntimeFamilies,
     SchedulerFamilies,
     ScrapeFamilies,
     WorkerFamilies,
@@ -52,6 +54,7 @@ WORKER_METRICS = (
     "flow_control",
     "workers.sync_messages",
     "workers.sync_lag",
+    "runtime.worker_tasks",
 )
 WORKER_MAX_GAUGES = ("scheduler.prefix_indexer_size", "flow_control.pool_saturation")
 
@@ -79,9 +82,10 @@ class EppMetrics:
         self.flow_control = FlowControlFamilies.declare(r)
         self.workers = WorkerFamilies.declare(r)
         self.ha = HaFamilies.declare(r)
+        self.runtime = RuntimeFamilies.declare(r)
         self._declared: tuple[FamilyGroup | MetricWrapperBase, ...] = (
             *(self.requests, self.pool, self.scheduler, self.info, self.response_body),
-            *(self.config, self.scrape, self.flow_control, self.workers, self.ha),
+            *(self.config, self.scrape, self.flow_control, self.workers, self.ha, self.runtime),
         )
         self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
         self._response_body_children: dict[str, Counter] = {}
@@ -121,6 +125,11 @@ class EppMetrics:
         child.inc()
         if direction == "received":
             self.workers.sync_lag.observe(lag)
+
+    def count_tasks_of(self, loop: asyncio.AbstractEventLoop, *, worker: bool = False) -> None:
+        """Sample `loop`'s live tasks at every scrape (`epp_asyncio_tasks`, or the workers' family)."""
+        gauge = self.runtime.worker_tasks if worker else self.runtime.tasks
+        gauge.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     # ---- config and build -----------------------------------------------------------------------
 

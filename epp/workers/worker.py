@@ -214,6 +214,7 @@ class Worker:
         self.plugins = PluginRuntime(holder, self.datastore, log_membership=False)
         self.plugins.start()
         self.plugins.tell_membership()
+        self.metrics.count_tasks_of(asyncio.get_running_loop(), worker=True)
         tls = TlsOptions(cert_path=s.cert_path, reload=s.enable_cert_reload) if s.secure_serving else None
         host = s.bind_address or "[::]"
         await self.server.start(s.grpc_port, tls, host=host, reuse_port=True)

@@ -227,6 +227,8 @@ OURS = {
     "epp_worker_restarts_total": ("counter", ()),
     "epp_worker_sync_messages_total": ("counter", ("direction",)),
     "epp_worker_sync_lag_seconds": ("histogram", ()),
+    "epp_asyncio_tasks": ("gauge", ()),
+    "epp_worker_asyncio_tasks": ("gauge", ()),
     "epp_ha_peers": ("gauge", ()),
     "epp_ha_messages_total": ("counter", ("direction",)),
     "epp_ha_sync_lag_seconds": ("histogram", ()),
