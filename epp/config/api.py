@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_BAND_MAX_BYTES",
     "KIND",
     "LEGACY_TYPE_NAMES",
+    "LLMD_API_VERSION",
     "DataLayerConfig",
     "DataSourceConfig",
     "DefaultPriorityBandConfig",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
+#: llm-d-router's group for the same document (its configs load unchanged; see docs/configuration.md).
+LLMD_API_VERSION = "llm-d.ai/v1alpha1"
 KIND = "EndpointPickerConfig"
 
 #: Plugin types renamed upstream: an old config still loads, with a warning, when the new type exists.
@@ -300,7 +303,10 @@ class FlowControlConfig(_Strict):
 class EndpointPickerConfig(_Strict):
     """The whole document: `apiVersion`/`kind` envelope and the top-level sections."""
 
-    api_version: Literal["inference.networking.x-k8s.io/v1alpha1"]
+    api_version: Literal["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"] = Field(
+        description="inference.networking.x-k8s.io/v1alpha1, or llm-d-router's llm-d.ai/v1alpha1 (the same "
+        "document)"
+    )
     kind: Literal["EndpointPickerConfig"]
     feature_gates: Annotated[list[str], BeforeValidator(_none_to_empty)] = _nullable_list(
         "dataLayer (deprecated no-op), enableLegacyMetrics, flowControl"

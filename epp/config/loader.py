@@ -58,7 +58,6 @@ _APIVERSION_HINTS = {
     "config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1": (
         "this apiVersion appears in an upstream README, but upstream rejects it too"
     ),
-    "llm-d.ai/v1alpha1": "that is llm-d-router's group; this EPP reads the Inference Extension format",
 }
 
 
