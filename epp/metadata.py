@@ -12,10 +12,12 @@ __all__ = [
     "CONFORMANCE_TEST_SELECTION_HEADER",
     "CONTENT_LENGTH",
     "CONTENT_TYPE",
+    "DATA_PARALLEL_ENDPOINT_HEADER",
     "DECISION_HEADER",
     "DESTINATION_ENDPOINT",
     "DESTINATION_ENDPOINT_SERVED",
     "DESTINATION_ENDPOINT_SUBSET",
+    "ENCODER_ENDPOINTS_HEADER",
     "ENVOY_LB_NAMESPACE",
     "EXT_PROC_ATTRIBUTES_NAMESPACE",
     "EXT_PROC_SERVICE",
@@ -26,6 +28,7 @@ __all__ = [
     "OBJECTIVE_HEADER",
     "ORIGINAL_PATH_HEADER",
     "PATH_HEADER",
+    "PREFILL_ENDPOINT_HEADER",
     "REQUEST_ID_HEADER",
     "STATUS_HEADER",
     "SUBSET_HINT_NAMESPACE",
@@ -66,6 +69,14 @@ EXT_PROC_ATTRIBUTES_NAMESPACE = "envoy.filters.http.ext_proc"
 UPSTREAM_ADDRESS_ATTRIBUTE = "upstream.address"
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+# ---- request headers set for the model server's sidecar (llm-d's `pkg/common/routing`) --------------
+#: P/D disaggregation: `ip:port` of the chosen prefill endpoint, read by the decode side.
+PREFILL_ENDPOINT_HEADER = "x-prefiller-host-port"
+#: E/PD: comma-separated `ip:port` of the chosen encode endpoints (not produced here).
+ENCODER_ENDPOINTS_HEADER = "x-encoder-hosts-ports"
+#: Data parallel: `ip:port` of the chosen rank while the destination is the pod's primary port.
+DATA_PARALLEL_ENDPOINT_HEADER = "x-data-parallel-host-port"
 
 #: Request headers only the gateway/EPP may set, or meant for the EPP alone. A client's copy is removed,
 #: never forwarded to the model server (upstream only skips echoing them, so the proxy still forwards the

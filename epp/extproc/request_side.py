@@ -258,6 +258,13 @@ class RequestSide:
         changed = out is not body
         dest = ctx.destination
         sets, removes = self._forward_mutation()
+        result = ctx.result
+        if result is not None and result.request_headers:  # set by plugins (e.g. P/D's prefill endpoint)
+            for name, value in result.request_headers.items():
+                if value is None:
+                    removes.append(name)
+                else:
+                    sets.append((name, value.encode()))
         if self.mode == FULL_DUPLEX:
             if out:
                 sets.append((CONTENT_LENGTH, str(len(out)).encode()))

@@ -199,10 +199,17 @@ class ProfileRunResult:
 
 @dataclass(frozen=True, slots=True)
 class SchedulingResult:
-    """The outcome of one scheduling cycle."""
+    """The outcome of one scheduling cycle.
+
+    `request_headers`: headers to set on the request forwarded to the primary target (a value of None
+    removes a header the client sent). The profile handler may fill it in `process_results` and pre-request
+    hooks in `pre_request` (e.g. P/D's `x-prefiller-host-port`), as upstream plugins write
+    `request.Headers`; the wire layer applies it with the routing decision.
+    """
 
     primary_profile: str
     profile_results: Mapping[str, ProfileRunResult | None]
+    request_headers: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def targets(self) -> tuple[Endpoint, ...]:

@@ -16,6 +16,7 @@ from epp.plugins.filters.least_band import LEAST_KV_CACHE_FILTER, LEAST_QUEUE_FI
 from epp.plugins.filters.lora_affinity import LORA_AFFINITY_FILTER
 from epp.plugins.filters.low_queue import LOW_QUEUE_FILTER
 from epp.plugins.filters.prefix_cache_affinity import PREFIX_CACHE_AFFINITY_FILTER
+from epp.plugins.filters.role import DECODE_FILTER, PREFILL_FILTER
 from epp.plugins.flowcontrol import PLUGIN_TYPES as FLOW_CONTROL_POLICIES
 from epp.plugins.kvevents.producer import PRECISE_PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_PRODUCER
 from epp.plugins.kvevents.scorer import PRECISE_PREFIX_CACHE_SCORER
@@ -27,6 +28,10 @@ from epp.plugins.pickers.weighted_random import WEIGHTED_RANDOM_PICKER
 from epp.plugins.producers.approx_prefix import APPROX_PREFIX_CACHE_PRODUCER
 from epp.plugins.producers.inflight_load import INFLIGHT_LOAD_PRODUCER
 from epp.plugins.producers.prefill_load import PREFILL_LOAD, PREFILL_LOAD_PRODUCER
+from epp.plugins.profile.data_parallel import DATA_PARALLEL_PROFILE_HANDLER
+from epp.plugins.profile.deciders import ALWAYS_DISAGG_PD_DECIDER, PREFIX_BASED_PD_DECIDER
+from epp.plugins.profile.disagg import DISAGG_PROFILE_HANDLER, PD_PROFILE_HANDLER
+from epp.plugins.profile.headers import DISAGG_HEADERS_HANDLER, PREFILL_HEADER_HANDLER
 from epp.plugins.profile.single_profile import SINGLE_PROFILE_HANDLER
 from epp.plugins.saturation import PLUGIN_TYPES as SATURATION_DETECTORS
 from epp.plugins.scorers.kv_cache_utilization import KV_CACHE_UTILIZATION_SCORER
@@ -62,6 +67,14 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     WEIGHTED_RANDOM_PICKER,
     # profile handlers
     SINGLE_PROFILE_HANDLER,
+    DISAGG_PROFILE_HANDLER,
+    PD_PROFILE_HANDLER,
+    DATA_PARALLEL_PROFILE_HANDLER,
+    # P/D deciders and the prefill header (llm-d)
+    PREFIX_BASED_PD_DECIDER,
+    ALWAYS_DISAGG_PD_DECIDER,
+    PREFILL_HEADER_HANDLER,
+    DISAGG_HEADERS_HANDLER,
     # filters
     HEADER_BASED_TESTING_FILTER,
     PREFIX_CACHE_AFFINITY_FILTER,
@@ -71,6 +84,8 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     LORA_AFFINITY_FILTER,
     DECISION_TREE_FILTER,
     HOT_PREFIX_SPILL_FILTER,
+    PREFILL_FILTER,
+    DECODE_FILTER,
     # request parsers
     OPENAI_PARSER,
     PASSTHROUGH_PARSER,
