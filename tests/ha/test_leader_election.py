@@ -19,7 +19,7 @@ from epp.extproc.health import ReadinessState
 from epp.k8s.leader import LeaderElector, LeaseSettings, lease_name
 from tests.helpers import until
 
-from .kmock_server import KmockThread
+from epp.tools.kmock import KmockThread
 
 FAST = {"lease_duration": 2.0, "renew_deadline": 1.0, "retry_period": 0.1}  # leases are whole seconds
 

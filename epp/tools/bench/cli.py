@@ -5,6 +5,7 @@
 | `quality` | scheduling quality: our profiles vs Envoy and the rivals on four workloads (`quality.py`) |
 | `overhead` | what the EPP costs: decisions/s, CPU per request and per streamed token, TTFT (`overhead.py`) |
 | `crosscheck` | one quality comparison with `inference-perf` as the client (`crosscheck.py`) |
+| `reliability` | soak, reloads under load, faults, fuzzing, slow clients: one table (`reliability/`) |
 | `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` |
 | `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.tools.bench.NAME` |
 
@@ -40,15 +41,18 @@ _OWN = {
     "quality": ("epp.tools.bench.quality_cli", "main"),
     "overhead": ("epp.tools.bench.overhead", "main"),
     "crosscheck": ("epp.tools.bench.crosscheck", "main"),
+    "reliability": ("epp.tools.bench.reliability.cli", "main"),
     "install": ("epp.tools.bench.cli", "install_main"),
 }
 
-_USAGE = """usage: epp bench {quality,overhead,crosscheck,install,schedule,scrape,extproc,overload} [options]
+_USAGE = """usage: epp bench {quality,overhead,crosscheck,reliability,install,schedule,scrape,extproc,overload} [options]
 
   quality      scheduling quality vs plain Envoy, sglang-router and vllm-router (4 workloads)
   overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs
                Envoy, upstream's full-duplex config, sglang-router, direct)
   crosscheck   the same comparison driven by inference-perf (a client we did not write)
+  reliability  soak, config reloads under load, model server / EPP / leader killed, fuzzing, slow
+               clients: figures against their limits (docs/reliability.md)
   install      install the rival routers and inference-perf into .cache/bench/venvs/ (quality, overhead
                and crosscheck never install them unless given --install-rivals)
   schedule | scrape | extproc | overload

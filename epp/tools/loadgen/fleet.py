@@ -31,11 +31,11 @@ _NO_FLAG = frozenset({"host", "port", "vocab_size"})
 
 
 def sim_argv(config: SimConfig) -> list[str]:
-    """`epp sim` flags for `config` (only values that differ from the defaults; the port is 0)."""
+    """`epp sim` flags for `config` (only values that differ from the defaults; port 0 = any free one)."""
     default = SimConfig()
     if config.vocab_size != default.vocab_size:
         raise ValueError("vocab_size has no `epp sim` flag; use mode='inprocess'")
-    args = ["--host", config.host, "--port", "0"]
+    args = ["--host", config.host, "--port", str(config.port)]
     for f in dataclasses.fields(SimConfig):
         if f.name in _NO_FLAG:
             continue
@@ -138,6 +138,26 @@ class SimFleet:
             )
         url, _, name = line[len(_LISTENING) :].partition(" name=")
         member.url, member.name = url, name
+
+    async def crash(self, index: int) -> None:
+        """SIGKILL simulator `index` (subprocess fleets), its open streams cut; `restart` brings it back."""
+        member = self.members[index]
+        proc = member.process
+        if proc is None:
+            raise RuntimeError("crash() needs a subprocess fleet")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+    async def restart(self, index: int, timeout: float = 30.0) -> None:
+        """Start simulator `index` again on its old port, once it is no longer running."""
+        member = self.members[index]
+        if member.process is not None and member.process.returncode is None:
+            raise RuntimeError(f"simulator {index} is still running")
+        port = int(member.address.rpartition(":")[2])
+        member.config = dataclasses.replace(member.config, port=port)
+        async with asyncio.timeout(timeout):
+            await self._start_one(member)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop every simulator this fleet started (subprocesses by PID: SIGTERM, SIGKILL after `grace`)."""

@@ -166,9 +166,12 @@ class EppProcess(_Epp):
         *,
         python: str = sys.executable,
         log_path: str | Path | None = None,
+        ready_service: str = "readiness",
         **options: Unpack[EppOptions],
     ) -> None:
         super().__init__(endpoints, **options)
+        #: the health service whose SERVING means started ("liveness" for a leader-election standby)
+        self.ready_service = ready_service
         self.python = python
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="epp-")) / "epp.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -216,8 +219,29 @@ class EppProcess(_Epp):
             raise
         return self
 
-    async def _start_once(self) -> None:
-        self.grpc_port, self.health_port, self.metrics_port = _free_ports(3)
+    async def crash(self) -> None:
+        """SIGKILL (a crash: no drain, its workers follow it by PDEATHSIG), waiting until it is gone."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Start again on the same ports (after `crash` or `stop`) and wait for readiness."""
+        if self.process is not None and self.process.returncode is None:
+            raise RuntimeError("the EPP is still running")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._start_once(same_ports=True)
+        except TimeoutError:
+            await self.stop()
+            raise TimeoutError(f"the EPP did not get ready again:\n{self.log_text()[-2000:]}") from None
+
+    async def _start_once(self, same_ports: bool = False) -> None:
+        if not same_ports:
+            self.grpc_port, self.health_port, self.metrics_port = _free_ports(3)
         ports = ["--grpc-port", str(self.grpc_port), "--grpc-health-port", str(self.health_port)]
         ports += ["--metrics-port", str(self.metrics_port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +275,7 @@ class EppProcess(_Epp):
 
     async def _watch_ready(self) -> None:
         """Until the health service says readiness is SERVING (waits for the server to come up)."""
-        request = health_pb2.HealthCheckRequest(service="readiness")
+        request = health_pb2.HealthCheckRequest(service=self.ready_service)
         # Retry connecting every 50-200 ms while the daemon starts (gRPC's default backoff grows to
         # seconds after a few refused attempts).
         options = [
@@ -264,6 +288,16 @@ class EppProcess(_Epp):
             async for reply in stub.Watch(request, wait_for_ready=True):
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
+
+    async def is_ready(self, timeout: float = 0.5) -> bool:
+        """Whether readiness is SERVING now (one health check)."""
+        request = health_pb2.HealthCheckRequest(service="readiness")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float = 8.0) -> None:
         """SIGTERM (the daemon drains), SIGKILL after `grace`; only this process, by its PID."""
@@ -344,6 +378,7 @@ class Gateway(_Front):
         observer: bool = True,
         envoy_concurrency: int = 1,
         ext_proc_max_streams: int | None = None,
+        failure_mode_allow: bool = False,
     ) -> None:
         options: EppOptions = {
             "config_file": config_file,
@@ -361,6 +396,8 @@ class Gateway(_Front):
             raise ValueError(f"epp_mode must be 'inprocess' or 'subprocess', got {epp_mode!r}")
         super().__init__(workdir, route_timeout, body_mode, observer, envoy_concurrency)
         self.ext_proc_max_streams = ext_proc_max_streams
+        self.endpoints = list(endpoints)
+        self.failure_mode_allow = failure_mode_allow
 
     @property
     def envoy_pid(self) -> int | None:
@@ -390,6 +427,8 @@ class Gateway(_Front):
                 ext_proc_port=self.epp.grpc_port,
                 ext_proc_tls=self.epp.secure_serving,
                 ext_proc_max_streams=self.ext_proc_max_streams,
+                failure_mode_allow=self.failure_mode_allow,
+                static_endpoints=self.endpoints if self.failure_mode_allow else (),
             )
         except BaseException:
             await self.stop()

@@ -85,9 +85,10 @@ class EnvoyConfig:
         ext_proc_max_streams: streams per HTTP/2 connection to the EPP before Envoy opens another (None:
             HTTP/2's own limit, so one connection per Envoy worker thread). An EPP with `--workers N`
             gets work only over the connections it is given: more connections spread it.
-        static_endpoints: `ip:port` list for the plain-Envoy baselines.
+        static_endpoints: `ip:port` list for the plain-Envoy baselines (and the FailOpen fallback).
         route_timeout: whole-request timeout at the route (0 = none).
-        failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen).
+        failure_mode_allow: forward without a pick when the EPP is unreachable (upstream's FailOpen); with
+            `static_endpoints` such a request goes to them round robin (else to the listener's own address).
         buffer_limit_bytes: per-connection buffer (bounds BUFFERED request bodies).
         served_endpoint: how the EPP learns which endpoint served (see `ServedEndpoint`).
     """
@@ -325,8 +326,16 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
             {"header": {"key": DESTINATION_ENDPOINT_SERVED, "value": "%UPSTREAM_HOST%"}}
         ]
     routes = [route_entry]
+    if cfg.routing == "epp" and cfg.failure_mode_allow and cfg.static_endpoints:
+        # FailOpen: a request the EPP did not route (no destination header) goes to the pool's endpoints
+        # round robin, as gateways do with an unreachable EPP, instead of back to this listener.
+        picked = {"name": DESTINATION_ENDPOINT, "present_match": True}
+        route_entry["match"] = {"prefix": "/", "headers": [picked]}
+        fallback = {"match": {"prefix": "/"}, "route": {**route, "cluster": "static_backends"}}
+        routes = [route_entry, fallback]
+        clusters.append(_static_cluster(cfg, "ROUND_ROBIN"))
     if cfg.routing == "epp" and cfg.ext_proc_replicas:
-        routes = [*_replica_routes(cfg, route_entry), route_entry]
+        routes = [*_replica_routes(cfg, route_entry), *routes]
         clusters += [_ext_proc_cluster(cfg, f"ext_proc_r{i}", i) for i in range(len(_replicas(cfg)))]
     hcm: dict[str, Any] = {
         "@type": _HCM,

@@ -1,13 +1,16 @@
-"""A kmock fake Kubernetes API server in a background thread, for lease tests.
+"""A kmock fake Kubernetes API server in a background thread (Leases), for tests and `epp bench reliability`.
 
 kmock stands in for a real kube-apiserver (none is installable here): it serves real HTTP to the official
-`kubernetes` client. It has no resourceVersion conflicts, so races between electors are not tested here.
+`kubernetes` client. It has no resourceVersion conflicts, so races between electors are not tested with it.
+`kubeconfig()` writes a kubeconfig that points a daemon process at it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -57,6 +60,19 @@ class KmockThread:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig for this server (no credentials: kmock asks for none)."""
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            "current-context": "kmock",
+        }
+        path.write_text(json.dumps(doc))
+        return path
 
     def api_client(self) -> client.ApiClient:
         cfg = client.Configuration()
