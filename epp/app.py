@@ -26,6 +26,7 @@ from epp.builtins import default_flow_policies, default_registry
 from epp.config import build_pipeline, load_config, load_default_config
 from epp.config.reloader import ConfigReloader
 from epp.config.watcher import ConfigWatcher
+from epp.datalayer.data_source import MetricsSourceDefaults
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.metric_spec import MetricOverrides
 from epp.datalayer.scraper import Scraper
@@ -319,12 +320,18 @@ class App:
                 lora=s.lora_info_metric,
                 cache_info=s.cache_info_metric,
             ),
+            MetricsSourceDefaults(
+                scheme=str(s.model_server_metrics_scheme),
+                path=s.model_server_metrics_path,
+                insecure_skip_verify=s.model_server_metrics_https_insecure_skip_verify,
+            ),
         )
         self._scraper = Scraper(
             self.datastore,
             data_source=data_layer.data_source,
             extractor=data_layer.extractor,
             interval=s.refresh_metrics_interval,
+            metrics_port=s.model_server_metrics_port,
             on_error=lambda key: self.metrics.scrape.errors.labels(key).inc(),
         )
         await self._scraper.start()

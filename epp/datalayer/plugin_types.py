@@ -158,7 +158,11 @@ class CoreMetricsExtractorParams(BaseModel):
 
 def _build_source(name: str, params: MetricsDataSourceParams, handle: Handle) -> MetricsDataSource:
     return MetricsDataSource(
-        name, scheme=params.scheme, path=params.path, insecure_skip_verify=params.insecure_skip_verify
+        name,
+        scheme=params.scheme,
+        path=params.path,
+        insecure_skip_verify=params.insecure_skip_verify,
+        explicit=frozenset(params.model_fields_set),
     )
 
 

@@ -14,7 +14,10 @@ Failure semantics:
   every successful scrape is logged at TRACE with the values read (upstream's refresh-loop guideline).
 
 The data source and extractor are read through callables on every scrape, so a config reload applies
-without restarting the loops. Loops start and stop with datastore membership.
+without restarting the loops. `metrics_port` (upstream's deprecated `--model-server-metrics-port`)
+replaces the endpoint's port in the scrape URL, as upstream, only for a pod serving one endpoint: each
+data-parallel rank of a multi-port pod serves its own metrics on its own port. Loops start and stop
+with datastore membership.
 `first_round_done` is set once every endpoint present when the datastore got synced (or when `start` was
 called, if it was already synced) has been tried once, successfully or not.
 """
@@ -25,6 +28,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,6 +97,7 @@ class Scraper:
         self._own_session = session is None
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._multi_rank_pods: frozenset[tuple[str, str]] = frozenset()
         self._stats: dict[str, ScrapeStats] = {}
         self._pending: set[str] | None = None
         self._attempted: set[str] = set()
@@ -154,6 +159,9 @@ class Scraper:
     def _on_membership(self, keys: frozenset[str]) -> None:
         if not self._started:
             return
+        if self._metrics_port:
+            pods = Counter(_pod_of(e) for e in self._ds.snapshot())
+            self._multi_rank_pods = frozenset(pod for pod, n in pods.items() if n > 1)
         for key in list(self._tasks):
             if key not in keys:
                 self._tasks.pop(key).cancel()
@@ -218,7 +226,7 @@ class Scraper:
             return False  # no data layer configured: nothing to scrape
         stats.attempts += 1
         started = time.perf_counter()
-        url = source.url(endpoint, self._metrics_port)
+        url = source.url(endpoint, self.metrics_port_for(endpoint))
         try:
             body = await self._fetch(url, source)
         except asyncio.CancelledError:
@@ -261,6 +269,12 @@ class Scraper:
             stats.reachable = True
         return True
 
+    def metrics_port_for(self, endpoint: Endpoint) -> int:
+        """The port override for `endpoint` (0 = its own port)."""
+        if not self._metrics_port or _pod_of(endpoint) in self._multi_rank_pods:
+            return 0
+        return self._metrics_port
+
     def _current_at(self, endpoint: Endpoint) -> Endpoint | None:
         """The datastore's endpoint of `endpoint.key` if it still names the address that was scraped."""
         current = self._ds.get(endpoint.key)
@@ -291,6 +305,11 @@ class Scraper:
         if stats.reachable is not False:
             log.info("model server %s (%s) is unreachable: %s; retrying", endpoint.key, url, reason)
             stats.reachable = False
+
+
+def _pod_of(endpoint: Endpoint) -> tuple[str, str]:
+    """The pod an endpoint belongs to: its (namespace, pod name), or its IP for a static endpoint."""
+    return (endpoint.namespace, endpoint.pod_name) if endpoint.pod_name else ("", endpoint.ip)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,8 @@ loops scrape without restarting them.
   upstream's legacy collector does.
 
 The deprecated `--*-metric` flag specs (`MetricOverrides`) are applied to the chosen extractor's default
-engine.
+engine; the deprecated `--model-server-metrics-scheme|-path|-https-insecure-skip-verify` flags
+(`MetricsSourceDefaults`) fill the data source's parameters the config leaves out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from epp.datalayer.data_source import MetricsDataSource
+from epp.datalayer.data_source import MetricsDataSource, MetricsSourceDefaults
 from epp.datalayer.extractor import CoreMetricsExtractor
 from epp.datalayer.metric_spec import MetricOverrides
 
@@ -74,9 +75,17 @@ def data_layer_of(pipeline: _PipelineLike) -> tuple[MetricsDataSource | None, Co
 class DataLayerSelector:
     """Scraper callables that follow the live pipeline of a `PipelineHolder`."""
 
-    def __init__(self, holder: _HolderLike, overrides: MetricOverrides | None = None) -> None:
+    def __init__(
+        self,
+        holder: _HolderLike,
+        overrides: MetricOverrides | None = None,
+        source_defaults: MetricsSourceDefaults | None = None,
+    ) -> None:
         self._holder = holder
         self._overrides = overrides if overrides is not None and overrides.any() else None
+        self._source_defaults = (
+            source_defaults if source_defaults is not None and source_defaults.any() else None
+        )
         self._resolved_for: object = None
         self._pair: tuple[MetricsDataSource | None, CoreMetricsExtractor | None] = (None, None)
 
@@ -86,6 +95,8 @@ class DataLayerSelector:
             source, extractor = data_layer_of(pipeline)
             if extractor is not None and self._overrides is not None:
                 extractor = extractor.with_overrides(self._overrides)
+            if source is not None and self._source_defaults is not None:
+                source = source.with_defaults(self._source_defaults)
             if source is None:
                 log.warning(
                     "the data layer has no metrics-data-source with a core-metrics-extractor: not scraping"

@@ -76,10 +76,6 @@ IGNORED_FLAGS: Mapping[str, bool] = {
     "tracing": True,
     "enable-pprof": True,
     "health-checking": True,
-    "model-server-metrics-port": False,
-    "model-server-metrics-path": False,
-    "model-server-metrics-scheme": False,
-    "model-server-metrics-https-insecure-skip-verify": True,
 }
 
 #: Upstream's deprecated metric-name flags: kept, with a warning (upstream rejects them).

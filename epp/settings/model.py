@@ -19,7 +19,7 @@ from epp.settings.env import ENV_PREFIX, EnvSource, current_environ
 from epp.settings.values import Bool, Port, Seconds, parse_csv, parse_objectives, parse_port_list
 from epp.units import format_duration
 
-__all__ = ["EppSettings", "HaMode", "LogFormat", "ModelServerType"]
+__all__ = ["EppSettings", "HaMode", "LogFormat", "MetricsScheme", "ModelServerType"]
 
 
 class LogFormat(StrEnum):
@@ -32,6 +32,13 @@ class HaMode(StrEnum):
 
     ACTIVE_PASSIVE = "active-passive"
     ACTIVE_ACTIVE = "active-active"
+
+
+class MetricsScheme(StrEnum):
+    """How model-server metrics pages are fetched."""
+
+    HTTP = "http"
+    HTTPS = "https"
 
 
 class ModelServerType(StrEnum):
@@ -141,6 +148,26 @@ class EppSettings(BaseSettings):
     disable_endpoint_subset_filter: Bool = Field(False, description="ignore the proxy's endpoint subset hint")
 
     # ---- metrics collection
+    model_server_metrics_port: int = Field(
+        0,
+        description="deprecated upstream: scrape model-server metrics on this port instead of the "
+        "endpoint's own (only for pods serving one target port); 0 = the endpoint's port",
+    )
+    model_server_metrics_path: str = Field(
+        "/metrics",
+        description="URL path of model-server metrics, when the config's metrics-data-source does not "
+        "set path",
+    )
+    model_server_metrics_scheme: MetricsScheme = Field(
+        MetricsScheme.HTTP,
+        description="http or https for model-server metrics, when the config's metrics-data-source does "
+        "not set scheme",
+    )
+    model_server_metrics_https_insecure_skip_verify: Bool = Field(
+        True,
+        description="with https, do not verify the model server's certificate, when the config's "
+        "metrics-data-source does not set insecureSkipVerify",
+    )
     refresh_metrics_interval: Seconds = Field(0.05, gt=0, description="model-server scrape interval")
     refresh_prometheus_metrics_interval: Seconds = Field(
         5.0, gt=0, description="pool gauges recompute interval"
@@ -229,6 +256,20 @@ class EppSettings(BaseSettings):
         for port in value:
             if not 1 <= port <= 65535:
                 raise ValueError(f"port {port} is out of range 1-65535")
+        return value
+
+    @field_validator("model_server_metrics_port")
+    @classmethod
+    def _check_metrics_port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"port {value} is out of range 0-65535 (0 = the endpoint's own port)")
+        return value
+
+    @field_validator("model_server_metrics_path")
+    @classmethod
+    def _check_metrics_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"a URL path must start with '/', got {value!r}")
         return value
 
     @field_validator("endpoint_selector", "ha_peer_selector")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 from aiohttp import web
@@ -49,12 +50,12 @@ class MetricsServer:
         self._release.set()
         self._release = asyncio.Event()
 
-    async def start(self, port: int = 0) -> MetricsServer:
+    async def start(self, port: int = 0, *, ssl_context: ssl.SSLContext | None = None) -> MetricsServer:
         app = web.Application()
         app.router.add_get(self.path, self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
