@@ -81,10 +81,12 @@ async def start_endpoint_source(
     source: EndpointSource
     if kind == "static":
         engine = _get(settings, "model_server_type")  # a str or a StrEnum of engine names
+        labels = _get(settings, "static_endpoint_labels") or {}
         source = StaticEndpointSource(
             datastore,
             parse_static_endpoints(_get(settings, "static_endpoints")),
             engine=str(engine) if engine else None,
+            endpoint_labels={parse_static_endpoints(a)[0].key: dict(kv) for a, kv in labels.items()},
         )
     elif build_kubernetes is None:
         raise SettingsError(f"--{_FLAGS[kind]} needs Kubernetes, which this daemon was started without")

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from epp.datalayer.datastore import Datastore
@@ -111,6 +111,7 @@ class StaticEndpointSource:
         *,
         engine: str | None = None,
         engine_label_key: str = ENGINE_LABEL_KEY,
+        endpoint_labels: Mapping[str, Mapping[str, str]] | None = None,
         resolve_timeout: float = 2.0,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
@@ -118,6 +119,7 @@ class StaticEndpointSource:
         self._ds = datastore
         self._targets = list(targets)
         self._labels = {engine_label_key: engine} if engine else {}
+        self._endpoint_labels = dict(endpoint_labels or {})  # endpoint key -> extra labels
         self._resolve_timeout = resolve_timeout
         self._retry_initial = retry_initial
         self._retry_max = retry_max
@@ -162,7 +164,10 @@ class StaticEndpointSource:
             if ip is None:
                 continue
             self._resolved[target.key] = Endpoint(
-                key=target.key, ip=ip, port=target.port, labels=dict(self._labels)
+                key=target.key,
+                ip=ip,
+                port=target.port,
+                labels={**self._labels, **self._endpoint_labels.get(target.key, {})},
             )
             added = True
         if added:

@@ -61,7 +61,12 @@ def is_bool_field(info: FieldInfo) -> bool:
 def _flags() -> dict[str, _Flag]:
     out: dict[str, _Flag] = {}
     for field_, info in EppSettings.model_fields.items():
-        repeatable = field_ in ("static_endpoints", "static_objectives", "endpoint_target_ports")
+        repeatable = field_ in (
+            "static_endpoints",
+            "static_objectives",
+            "static_endpoint_labels",
+            "endpoint_target_ports",
+        )
         out[flag_name(field_)] = _Flag(flag_name(field_), field_, is_bool_field(info), repeatable)
     return out
 

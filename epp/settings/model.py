@@ -16,7 +16,15 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from epp.errors import SettingsError
 from epp.settings.env import ENV_PREFIX, EnvSource, current_environ
-from epp.settings.values import Bool, Port, Seconds, parse_csv, parse_objectives, parse_port_list
+from epp.settings.values import (
+    Bool,
+    Port,
+    Seconds,
+    parse_csv,
+    parse_endpoint_labels,
+    parse_objectives,
+    parse_port_list,
+)
 from epp.units import format_duration
 
 __all__ = ["EppSettings", "HaMode", "LogFormat", "MetricsScheme", "ModelServerType"]
@@ -127,6 +135,13 @@ class EppSettings(BaseSettings):
     )
     static_objectives: Annotated[dict[str, int], NoDecode, BeforeValidator(parse_objectives)] = Field(
         default_factory=dict, description="name=priority,... — InferenceObjectives for --static-endpoints"
+    )
+    static_endpoint_labels: Annotated[
+        dict[str, dict[str, str]], NoDecode, BeforeValidator(parse_endpoint_labels)
+    ] = Field(
+        default_factory=dict,
+        description="host:port=key=value,... — pod labels of --static-endpoints entries (e.g. "
+        "llm-d.ai/role=prefill for P/D); an endpoint may repeat, once per label",
     )
     model_server_type: ModelServerType = Field(
         ModelServerType.VLLM,
@@ -328,6 +343,12 @@ class EppSettings(BaseSettings):
         self._check_ha()
         if self.static_objectives and not self.static_endpoints:
             raise SettingsError("--static-objectives only applies with --static-endpoints")
+        unknown = sorted(set(self.static_endpoint_labels) - set(self.static_endpoints))
+        if unknown:
+            raise SettingsError(
+                f"--static-endpoint-labels names {', '.join(unknown)}, not in --static-endpoints "
+                "(write the address as --static-endpoints does)"
+            )
         return self
 
     def _check_ha(self) -> None:

@@ -59,6 +59,24 @@ def parse_objectives(value: Any) -> Any:
     return out
 
 
+def parse_endpoint_labels(value: Any) -> Any:
+    """`host:port=key=value,...` (an endpoint may repeat, once per label) → {host:port: {key: value}}."""
+    if not isinstance(value, str):
+        return value
+    out: dict[str, dict[str, str]] = {}
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        address, sep, label = part.partition("=")
+        key, sep2, val = label.partition("=")
+        if not sep or not sep2 or not address.strip() or not key.strip():
+            raise ValueError(
+                f"expected host:port=key=value, got {part!r} (e.g. '10.0.0.1:8000=llm-d.ai/role=prefill')"
+            )
+        out.setdefault(address.strip(), {})[key.strip()] = val.strip()
+    return out
+
+
 def _bool(value: Any) -> Any:
     if isinstance(value, str):
         if value in GO_TRUE or value.lower() in ("yes", "on", "y"):
