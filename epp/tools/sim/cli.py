@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from epp.tools.sim.config import EngineKind, SimConfig
+from epp.tools.sim.config import ROLES, EngineKind, SimConfig
 from epp.tools.sim.server import SimServer
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -80,6 +80,25 @@ def build_parser(prog: str = "epp sim") -> argparse.ArgumentParser:
     add(
         "--kv-events-topic", default=_D.kv_events_topic, help="ZMQ topic; {host} {port} {model} are filled in"
     )
+    add(
+        "--role",
+        choices=list(ROLES),
+        default=_D.role,
+        help="P/D role: decode/both fetch the prompt's KV from the prefill server named in "
+        "x-prefiller-host-port; prefill ignores that header",
+    )
+    add(
+        "--kv-transfer-gbps",
+        type=float,
+        default=_D.kv_transfer_gbps,
+        help="P/D: GB/s at which KV blocks move in from a prefill server",
+    )
+    add(
+        "--kv-bytes-per-token",
+        type=int,
+        default=_D.kv_bytes_per_token,
+        help="P/D: KV cache bytes per token (transfer size)",
+    )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return p
 
@@ -110,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         tokenizer=args.tokenizer,
         kv_events_endpoint=args.kv_events_endpoint,
         kv_events_topic=args.kv_events_topic,
+        role=args.role,
+        kv_transfer_gbps=args.kv_transfer_gbps,
+        kv_bytes_per_token=args.kv_bytes_per_token,
     )
     config.validate()
     return config

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["EngineKind", "SimConfig"]
+__all__ = ["ROLES", "EngineKind", "SimConfig"]
+
+#: P/D roles (`--role`): a prefill server ignores `x-prefiller-host-port`, decode and both honour it.
+ROLES = ("prefill", "decode", "both")
 
 
 class EngineKind(StrEnum):
@@ -50,6 +53,10 @@ class SimConfig:
     tokenizer: str | None = None
     kv_events_endpoint: str | None = None
     kv_events_topic: str = "kv@{host}:{port}@{model}"
+    # P/D disaggregation: which stage this server serves, and how fast KV moves in from a prefill server.
+    role: str = "both"
+    kv_transfer_gbps: float = 25.0  # GB/s between servers (a 200 Gbit/s RDMA NIC)
+    kv_bytes_per_token: int = 131072  # Llama-3.1-8B: 2 x 32 layers x 8 KV heads x 128 dims x 2 bytes
 
     def __post_init__(self) -> None:
         # Accept plain strings and lists from in-process callers.
@@ -83,6 +90,9 @@ class SimConfig:
             (self.time_scale > 0, "--time-scale must be > 0"),
             (self.default_max_tokens >= 1, "--default-max-tokens must be >= 1"),
             (self.vocab_size >= 256, "--vocab-size must be >= 256"),
+            (self.role in ROLES, f"--role must be one of {', '.join(ROLES)}"),
+            (self.kv_transfer_gbps > 0, "--kv-transfer-gbps must be > 0"),
+            (self.kv_bytes_per_token >= 1, "--kv-bytes-per-token must be >= 1"),
             (
                 self.step_base_ms + self.prefill_ms_per_token + self.decode_ms_per_seq > 0,
                 "the step-time coefficients must not all be zero",

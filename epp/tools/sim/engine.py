@@ -198,6 +198,46 @@ class Engine:
     def reset_prefix_cache(self) -> int:
         return self.pool.reset_prefix_cache()
 
+    # ---- P/D: KV blocks received from a prefill server ------------------------------------------
+
+    def transferable(self, prompt: Sequence[int], lora: str | None) -> list[int]:
+        """Hashes of the prompt's full blocks a request could reuse (all tokens but the last)."""
+        bs = self.config.block_size
+        return chain_block_hashes(prompt, bs, lora)[: (len(prompt) - 1) // bs]
+
+    def missing_blocks(self, prompt: Sequence[int], lora: str | None) -> int:
+        """How many of the prompt's reusable blocks are not cached here (what a transfer must bring)."""
+        hashes = self.transferable(prompt, lora)
+        return len(hashes) - len(self.pool.lookup(hashes))
+
+    def receive_kv(self, prompt: Sequence[int], lora: str | None) -> int:
+        """Store the prompt's reusable blocks as if a prefill server had sent them (NIXL): they join the
+        prefix cache, free (unpinned) at the LRU tail, so the request admitted next finds them cached.
+        Returns how many blocks were written; fewer than missing when the pool has too few free blocks."""
+        hashes = self.transferable(prompt, lora)
+        hits = self.pool.lookup(hashes)
+        todo = hashes[len(hits) :]
+        self.pool.touch(hits)  # keep the local prefix while allocating for the rest
+        try:
+            n = min(len(todo), self.pool.num_free)
+            if n == 0:
+                return 0
+            blocks = self.pool.allocate(n)
+            bs = self.config.block_size
+            start = len(hits) * bs
+            self.pool.cache_full_blocks(
+                blocks,
+                todo[:n],
+                hits[-1].block_hash if hits else None,
+                prompt[start : start + n * bs],
+                self._lora_ids.get(lora) if lora else None,
+                lora,
+            )
+            self.pool.free(blocks)
+            return n
+        finally:
+            self.pool.free(hits)
+
     # ---- the step ------------------------------------------------------------------------------
 
     def step(self, now: float) -> StepResult:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from epp.tools.sim.config import EngineKind, SimConfig
@@ -50,6 +51,8 @@ log = logging.getLogger("epp.tools.sim")
 FAULT_TARGETS = ("metrics", "requests", "health")
 _GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
 _SAMPLE_LIMIT = 100_000
+#: llm-d's P/D header: the prefill server a decode server pulls the prompt's KV from.
+PREFILLER_HEADER = "x-prefiller-host-port"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,6 +73,12 @@ class _Counters:
     requests_rejected: int = 0
     requests_failed_injected: int = 0
     client_aborts: int = 0
+    # P/D: decode side (KV pulled from a prefill server) and prefill side (prefill-only requests served)
+    kv_transfers: int = 0
+    kv_transfer_blocks: int = 0
+    kv_transfer_s: float = 0.0
+    kv_transfer_failures: int = 0
+    remote_prefill_requests: int = 0
     ttft: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLE_LIMIT))
     e2e: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLE_LIMIT))
     queue: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLE_LIMIT))
@@ -109,6 +118,7 @@ class SimServer:
         self._closing = False
         self._last_token: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._port = 0
         self._started = 0.0
         self._created = now_created()
@@ -163,6 +173,9 @@ class SimServer:
         for pending in list(self._pending):
             pending.queue.put_nowait(None)
         await self.driver.stop()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -232,6 +245,12 @@ class SimServer:
             "requests_rejected": c.requests_rejected,
             "requests_failed_injected": c.requests_failed_injected,
             "client_aborts": c.client_aborts,
+            "role": self.config.role,
+            "kv_transfers": c.kv_transfers,
+            "kv_transfer_blocks": c.kv_transfer_blocks,
+            "kv_transfer_s": c.kv_transfer_s,
+            "kv_transfer_failures": c.kv_transfer_failures,
+            "remote_prefill_requests": c.remote_prefill_requests,
             "requests_finished": delta["requests_finished"],
             "requests_aborted": delta["requests_aborted"],
             "waiting": len(self.engine.waiting),
@@ -377,7 +396,14 @@ class SimServer:
         await self._fault_gate("requests")
         if self._closing:
             raise ApiError(503, "The server is shutting down.")
-        parsed = parse_request(kind, await self._json_body(request), self.config, self.tokenizer)
+        body = await self._json_body(request)
+        parsed = parse_request(kind, body, self.config, self.tokenizer)
+        remote_decode = _asks_remote_decode(body)
+        if remote_decode:
+            self.counters.remote_prefill_requests += 1
+        prefiller = request.headers.get(PREFILLER_HEADER)
+        if prefiller and self.config.role != "prefill" and not remote_decode:
+            await self._pull_kv(request, body, parsed, prefiller)
         prefix = "cmpl" if kind == "completion" else "chatcmpl"
         rid = f"{prefix}-{request.headers.get('x-request-id') or uuid.uuid4().hex}"
         pending = _Pending(asyncio.Queue(), [ChoiceState(len(p)) for p in parsed.prompts])
@@ -395,8 +421,12 @@ class SimServer:
             await self._collect(pending)
             created = now_created()
             if kind == "chat":
-                return web.json_response(chat_response(rid, parsed.model, created, pending.choices[0]))
-            return web.json_response(completion_response(rid, parsed.model, created, pending.choices))
+                reply = chat_response(rid, parsed.model, created, pending.choices[0])
+            else:
+                reply = completion_response(rid, parsed.model, created, pending.choices)
+            if remote_decode:
+                reply["kv_transfer_params"] = self._kv_transfer_params(parsed)
+            return web.json_response(reply)
         except (asyncio.CancelledError, ConnectionError):
             self.counters.client_aborts += 1
             raise
@@ -408,6 +438,72 @@ class SimServer:
                     self.metrics.finished_by_reason["abort"] = (
                         self.metrics.finished_by_reason.get("abort", 0) + 1
                     )
+
+    # ---- P/D disaggregation -----------------------------------------------------------------------
+
+    async def _pull_kv(
+        self, request: web.Request, body: dict[str, Any], parsed: ParsedRequest, prefiller: str
+    ) -> None:
+        """Decode side of P/D, as llm-d's sidecar with vLLM's NIXL connector: ask the prefill server to
+        prefill (the same request, non-streaming, max_tokens 1, `kv_transfer_params.do_remote_decode`),
+        then wait for the KV blocks this server lacks to arrive (blocks x block size x bytes per token at
+        `--kv-transfer-gbps`, time-scaled) and store them in the prefix cache, so the request that follows
+        computes only its last token. A failed prefill falls back to prefilling here."""
+        pbody = dict(body)
+        pbody["stream"] = False
+        pbody.pop("stream_options", None)
+        pbody["max_tokens"] = 1
+        if "max_completion_tokens" in pbody:
+            pbody["max_completion_tokens"] = 1
+        pbody["kv_transfer_params"] = {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        }
+        headers = {"x-request-id": request.headers.get("x-request-id") or uuid.uuid4().hex}
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        url = f"http://{prefiller}{request.path}"
+        try:
+            async with self._client.post(url, json=pbody, headers=headers) as r:
+                await r.read()
+                ok = r.status == 200
+                status = str(r.status)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            ok, status = False, repr(exc)
+        if not ok:
+            self.counters.kv_transfer_failures += 1
+            log.warning("remote prefill on %s failed (%s): prefilling locally", prefiller, status)
+            return
+        cfg = self.config
+        moved = sum(self.engine.missing_blocks(p, parsed.lora) for p in parsed.prompts)
+        seconds = moved * cfg.block_size * cfg.kv_bytes_per_token / (cfg.kv_transfer_gbps * 1e9)
+        seconds *= cfg.time_scale
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+        for prompt in parsed.prompts:
+            self.engine.receive_kv(prompt, parsed.lora)
+        self._publish_events()
+        c = self.counters
+        c.kv_transfers += 1
+        c.kv_transfer_blocks += moved
+        c.kv_transfer_s += seconds
+
+    def _kv_transfer_params(self, parsed: ParsedRequest) -> dict[str, Any]:
+        """What a vLLM prefill server (NIXL) returns to the decode side: where to read which blocks."""
+        ids = [h for p in parsed.prompts for h in self.engine.transferable(p, parsed.lora)]
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_block_ids": ids,
+            "remote_engine_id": self.name,
+            "remote_host": self.config.host,
+            "remote_port": self._port,
+            "tp_size": 1,
+        }
 
     async def _next(self, pending: _Pending) -> tuple[int, TokenOutput]:
         item = await pending.queue.get()
@@ -657,6 +753,11 @@ class SimServer:
     async def _fault_clear(self, request: web.Request) -> web.StreamResponse:
         self.set_faults()
         return await self._fault_get(request)
+
+
+def _asks_remote_decode(body: Any) -> bool:
+    params = body.get("kv_transfer_params") if isinstance(body, dict) else None
+    return isinstance(params, dict) and params.get("do_remote_decode") is True
 
 
 def _make_sink(
