@@ -2,7 +2,9 @@
 
 The semantics are client-go's leader election (which upstream's controller-runtime uses): lease 15 s,
 renew deadline 10 s, retry 2 s; a candidate takes the lease when it is empty or when the holder has not
-renewed it for a lease duration *as observed locally* (so clocks need not agree); the leader renews every
+renewed it for a lease duration *as observed locally* (so clocks need not agree; counted from the read
+before the one that saw the last renewal, and tried again the moment it runs out, so a crashed leader is
+replaced within one lease duration); the leader renews every
 retry period and steps down when it could not renew within the renew deadline; on graceful shutdown the
 leader releases the lease (empty holder) so a follower takes over at its next retry instead of waiting for
 expiry. Updates carry the resourceVersion read, so two candidates racing for the lease cannot both win on
@@ -92,6 +94,8 @@ class LeaderElector:
         self.is_leader = False
         self._observed_record: tuple[str, str, int] | None = None
         self._observed_at = 0.0
+        self._previous_read: float | None = None
+        self._expires_at: float | None = None  # of another holder's lease, as observed here
         self._last_renew = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -161,17 +165,35 @@ class LeaderElector:
         spec = current.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, str(spec.get("renewTime") or ""), int(spec.get("leaseTransitions") or 0))
+        duration = float(spec.get("leaseDurationSeconds") or self.lease.lease_duration)
+        previous_read, self._previous_read = self._previous_read, now
         if record != self._observed_record:
             self._observed_record = record
-            self._observed_at = now
-        duration = float(spec.get("leaseDurationSeconds") or self.lease.lease_duration)
+            self._observed_at = self._renewed_after(previous_read, now, duration)
+        self._expires_at = None
         if holder and holder != self.lease.identity and self._observed_at + duration > now:
+            self._expires_at = self._observed_at + duration
             return False  # someone else holds a live lease
         transitions = record[2] if holder == self.lease.identity else record[2] + 1
         acquire = spec.get("acquireTime") if holder == self.lease.identity else None
         self._replace(current, self._spec(transitions, acquire), timeout)
         self._observed_at = now
         return True
+
+    def _renewed_after(self, previous_read: float | None, now: float, duration: float) -> float:
+        """When a new record was written, at the earliest, on our clock: after our previous read began.
+
+        client-go counts from the read that saw the change, which lags the renewal by up to a retry
+        period, so a crashed leader is replaced up to a retry period (and a tick) after its lease
+        duration. Counting from the previous read is still safe: the leader stopped acting by its renew
+        deadline (checked every retry period) after that renewal, and the lease duration exceeds renew
+        deadline + two retry periods (15 s > 10 s + 2 x 2 s by default). Without that margin, or a
+        regular previous read, we count from now, as client-go.
+        """
+        margin = duration - self.lease.renew_deadline - 2 * self.lease.retry_period
+        if previous_read is None or margin <= 0 or now - previous_read > 1.5 * self.lease.retry_period:
+            return now
+        return previous_read
 
     def _release(self) -> None:
         current = self._read()
@@ -208,8 +230,11 @@ class LeaderElector:
                 # a leader keeps leading through API hiccups until the renew deadline passes
                 held = self.is_leader and self.clock() - self._last_renew < self.lease.renew_deadline
             self._set_leader(held)
+            delay = self.lease.retry_period
+            if not held and self._expires_at is not None:  # try again the moment the lease expires
+                delay = min(delay, max(0.0, self._expires_at - self.clock()) + 0.01)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.lease.retry_period)
+                await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="leader-election")

@@ -34,7 +34,7 @@ class KmockThread:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s, host="127.0.0.1") as srv:
-            k8s.resources["coordination.k8s.io/v1/leases"] = {}
+            k8s.resources["coordination.k8s.io/v1/leases"] = {}  # type: ignore[assignment]
 
             def put_obj(req: Any) -> Any:
                 for key in list(k8s.objects.keys()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -17,9 +18,8 @@ from kubernetes import client
 
 from epp.extproc.health import ReadinessState
 from epp.k8s.leader import LeaderElector, LeaseSettings, lease_name
-from tests.helpers import until
-
 from epp.tools.kmock import KmockThread
+from tests.helpers import until
 
 FAST = {"lease_duration": 2.0, "renew_deadline": 1.0, "retry_period": 0.1}  # leases are whole seconds
 
@@ -220,3 +220,26 @@ async def test_a_leader_cut_off_from_the_api_server_steps_down_by_its_renew_dead
         proxy.black_hole = False
         await a.stop()
         await proxy.stop()
+
+
+async def test_a_follower_replaces_a_crashed_leader_within_one_lease_duration(kmock_api: KmockThread) -> None:
+    """A follower that has been watching the lease takes it within a lease duration of the leader's crash
+    (client-go's way can take up to a retry period and a tick more), and not before the leader's lease,
+    counted from its last renewal, could have run out."""
+    ready_a, ready_b = ReadinessState(leader_election=True), ReadinessState(leader_election=True)
+    a = LeaderElector(kmock_api.api_client(), _lease("pod-a"), ready_a)
+    await a.start()
+    await until(lambda: a.is_leader)
+    b = LeaderElector(kmock_api.api_client(), _lease("pod-b"), ready_b)
+    await b.start()
+    await asyncio.sleep(0.5)  # b follows: several reads of a's renewals
+    assert not b.is_leader
+    assert a._task is not None
+    last_renew = a._last_renew
+    a._task.cancel()  # a crash: no release
+    crashed = time.monotonic()
+    await until(lambda: b.is_leader, timeout=10)
+    took = time.monotonic() - crashed
+    assert took <= FAST["lease_duration"]
+    assert time.monotonic() - last_renew >= FAST["lease_duration"] - 2 * FAST["retry_period"]
+    await b.stop()

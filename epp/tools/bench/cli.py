@@ -45,7 +45,8 @@ _OWN = {
     "install": ("epp.tools.bench.cli", "install_main"),
 }
 
-_USAGE = """usage: epp bench {quality,overhead,crosscheck,reliability,install,schedule,scrape,extproc,overload} [options]
+_USAGE = """usage: epp bench {quality,overhead,crosscheck,reliability,install,schedule,scrape,extproc,
+                 overload} [options]
 
   quality      scheduling quality vs plain Envoy, sglang-router and vllm-router (4 workloads)
   overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs

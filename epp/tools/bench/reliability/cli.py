@@ -47,7 +47,7 @@ def _markdown(rows: Sequence[Row], machine: dict[str, Any], argv: Sequence[str])
     lines = [
         f"Command: `epp bench reliability {' '.join(argv)}`".rstrip(),
         "",
-        f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model')}), Python {machine.get('python')}, "
+        f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), Python {machine.get('python')}, "
         f"load average at start {machine.get('load_average')}.",
         "",
         "| scenario | figure | value | limit | within |",
@@ -67,7 +67,10 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SCENARIOS))
     if unknown:
-        print(f"epp bench reliability: unknown scenario(s) {unknown}; pick from {list(SCENARIOS)}", file=sys.stderr)
+        print(
+            f"epp bench reliability: unknown scenario(s) {unknown}; pick from {list(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
     machine = machine_info()
     rows: list[Row] = []
@@ -87,8 +90,14 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     def gateway(name: str, *flags: str) -> Gateway:
         (workdir / name).mkdir(exist_ok=True)
-        return Gateway(fleet.addresses, config_file=config, workdir=workdir / name, epp_mode="subprocess",
-                       extra_args=flags, route_timeout=30)
+        return Gateway(
+            fleet.addresses,
+            config_file=config,
+            workdir=workdir / name,
+            epp_mode="subprocess",
+            extra_args=flags,
+            route_timeout=30,
+        )
 
     async with SimFleet(sim_configs(args.servers), mode="subprocess", log_dir=workdir) as fleet:
         if "slow-clients" in only:
@@ -110,12 +119,24 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 agree, compared = await fuzz.fuzz_configs_in_daemon(
                     judged, config, gw.epp.pid, lambda: metric_values(gw.epp.metrics_url), say
                 )
-                add([
-                    Row("fuzz", "generated configs: accepted / refused / crashed (loader + build, in process)",
-                        f"{counts['ok']} / {counts['error']} / {counts['crash']}", "0 crashed", counts["crash"] == 0),
-                    Row("fuzz", "the running daemon's reload agrees (applied / refused / unchanged)",
-                        f"{agree}/{compared}", "all", agree == compared == args.configs - counts["crash"]),
-                ])
+                add(
+                    [
+                        Row(
+                            "fuzz",
+                            "generated configs: accepted / refused / crashed (loader + build, in process)",
+                            f"{counts['ok']} / {counts['error']} / {counts['crash']}",
+                            "0 crashed",
+                            counts["crash"] == 0,
+                        ),
+                        Row(
+                            "fuzz",
+                            "the running daemon's reload agrees (applied / refused / unchanged)",
+                            f"{agree}/{compared}",
+                            "all",
+                            agree == compared == args.configs - counts["crash"],
+                        ),
+                    ]
+                )
                 add(_no_crash("fuzz (configs)", gw.epp))
             config.write_text(reloads.PROFILES[0])
         if "reloads" in only:
@@ -162,7 +183,8 @@ def _soak_table(samples: Sequence[dict[str, Any]]) -> str:
     for s in samples:
         p50, p99 = s["ttft_p50_ms"], s["ttft_p99_ms"]
         lines.append(
-            f"| {s['minute']} | {s['rss_mb']:.1f} | {s['fds']} | {s['tasks']} | {s['requests']} | {s['failed']} | "
+            f"| {s['minute']} | {s['rss_mb']:.1f} | {s['fds']} | {s['tasks']} | {s['requests']} | "
+            f"{s['failed']} | "
             f"{'-' if p50 is None else f'{p50:.1f}'} | {'-' if p99 is None else f'{p99:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
@@ -175,8 +197,15 @@ def _no_crash(scenario: str, epp: object) -> list[Row]:
     assert isinstance(epp, EppProcess)
     alive = epp.process is not None and epp.process.returncode is None
     tracebacks = epp.log_text().count("Traceback (most recent call last)")
-    return [Row(scenario, "EPP still running / tracebacks in its log", f"{'yes' if alive else 'NO'} / {tracebacks}",
-                "yes / 0", alive and tracebacks == 0)]
+    return [
+        Row(
+            scenario,
+            "EPP still running / tracebacks in its log",
+            f"{'yes' if alive else 'NO'} / {tracebacks}",
+            "yes / 0",
+            alive and tracebacks == 0,
+        )
+    ]
 
 
 @reports_missing_extras

@@ -25,15 +25,21 @@ __all__ = ["run_failover"]
 LEASE_S = 15.0  # upstream's default --ha-lease-duration, kept
 
 
-async def run_failover(endpoints: Sequence[str], config: Path, workdir: Path, say: Callable[[str], None]) -> list[Row]:
+async def run_failover(
+    endpoints: Sequence[str], config: Path, workdir: Path, say: Callable[[str], None]
+) -> list[Row]:
     kmock = KmockThread().start()
     try:
         kubeconfig = kmock.kubeconfig(workdir / "kubeconfig")
-        args = ["--ha-enable-leader-election", "--kubeconfig", str(kubeconfig), "--pool-name", "reliability"]
+        args = ["--ha-enable-leader-election", "--kubeconfig", str(kubeconfig)]
         a = EppProcess(endpoints, config_file=config, extra_args=args, log_path=workdir / "epp-a.log")
         # a standby never reports ready: started means live
         b = EppProcess(
-            endpoints, config_file=config, extra_args=args, log_path=workdir / "epp-b.log", ready_service="liveness"
+            endpoints,
+            config_file=config,
+            extra_args=args,
+            log_path=workdir / "epp-b.log",
+            ready_service="liveness",
         )
         await a.start()
         await b.start()
@@ -80,11 +86,27 @@ def _rows(how: str, traffic: Traffic, gone: float, ready: float, took: float | N
     statuses = Counter(str(t.result.status or "reset") for t in refused)
     name = f"failover {how}"
     return [
-        Row(name, "leader gone → standby ready",
-            "never" if took is None else f"{took:.2f} s", f"≤ lease duration ({LEASE_S:g} s)",
-            took is not None and took <= LEASE_S),
-        Row(name, "requests meanwhile: ok / refused (statuses)",
-            f"{len(during) - len(refused)} / {len(refused)} ({', '.join(f'{k}: {v}' for k, v in statuses.items())})"),
-        Row(name, "failed requests 1-2 s after the new leader is ready",
-            str(sum(1 for t in settled if not t.result.ok)), "0", all(t.result.ok for t in settled)),
+        Row(
+            name,
+            "leader gone → standby ready",
+            "never" if took is None else f"{took:.2f} s",
+            f"≤ lease duration ({LEASE_S:g} s)",
+            took is not None and took <= LEASE_S,
+        ),
+        Row(
+            name,
+            "requests meanwhile: ok / refused (statuses)",
+            f"{len(during) - len(refused)} / {len(refused)} ({_counts(statuses)})",
+        ),
+        Row(
+            name,
+            "failed requests 1-2 s after the new leader is ready",
+            str(sum(1 for t in settled if not t.result.ok)),
+            "0",
+            all(t.result.ok for t in settled),
+        ),
     ]
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))

@@ -40,7 +40,9 @@ async def run_server_kill(
         await fleet.restart(0)
         back = now()
         served_again = await until(
-            lambda: any(t.result.backend == victim_name and t.result.ok and t.start >= back for t in traffic.results),
+            lambda: any(
+                t.result.backend == victim_name and t.result.ok and t.start >= back for t in traffic.results
+            ),
             timeout=10,
         )
         await asyncio.sleep(1)
@@ -53,18 +55,36 @@ async def run_server_kill(
     noticed_ms = max(((t.start - killed) * 1000 for t in after_kill), default=0.0)
     kinds = Counter((t.result.error or "")[:40] for t in others_failed)
     for kind, n in kinds.items():
-        say(f"  server-kill: {n} × {kind}")
+        say(f"  server-kill: {n} x {kind}")
     return [
-        Row("server-kill", "streams open on the killed server / failed", f"{len(open_on_victim)} / {open_failed}"),
-        Row("server-kill", "other requests failed before the kill or after it was noticed", str(len(stray)), "0",
-            not stray),
-        Row("server-kill", "requests sent to the dead server before the EPP noticed",
+        Row(
+            "server-kill",
+            "streams open on the killed server / failed",
+            f"{len(open_on_victim)} / {open_failed}",
+        ),
+        Row(
+            "server-kill",
+            "other requests failed before the kill or after it was noticed",
+            str(len(stray)),
+            "0",
+            not stray,
+        ),
+        Row(
+            "server-kill",
+            "requests sent to the dead server before the EPP noticed",
             f"{len(after_kill)} (last {noticed_ms:.0f} ms after the kill)",
             f"within one scrape interval ({scrape_interval_s * 1000:.0f} ms) + one request",
-            noticed_ms <= scrape_interval_s * 1000 + 100),
-        Row("server-kill", "back on its port → serving again",
-            "never" if served_again is None else f"{(served_again or 0) * 1000:.0f} ms (restart took "
-            f"{(back - restarted_at) * 1000:.0f} ms)", "≤ 2 s", served_again is not None and served_again <= 2.0),
+            noticed_ms <= scrape_interval_s * 1000 + 100,
+        ),
+        Row(
+            "server-kill",
+            "back on its port → serving again",
+            "never"
+            if served_again is None
+            else f"{(served_again or 0) * 1000:.0f} ms (restart took {(back - restarted_at) * 1000:.0f} ms)",
+            "≤ 2 s",
+            served_again is not None and served_again <= 2.0,
+        ),
     ]
 
 
@@ -112,15 +132,40 @@ async def run_epp_kill(
     bad_after = sum(1 for t in after if not t.result.ok)
     restart_ms = (ready - spawn) * 1000
     rows = [
-        Row(f"epp-kill {mode}", "while the EPP was away: requests ok / failed (statuses)",
-            f"{away_ok} / {len(away) - away_ok} ({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))})"),
+        Row(
+            f"epp-kill {mode}",
+            "while the EPP was away: requests ok / failed (statuses)",
+            f"{away_ok} / {len(away) - away_ok} ({_counts(statuses)})",
+        ),
         Row(f"epp-kill {mode}", "restart: process start → ready", f"{restart_ms:.0f} ms"),
-        Row(f"epp-kill {mode}", "ready → first request routed by the new EPP",
-            "never" if routed is None else f"{routed * 1000:.0f} ms", "≤ 2 s", routed is not None and routed <= 2),
-        Row(f"epp-kill {mode}", "failures before the kill / after routing resumed", f"{bad_before} / {bad_after}",
-            "0 / 0", bad_before == 0 and bad_after == 0),
+        Row(
+            f"epp-kill {mode}",
+            "ready → first request routed by the new EPP",
+            "never" if routed is None else f"{routed * 1000:.0f} ms",
+            "≤ 2 s",
+            routed is not None and routed <= 2,
+        ),
+        Row(
+            f"epp-kill {mode}",
+            "failures before the kill / after routing resumed",
+            f"{bad_before} / {bad_after}",
+            "0 / 0",
+            bad_before == 0 and bad_after == 0,
+        ),
     ]
     if fail_open:
-        rows.insert(1, Row(f"epp-kill {mode}", "FailOpen served the requests while away", f"{away_ok}/{len(away)}",
-                           "all", away_ok == len(away)))
+        rows.insert(
+            1,
+            Row(
+                f"epp-kill {mode}",
+                "FailOpen served the requests while away",
+                f"{away_ok}/{len(away)}",
+                "all",
+                away_ok == len(away),
+            ),
+        )
     return rows
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))

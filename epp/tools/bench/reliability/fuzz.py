@@ -2,7 +2,8 @@
 a running daemon's reload (hypothesis).
 
 **Requests.** Each example is one of a few kinds with a known right answer — a valid completion or chat
-request (200, from the simulator), a valid one naming a model nobody serves (404, from the simulator),
+request (200, from the simulator), a valid one naming a model nobody serves (404, from the simulator; an
+empty completion prompt is the simulator's 400, as vLLM's),
 bytes that are not JSON, JSON that is not an object, an object without a model, a model that is not a
 string or empty (400, from the EPP) — filled with generated text, numbers, unknown fields and extra
 headers (random names and values, plus random values for the gateway's own objective, fairness and
@@ -43,8 +44,14 @@ from epp.tools.bench.reliability.rig import MODEL, Row
 
 __all__ = ["ConfigFuzz", "RequestFuzz", "fuzz_configs_in_process", "fuzz_requests"]
 
-_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
-_JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False), _TEXT)
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60)
+_JSON_SCALAR = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _TEXT,
+)
 _JSON = st.recursive(
     _JSON_SCALAR,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
@@ -53,16 +60,22 @@ _JSON = st.recursive(
 _HEADER_NAME = st.text(alphabet=string.ascii_lowercase + string.digits + "-", min_size=1, max_size=20).map(
     lambda s: "x-fuzz-" + s
 )
-_HEADER_VALUE = st.text(alphabet=string.ascii_letters + string.digits + " -_.,;:/=+*!?()[]{}@#$%^&~", max_size=40)
-_UNKNOWN_FIELD = st.text(alphabet=string.ascii_lowercase + "_", min_size=3, max_size=12).map(lambda s: "zz_" + s)
+_HEADER_VALUE = st.text(
+    alphabet=string.ascii_letters + string.digits + " -_.,;:/=+*!?()[]{}@#$%^&~", max_size=40
+)
+_UNKNOWN_FIELD = st.text(alphabet=string.ascii_lowercase + "_", min_size=3, max_size=12).map(
+    lambda s: "zz_" + s
+)
 
 
 @st.composite
 def _case(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str], int, str]:
     """(kind, body, headers, expected status, path)."""
-    kind = draw(st.sampled_from(
-        ["completion", "chat", "unknown-model", "not-json", "not-object", "no-model", "bad-model"]
-    ))
+    kind = draw(
+        st.sampled_from(
+            ["completion", "chat", "unknown-model", "not-json", "not-object", "no-model", "bad-model"]
+        )
+    )
     extra: dict[str, Any] = draw(st.dictionaries(_UNKNOWN_FIELD, _JSON, max_size=3))
     headers = draw(st.dictionaries(_HEADER_NAME, _HEADER_VALUE, max_size=4))
     for name in ("x-gateway-inference-objective", "x-gateway-inference-fairness-id", "x-request-id"):
@@ -90,8 +103,12 @@ def _case(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str], int, str]:
     elif kind == "no-model":
         body, status = json.dumps({"prompt": prompt, **common}).encode(), 400
     else:
-        model = draw(st.one_of(st.just(""), st.integers(), st.lists(_JSON_SCALAR, max_size=2), st.booleans()))
-        body, status = json.dumps({"model": model, "prompt": prompt, **common}).encode(), 400
+        bad: Any = draw(
+            st.one_of(st.just(""), st.integers(), st.lists(_JSON_SCALAR, max_size=2), st.booleans())
+        )
+        body, status = json.dumps({"model": bad, "prompt": prompt, **common}).encode(), 400
+    if kind in ("completion", "unknown-model") and prompt == "":
+        status = 400  # the model server refuses an empty prompt (vLLM: "The prompt cannot be empty.")
     return kind, body, headers, status, path
 
 
@@ -116,8 +133,13 @@ def fuzz_requests(host: str, port: int, examples: int, seed: int = 0) -> Request
     out = RequestFuzz()
     conn = http.client.HTTPConnection(host, port, timeout=30)
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_case())
     def one(case: tuple[str, bytes, dict[str, str], int, str]) -> None:
         nonlocal conn
@@ -125,7 +147,7 @@ def fuzz_requests(host: str, port: int, examples: int, seed: int = 0) -> Request
         try:
             conn.request("POST", path, body=body, headers={"content-type": "application/json", **headers})
             resp = conn.getresponse()
-            resp.read()
+            answer = resp.read()
             status = resp.status
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -133,13 +155,13 @@ def fuzz_requests(host: str, port: int, examples: int, seed: int = 0) -> Request
             status = 0
             detail = f"{type(exc).__name__}"
         else:
-            detail = ""
+            detail = answer[:160].decode(errors="replace")
         out.sent += 1
         out.by_kind[kind] += 1
         if status != expected:
             out.wrong[f"{kind}: {status} (want {expected})"] += 1
             if len(out.examples) < 5:
-                out.examples.append(f"{kind} {path} {body[:80]!r} {headers} → {status} {detail}")
+                out.examples.append(f"{kind} {path} {body[:300]!r} {headers} → {status} {detail}")
 
     one()
     conn.close()
@@ -170,11 +192,13 @@ def _config_text(draw: st.DrawFn, types: list[str]) -> str:
         for _ in range(draw(st.integers(0, 4))):
             ref: dict[str, Any] = {"pluginRef": draw(st.sampled_from(names) | _TEXT)}
             if draw(st.booleans()):
-                ref["weight"] = draw(st.one_of(st.integers(-2, 5), st.floats(-1, 5, allow_nan=False), _TEXT))
+                ref["weight"] = draw(st.one_of(st.integers(-2, 5), st.floats(-1, 5), _TEXT))
             refs.append(ref)
         doc["schedulingProfiles"] = [{"name": draw(st.sampled_from(["default", "a", ""])), "plugins": refs}]
     if draw(st.integers(0, 4)) == 0:
-        doc[draw(st.sampled_from(["featureGates", "saturationDetector", "data", "flowControl", "zz"]))] = draw(_JSON)
+        doc[draw(st.sampled_from(["featureGates", "saturationDetector", "data", "flowControl", "zz"]))] = (
+            draw(_JSON)
+        )
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
@@ -194,8 +218,13 @@ def fuzz_configs_in_process(examples: int, source: str) -> ConfigFuzz:
     types = sorted(registry.names())
     out = ConfigFuzz()
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_config_text(types))
     def one(text: str) -> None:
         try:
@@ -227,14 +256,17 @@ async def fuzz_configs_in_daemon(
         if verdict.startswith("crash"):
             continue
         before = await metrics()
-        totals = {r: metric_value(before, "epp_config_reload_total", result=r) for r in ("success", "error", "unchanged")}
+        totals = {
+            r: metric_value(before, "epp_config_reload_total", result=r)
+            for r in ("success", "error", "unchanged")
+        }
         tmp = config_path.with_name(f".{config_path.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, config_path)
         os.kill(pid, signal.SIGHUP)
         seen: dict[str, str] = {}
 
-        async def counted() -> bool:
+        async def counted(totals: dict[str, float] = totals, seen: dict[str, str] = seen) -> bool:
             after = await metrics()
             for r, n in totals.items():
                 if metric_value(after, "epp_config_reload_total", result=r) > n:
@@ -263,7 +295,18 @@ def request_rows(result: RequestFuzz, examples: int) -> list[Row]:
         print(f"  fuzz: {example}")
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.by_kind.items()))
     return [
-        Row("fuzz", "generated requests through Envoy (by kind)", f"{result.sent} ({kinds})", f"{examples}",
-            result.sent == examples),
-        Row("fuzz", "requests with the wrong status", f"{wrong} {dict(result.wrong) or ''}".strip(), "0", wrong == 0),
+        Row(
+            "fuzz",
+            "generated requests through Envoy (by kind)",
+            f"{result.sent} ({kinds})",
+            f"{examples}",
+            result.sent == examples,
+        ),
+        Row(
+            "fuzz",
+            "requests with the wrong status",
+            f"{wrong} {dict(result.wrong) or ''}".strip(),
+            "0",
+            wrong == 0,
+        ),
     ]

@@ -50,13 +50,21 @@ schedulingProfiles:
 #: (what is wrong, the document); each is refused with a line number in the message
 INVALID = (
     ("unknown plugin type", HEAD + "plugins:\n- type: no-such-scorer\n"),
-    ("pluginRef to an undeclared plugin",
-     HEAD + "plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n  - pluginRef: nope\n"),
-    ("negative weight", HEAD + "plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n"
-     "  - {pluginRef: queue-scorer, weight: -1}\n"),
+    (
+        "pluginRef to an undeclared plugin",
+        HEAD
+        + "plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n  - pluginRef: nope\n",
+    ),
+    (
+        "negative weight",
+        HEAD + "plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n"
+        "  - {pluginRef: queue-scorer, weight: -1}\n",
+    ),
     ("YAML syntax error", HEAD + "plugins:\n- type: queue-scorer\n  parameters: {a: [\n"),
-    ("parameter of the wrong type", HEAD + "plugins:\n- type: prefix-cache-scorer\n  parameters:\n"
-     "    blockSize: lots\n"),
+    (
+        "parameter of the wrong type",
+        HEAD + "plugins:\n- type: prefix-cache-scorer\n  parameters:\n    blockSize: lots\n",
+    ),
     ("unknown top-level field", HEAD + "plugins:\n- type: queue-scorer\nschedulingProfilez: []\n"),
     ("duplicate plugin name", HEAD + "plugins:\n- type: queue-scorer\n- type: queue-scorer\n"),
     ("wrong kind", "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: Pod\n"),
@@ -118,7 +126,7 @@ async def run_reloads(
                 if not located:
                     late.append(f"#{i} ({what}): refused without FILE:LINE in the log")
             else:
-                text = PROFILES[valid_n % 2]
+                text = PROFILES[(valid_n + 1) % 2]  # the file starts as PROFILES[0]
                 valid_n += 1
                 _replace(config_path, text)
 
@@ -140,11 +148,31 @@ async def run_reloads(
     n_invalid = min(len(INVALID), changes // invalid_every)
     n_valid = changes - n_invalid
     return [
-        Row("reloads", "changes (valid + invalid) under load, requests", f"{n_valid} + {n_invalid}, {len(results)}"),
-        Row("reloads", "valid changes applied (generation +1, new hash)", f"{applied}/{n_valid}", "all",
-            applied == n_valid),
-        Row("reloads", "invalid changes refused, old pipeline kept", f"{refused}/{n_invalid}, {kept_old}/{n_invalid}",
-            "all", refused == kept_old == n_invalid),
-        Row("reloads", "refusals logged with FILE:LINE", f"{with_line}/{n_invalid}", "all", with_line == n_invalid),
+        Row(
+            "reloads",
+            "changes (valid + invalid) under load, requests",
+            f"{n_valid} + {n_invalid}, {len(results)}",
+        ),
+        Row(
+            "reloads",
+            "valid changes applied (generation +1, new hash)",
+            f"{applied}/{n_valid}",
+            "all",
+            applied == n_valid,
+        ),
+        Row(
+            "reloads",
+            "invalid changes refused, old pipeline kept",
+            f"{refused}/{n_invalid}, {kept_old}/{n_invalid}",
+            "all",
+            refused == kept_old == n_invalid,
+        ),
+        Row(
+            "reloads",
+            "refusals logged with FILE:LINE",
+            f"{with_line}/{n_invalid}",
+            "all",
+            with_line == n_invalid,
+        ),
         Row("reloads", "failed requests", str(failed), "0", failed == 0),
     ]

@@ -68,10 +68,21 @@ async def run_slow_clients(epp: EppProcess) -> list[Row]:
     worst = max(max(scrape), max(health))
     return [
         Row("slow clients", "connections held open (metrics + health)", f"{HELD} + {HELD}"),
-        Row("slow clients", "/metrics scrape max: before / while held",
-            f"{max(base_scrape) * 1000:.1f} / {max(scrape) * 1000:.1f} ms"),
-        Row("slow clients", "readiness check max: before / while held",
-            f"{max(base_health) * 1000:.1f} / {max(health) * 1000:.1f} ms"),
-        Row("slow clients", "failed checks while held, worst latency", f"{failed}, {worst * 1000:.0f} ms",
-            "0, < 1 s", failed == 0 and worst < 1.0),
+        Row(
+            "slow clients",
+            "/metrics scrape max: before / while held",
+            f"{max(base_scrape) * 1000:.1f} / {max(scrape) * 1000:.1f} ms",
+        ),
+        Row(
+            "slow clients",
+            "readiness check max: before / while held",
+            f"{max(base_health) * 1000:.1f} / {max(health) * 1000:.1f} ms",
+        ),
+        Row(
+            "slow clients",
+            "failed checks while held, worst latency",
+            f"{failed}, {worst * 1000:.0f} ms",
+            "0, < 1 s",
+            failed == 0 and worst < 1.0,
+        ),
     ]

@@ -66,7 +66,9 @@ async def calibrate(url: str, seconds: float, in_flight: int = 64) -> float:
         return done / (now() - start)
 
 
-async def _sample(gateway: Gateway, pid: int, traffic: Traffic, minute: int, start: float, end: float) -> Sample:
+async def _sample(
+    gateway: Gateway, pid: int, traffic: Traffic, minute: int, start: float, end: float
+) -> Sample:
     pids = tree_pids(pid)
     samples = await metric_values(gateway.epp.metrics_url)
     tasks = metric_value(samples, "epp_asyncio_tasks") + metric_value(samples, "epp_worker_asyncio_tasks")
@@ -113,14 +115,33 @@ async def run_soak(
     fds_drift = max(s.fds for s in rest) - min(s.fds for s in rest)
     tasks_drift = max(s.tasks for s in rest) - min(s.tasks for s in rest)
     rows = [
-        Row("soak", "rig capacity (closed loop, 64 in flight) / soak rate", f"{capacity:.0f} / {rate:.0f} req/s"),
+        Row(
+            "soak",
+            "rig capacity (closed loop, 64 in flight) / soak rate",
+            f"{capacity:.0f} / {rate:.0f} req/s",
+        ),
         Row("soak", "duration, requests", f"{minutes:g} min, {len(traffic.results)}"),
-        Row("soak", "RSS growth after the first minute (max vs minute 1)", f"{growth * 100:+.1f} %", "≤ 10 %",
-            growth <= 0.10),
-        Row("soak", "open fds after minute 1 (min..max)", f"{min(s.fds for s in rest)}..{max(s.fds for s in rest)}",
-            "flat (±4)", fds_drift <= 4),
-        Row("soak", "asyncio tasks after minute 1 (min..max)",
-            f"{min(s.tasks for s in rest)}..{max(s.tasks for s in rest)}", "no climb", tasks_drift <= rate),
+        Row(
+            "soak",
+            "RSS growth after the first minute (max vs minute 1)",
+            f"{growth * 100:+.1f} %",
+            "≤ 10 %",
+            growth <= 0.10,
+        ),
+        Row(
+            "soak",
+            "open fds after minute 1 (min..max)",
+            f"{min(s.fds for s in rest)}..{max(s.fds for s in rest)}",
+            "flat (±4)",
+            fds_drift <= 4,
+        ),
+        Row(
+            "soak",
+            "asyncio tasks after minute 1 (min..max)",
+            f"{min(s.tasks for s in rest)}..{max(s.tasks for s in rest)}",
+            "no climb",
+            tasks_drift <= rate,
+        ),
         Row("soak", "failed requests", str(failed), "0", failed == 0),
     ]
     figures = {"capacity_rps": capacity, "rate_rps": rate, "rss_growth": growth, "failed": failed}
