@@ -45,6 +45,8 @@ from epp.tools.loadgen.workloads import UNIQUE_GROUP, Api, Workload, mixed, mult
 from epp.tools.sim import SimConfig
 
 __all__ = [
+    "ALL_WORKLOADS",
+    "EXTRA_WORKLOADS",
     "FULL",
     "SMOKE",
     "WORKLOADS",
@@ -58,6 +60,12 @@ __all__ = [
 ]
 
 WORKLOADS = ("shared_prefix", "zipf", "mixed", "multiturn")
+#: Workloads run only when asked for (`--workloads`): `long_prompt` (P/D: half the requests are long
+#: unique prompts with a longer answer, among shared-prefix chat).
+EXTRA_WORKLOADS = ("long_prompt",)
+ALL_WORKLOADS = (*WORKLOADS, *EXTRA_WORKLOADS)
+#: The pod label P/D role filters read (`--pd`).
+ROLE_LABEL = "llm-d.ai/role"
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
@@ -94,6 +102,14 @@ _FULL_SHAPES: dict[str, dict[str, Any]] = {
         "unique_share": 0.3,
         "unique_len": 4000,
     },
+    "long_prompt": {
+        "groups": 16,
+        "system_prompt_len": 1500,
+        "question_len": 150,
+        "output_len": 64,
+        "unique_share": 0.5,
+        "unique_len": 4000,
+    },
     "multiturn": {
         "groups": 8,
         "system_prompt_len": 1000,
@@ -112,7 +128,7 @@ FULL = Sizing(
     search_duration_s=6.0,
     multipliers=(0.5, 0.8, 1.0, 1.2),
     shapes=_FULL_SHAPES,
-    start_rates={"shared_prefix": 36.0, "zipf": 24.0, "mixed": 12.0, "multiturn": 20.0},
+    start_rates={"shared_prefix": 36.0, "zipf": 24.0, "mixed": 12.0, "multiturn": 20.0, "long_prompt": 8.0},
     max_probes=4,
 )
 
@@ -127,6 +143,12 @@ SMOKE = Sizing(
         "shared_prefix": {**_FULL_SHAPES["shared_prefix"], "groups": 8, "system_prompt_len": 600},
         "zipf": {**_FULL_SHAPES["zipf"], "groups": 40, "system_prompt_len": 600},
         "mixed": {**_FULL_SHAPES["mixed"], "groups": 8, "system_prompt_len": 600, "unique_len": 1500},
+        "long_prompt": {
+            **_FULL_SHAPES["long_prompt"],
+            "groups": 8,
+            "system_prompt_len": 600,
+            "unique_len": 3000,
+        },
         "multiturn": {
             **_FULL_SHAPES["multiturn"],
             "system_prompt_len": 600,
@@ -135,7 +157,7 @@ SMOKE = Sizing(
             "think_time_s": 0.1,
         },
     },
-    start_rates={"shared_prefix": 12.0, "zipf": 12.0, "mixed": 8.0, "multiturn": 12.0},
+    start_rates={"shared_prefix": 12.0, "zipf": 12.0, "mixed": 8.0, "multiturn": 12.0, "long_prompt": 4.0},
     max_probes=3,
 )
 
@@ -164,6 +186,9 @@ class QualityOptions:
     smoke: bool = False
     #: install a rival router that is not installed yet (else starting it raises `rivals.NotInstalled`)
     install_rivals: bool = False
+    #: P/D fleet: the first `pd_prefill` simulators serve prefill (`--role prefill`), the others decode
+    #: (`--role decode`); the EPP learns the roles from `--static-endpoint-labels` (0: an ordinary fleet)
+    pd_prefill: int = 0
 
     @property
     def router_specs(self) -> list[RouterSpec]:
@@ -280,6 +305,7 @@ class QualityResult:
                 "search_with": list(o.search_with),
                 "scrape_interval_s": o.scrape_interval,
                 "ours": o.ours,
+                "pd_prefill": o.pd_prefill,
             },
             "saturation": {k: v.to_json() for k, v in self.saturation.items()},
             "runs": [asdict(r) for r in self.runs],
@@ -314,9 +340,9 @@ def make_workload(
         return replace(full, sessions=full.sessions[:count]), rate
     if name == "zipf":
         return zipf(requests=count, seed=seed, **params), rate
-    if name == "mixed":
-        return mixed(requests=count, seed=seed, **params), rate
-    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    if name in ("mixed", "long_prompt"):
+        return replace(mixed(requests=count, seed=seed, **params), name=name), rate
+    raise ValueError(f"unknown workload {name!r}; known: {', '.join(ALL_WORKLOADS)}")
 
 
 # ---- one run --------------------------------------------------------------------------------------
@@ -341,6 +367,7 @@ class Bench:
                 kv_blocks=sizing.kv_blocks,
                 seed=options.seed + i,
                 kv_events_endpoint=kv_events,
+                role=self.role(i),
             )
             for i in range(sizing.servers)
         ]
@@ -377,8 +404,17 @@ class Bench:
             await asyncio.sleep(0.1)
         await self.fleet.reset()
 
+    def role(self, index: int) -> str:
+        """The simulator's P/D role (`both` without `--pd`)."""
+        if not self.options.pd_prefill:
+            return "both"
+        return "prefill" if index < self.options.pd_prefill else "decode"
+
     def epp_args(self) -> list[str]:
         args = ["--refresh-metrics-interval", f"{round(self.options.scrape_interval * 1000)}ms"]
+        if self.options.pd_prefill:
+            labels = [f"{m.address}={ROLE_LABEL}={m.config.role}" for m in self.fleet.members]
+            args += ["--static-endpoint-labels", ",".join(labels)]
         if self.options.smoke:  # one decision process: it starts in half the time (`@N` still wins)
             args += ["--workers", "1"]
         return args
@@ -523,7 +559,7 @@ def _record(
 ) -> RunRecord:
     s = summarize(run)
     by_kind: dict[str, float | None] = {}
-    if workload == "mixed":
+    if workload in ("mixed", "long_prompt"):
         for kind, unique in (("shared", False), ("unique", True)):
             values = [
                 r.ttft_s

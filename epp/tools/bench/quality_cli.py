@@ -18,6 +18,7 @@ from pathlib import Path
 from epp.tools.bench.cli import out_dir_default
 from epp.tools.bench.harness import Children, machine_info, run_async_main
 from epp.tools.bench.quality import (
+    ALL_WORKLOADS,
     FULL,
     SMOKE,
     WORKLOADS,
@@ -51,8 +52,8 @@ def _saturation(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for part in _names(text):
         name, sep, value = part.partition("=")
-        if not sep or name not in WORKLOADS:
-            raise argparse.ArgumentTypeError(f"expected WORKLOAD=RATE[,...] with WORKLOAD in {WORKLOADS}")
+        if not sep or name not in ALL_WORKLOADS:
+            raise argparse.ArgumentTypeError(f"expected WORKLOAD=RATE[,...] with WORKLOAD in {ALL_WORKLOADS}")
         try:
             out[name] = float(value)
         except ValueError:
@@ -73,7 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--smoke", action="store_true", help="a small, fast configuration (CI): 4 servers, one rate")
-    add("--workloads", type=_names, default=None, help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    add(
+        "--workloads",
+        type=_names,
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_WORKLOADS)} (default {','.join(WORKLOADS)})",
+    )
+    add(
+        "--pd",
+        type=int,
+        default=0,
+        metavar="N",
+        help="P/D fleet: the first N simulators are prefill servers (llm-d.ai/role=prefill), the others "
+        "decode servers; compare e.g. --routers epp:pd,epp:default (the same servers, aggregated)",
+    )
     add(
         "--routers",
         type=_names,
@@ -143,9 +157,11 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
     if sizing.servers < 2 or sizing.kv_blocks < 64 or sizing.time_scale <= 0 or sizing.duration_s <= 0:
         raise ValueError("need --servers >= 2, --kv-blocks >= 64, --time-scale > 0 and --duration > 0")
     workloads = args.workloads or WORKLOADS
-    unknown = [w for w in workloads if w not in WORKLOADS]
+    unknown = [w for w in workloads if w not in ALL_WORKLOADS]
     if unknown:
-        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(ALL_WORKLOADS)}")
+    if not 0 <= args.pd < sizing.servers:
+        raise ValueError("--pd N needs 0 <= N < --servers (at least one decode server)")
     saturation: dict[str, float] = {}
     for source in (args.merge, args.saturation_from):
         if source:
@@ -174,6 +190,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         progress=args.progress,
         smoke=args.smoke,
         install_rivals=args.install_rivals,
+        pd_prefill=args.pd,
     )
 
 

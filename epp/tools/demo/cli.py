@@ -60,11 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
-    add("--profile", default=_D.profiles[0], help="EndpointPickerConfig: a name in profiles/ or a file")
+    add(
+        "--profile",
+        default=None,
+        help=f"EndpointPickerConfig: a name in profiles/ or a file (default {_D.profiles[0]}; pd with --pd)",
+    )
     add(
         "--compare",
-        default=_D.profiles[1],
-        help="a second profile run on the same workload, side by side ('none' to skip)",
+        default=None,
+        help="a second profile run on the same workload, side by side ('none' to skip; default "
+        f"{_D.profiles[1]}; default with --pd: the same servers aggregated)",
+    )
+    add(
+        "--pd",
+        action="store_true",
+        help="a P/D fleet: --prefill-servers prefill simulators, the rest decode (llm-d.ai/role labels); "
+        "runs profiles/pd.yaml against default",
+    )
+    add(
+        "--prefill-servers",
+        type=_positive_int,
+        default=1,
+        help="with --pd: how many simulators serve prefill",
     )
     add("--servers", type=_positive_int, default=_D.servers, help="simulated servers (the last one has LoRA)")
     add("--groups", type=_positive_int, default=_D.groups, help="shared-prefix groups")
@@ -111,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
-    profiles = [args.profile]
-    if args.compare and args.compare.lower() != "none":
-        profiles.append(args.compare)
+    profile = args.profile or ("pd" if args.pd else _D.profiles[0])
+    compare = args.compare if args.compare is not None else ("default" if args.pd else _D.profiles[1])
+    profiles = [profile]
+    if compare and compare.lower() != "none":
+        profiles.append(compare)
+    if args.pd and args.prefill_servers >= args.servers:
+        raise ValueError("--prefill-servers must leave at least one decode server (< --servers)")
     return DemoOptions(
         profiles=tuple(profiles),
         servers=args.servers,
@@ -130,6 +151,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         fleet_mode=args.fleet_mode,
         epp_mode=args.epp_mode,
         progress=args.progress,
+        prefill_servers=args.prefill_servers if args.pd else 0,
     )
 
 

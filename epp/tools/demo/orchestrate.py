@@ -27,7 +27,7 @@ from epp.tools.loadgen.stats import RunSummary, summarize
 from epp.tools.loadgen.workloads import Api, Workload, shared_prefix
 from epp.tools.sim import SimConfig
 
-__all__ = ["DemoOptions", "DemoResult", "ProfileRun", "resolve_profile", "run_demo"]
+__all__ = ["DemoOptions", "DemoResult", "ProfileRun", "resolve_profile", "role_labels", "run_demo"]
 
 LORA_ADAPTERS = ("sql-lora", "chat-lora")
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -52,6 +52,14 @@ class DemoOptions:
     fleet_mode: FleetMode = "subprocess"
     epp_mode: EppMode = "subprocess"
     progress: bool | None = None  # None: only on a terminal
+    #: P/D fleet: the first `prefill_servers` simulators serve prefill, the others decode (0: aggregated)
+    prefill_servers: int = 0
+
+    def role(self, index: int) -> str:
+        """Simulator `index`'s P/D role (`both` when the fleet is not split)."""
+        if not self.prefill_servers:
+            return "both"
+        return "prefill" if index < self.prefill_servers else "decode"
 
 
 @dataclass(slots=True)
@@ -111,7 +119,11 @@ def sim_configs(options: DemoOptions) -> list[SimConfig]:
         lora = LORA_ADAPTERS if i == options.servers - 1 else ()
         configs.append(
             SimConfig(
-                name=f"sim-{i}", time_scale=options.time_scale, seed=options.seed + i, lora_adapters=lora
+                name=f"sim-{i}",
+                time_scale=options.time_scale,
+                seed=options.seed + i,
+                lora_adapters=lora,
+                role=options.role(i),
             )
         )
     return configs
@@ -130,6 +142,17 @@ def demo_workload(options: DemoOptions) -> Workload:
 
 
 Say = Callable[[str], None]
+
+#: The pod label llm-d's P/D role filters read.
+ROLE_LABEL = "llm-d.ai/role"
+
+
+def role_labels(fleet: SimFleet) -> list[str]:
+    """EPP flags giving each simulator of a split (P/D) fleet its role label; none for an aggregated one."""
+    if all(m.config.role == "both" for m in fleet.members):
+        return []
+    labels = [f"{m.address}={ROLE_LABEL}={m.config.role}" for m in fleet.members]
+    return ["--static-endpoint-labels", ",".join(labels)]
 
 
 async def _warm_up(client: LoadClient, options: DemoOptions) -> None:
@@ -168,6 +191,7 @@ async def _run_profile(
         secure_serving=options.secure_serving,
         workdir=workdir / f"gateway-{profile}",
         epp_mode=options.epp_mode,
+        extra_args=role_labels(fleet),
     )
     model = SimConfig().model
     try:
@@ -243,7 +267,12 @@ async def run_demo(
 
     keep_logs = False
     try:
-        say(f"starting {options.servers} simulated vLLM servers ({options.fleet_mode}) ...")
+        split = (
+            f", {options.prefill_servers} prefill + {options.servers - options.prefill_servers} decode (P/D)"
+            if options.prefill_servers
+            else ""
+        )
+        say(f"starting {options.servers} simulated vLLM servers ({options.fleet_mode}{split}) ...")
         await fleet.start()
         report_children()
         for m in fleet.members:

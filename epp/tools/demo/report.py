@@ -24,9 +24,10 @@ def render_setup(result: DemoResult) -> str:
         f"fleet: {len(result.servers)} simulated vLLM servers "
         f"(Llama-3.1-8B on one H100, time scale {o.time_scale:g})"
     ]
-    for name, address, lora in result.servers:
+    for i, (name, address, lora) in enumerate(result.servers):
         extra = f"  LoRA adapters: {', '.join(lora)}" if lora else ""
-        lines.append(f"  {name:<8} {address}{extra}")
+        role = f"  {o.role(i)}" if o.prefill_servers else ""
+        lines.append(f"  {name:<8} {address}{role}{extra}")
     lines.append(
         f"workload: shared prefix, {o.groups} groups x {o.prompts_per_group} prompts "
         f"(system prompt {o.system_prompt_tokens} tokens, question {o.question_tokens}, "
@@ -44,9 +45,16 @@ def _endpoint_label(name: str, lora: tuple[str, ...]) -> str:
 def render_table(result: DemoResult) -> str:
     runs = result.runs
     rows: list[tuple[str, list[str]]] = [("requests per endpoint", ["" for _ in runs])]
-    for name, _, lora in result.servers:
+    pd = result.options.prefill_servers > 0
+    for i, (name, _, lora) in enumerate(result.servers):
         cells = [str(int(r.fleet.per_server.get(name, {}).get("requests_finished", 0))) for r in runs]
-        rows.append((f"  {_endpoint_label(name, lora)}", cells))
+        label = _endpoint_label(name, lora)
+        if pd:
+            label += f" [{result.options.role(i)}]"
+        rows.append((f"  {label}", cells))
+    if pd:
+        transfers = [sum(int(v.get("kv_transfers", 0)) for v in r.fleet.per_server.values()) for r in runs]
+        rows.append(("remote prefills (KV pulled)", [str(t) for t in transfers]))
     rows += [
         ("prefix-cache hit ratio", [f"{r.fleet.hit_ratio * 100:.1f} %" for r in runs]),
         ("TTFT p50", [_ms(r.summary.ttft_p50_s) for r in runs]),
