@@ -9,6 +9,9 @@
   A swap acquires for the new pipeline before releasing the old one's, so a subscription both keep goes
   on without a gap (same sockets, same index) even when the plugin itself was rebuilt.
 - `EndpointObserver` plugins: told the endpoint keys at every membership change and at every swap.
+- `EndpointExtractor` plugins wired under an `endpoint-notification-source` in the live pipeline's
+  `dataLayer`: told an `EndpointEvent` for each endpoint that joins or leaves, and every current endpoint
+  when their pipeline goes live (`epp.datalayer.notifications`).
 
 Each decision process (the daemon, or each worker of `--workers N`) has its own runtime, and so its own
 KV-event subscriptions.
@@ -22,7 +25,9 @@ import logging
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.kvevents.source import KVEventSources
 from epp.datalayer.kvevents.subscription import KVEventConsumer, KVEventSubscription
-from epp.framework.plugins import BackgroundTask, EndpointObserver
+from epp.datalayer.notifications import EndpointNotificationSource
+from epp.framework.plugins import BackgroundTask, EndpointEvent, EndpointExtractor, EndpointObserver
+from epp.framework.types import Endpoint
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
 
 __all__ = ["PluginRuntime"]
@@ -47,10 +52,12 @@ class PluginRuntime:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()  # of plugins a reload dropped
         self._consumers: dict[int, tuple[KVEventConsumer, KVEventSubscription]] = {}
+        self._known: dict[str, Endpoint] = {}  # the endpoints the extractors were last told of
 
     def start(self) -> None:
         self.holder.subscribe(self._on_swap)
         self.datastore.subscribe_membership(self._on_membership)
+        self._tell_extractors_all(self.holder.current)
         self._attach_kv_events(self.holder.current)
         self._start_tasks(self.holder.current)
 
@@ -78,12 +85,15 @@ class PluginRuntime:
         for plugin in self.holder.current.plugins.values():
             if isinstance(plugin, EndpointObserver):
                 plugin.endpoints_changed(keys)
+        self._tell_extractors_changes(keys)
 
     def _on_swap(self, old: Pipeline, new: Pipeline) -> None:
         keys = self.datastore.keys()
         for plugin in new.plugins.values():
             if isinstance(plugin, EndpointObserver):
                 plugin.endpoints_changed(keys)
+        old_extractors = {id(p) for p in _endpoint_extractors(old)}
+        self._tell_extractors_all(new, skip=old_extractors)
         self._attach_kv_events(new)  # before the release below: a subscription both keep goes on
         live = {id(p) for p in new.plugins.values()}
         for pid in [pid for pid in self._consumers if pid not in live]:
@@ -96,6 +106,23 @@ class PluginRuntime:
             self._retired.add(retired)  # awaited by stop() if it has not finished by then
             retired.add_done_callback(self._retired.discard)
         self._start_tasks(new)
+
+    def _tell_extractors_all(self, pipeline: Pipeline, skip: set[int] | frozenset[int] = frozenset()) -> None:
+        """Every current endpoint, as an add, to the pipeline's endpoint extractors not in `skip`."""
+        self._known = {e.key: e for e in self.datastore.snapshot()}
+        extractors = [x for x in _endpoint_extractors(pipeline) if id(x) not in skip]
+        _tell(extractors, [EndpointEvent(e) for e in self._known.values()])
+
+    def _tell_extractors_changes(self, keys: frozenset[str]) -> None:
+        events = [EndpointEvent(e, deleted=True) for k, e in self._known.items() if k not in keys]
+        for key in keys:
+            endpoint = self.datastore.get(key)
+            known = self._known.get(key)
+            if endpoint is not None and (known is None or known.address != endpoint.address):
+                events.append(EndpointEvent(endpoint))
+        self._known = {k: e for k in keys if (e := self.datastore.get(k)) is not None}
+        if events:
+            _tell(_endpoint_extractors(self.holder.current), events)
 
     def _attach_kv_events(self, pipeline: Pipeline) -> None:
         for plugin in pipeline.plugins.values():
@@ -123,3 +150,26 @@ def _log_plugin_task_end(task: asyncio.Task[None]) -> None:
         log.error("%s died: %r; what it feeds is no longer updated", task.get_name(), exc, exc_info=exc)
     else:
         log.warning("%s returned; what it feeds is no longer updated", task.get_name())
+
+
+def _endpoint_extractors(pipeline: Pipeline) -> list[EndpointExtractor]:
+    """The extractors wired under an endpoint-notification-source in the pipeline's dataLayer, once each."""
+    section = pipeline.extras.get("dataLayer") if pipeline.extras else None
+    out: dict[int, EndpointExtractor] = {}
+    for source_spec in getattr(section, "sources", None) or ():
+        if not isinstance(pipeline.plugins.get(source_spec.plugin_ref), EndpointNotificationSource):
+            continue
+        for ext in source_spec.extractors:
+            plugin = pipeline.plugins.get(ext.plugin_ref)
+            if isinstance(plugin, EndpointExtractor):
+                out.setdefault(id(plugin), plugin)
+    return list(out.values())
+
+
+def _tell(extractors: list[EndpointExtractor], events: list[EndpointEvent]) -> None:
+    for extractor in extractors:
+        for event in events:
+            try:
+                extractor.extract_endpoint(event)
+            except Exception:
+                log.exception("endpoint extractor %r failed on %s", extractor, event)

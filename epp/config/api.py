@@ -39,6 +39,7 @@ __all__ = [
     "KIND",
     "LEGACY_TYPE_NAMES",
     "LLMD_API_VERSION",
+    "UNAVAILABLE_TYPES",
     "DataLayerConfig",
     "DataSourceConfig",
     "DefaultPriorityBandConfig",
@@ -65,6 +66,21 @@ KIND = "EndpointPickerConfig"
 LEGACY_TYPE_NAMES: Mapping[str, str] = {
     "kv-cache-scorer": "kv-cache-utilization-scorer",
     "model-server-protocol-metrics": "core-metrics-extractor",
+}
+
+#: Upstream plugin types this EPP refuses at load time, with what to use instead.
+UNAVAILABLE_TYPES: Mapping[str, str] = {
+    "vllmgrpc-parser": (
+        "this EPP does not parse vLLM's gRPC API (gRPC-framed protobuf bodies of vLLM's grpc_server, "
+        "whose protos it does not ship); serve the model over vLLM's OpenAI-compatible HTTP API and use "
+        "openai-parser (the default), or passthrough-parser to route gRPC bodies without reading them "
+        "(no prefix-cache affinity)"
+    ),
+    "k8s-notification-source": (
+        "this EPP has no plugin that consumes Kubernetes object notifications (upstream ships none "
+        "either: only extractors of other programs use it); for endpoint add/delete events use "
+        "endpoint-notification-source"
+    ),
 }
 
 #: Upstream `defaultPriorityBandMaxBytes`: a band's byte capacity when its config leaves it unset.

@@ -117,7 +117,8 @@ def _default_ref(
     if ctx.is_known(ref):
         kinds = ctx.kinds(ref)
         if kinds is not None and kind not in kinds:
-            ctx.error(path, f"{ctx.describe(ref)} is not a {what}")
+            article = "an" if what[:1] in "aeiou" else "a"
+            ctx.error(path, f"{ctx.describe(ref)} is not {article} {what}")
             return None
         return ref if ref in ctx.plugins else None
     if ref in ctx.registry and kind in ctx.registry.get(ref).kinds:
@@ -324,14 +325,16 @@ def ensure_data_layer(
         _default_ref(
             ctx, source_spec.plugin_ref, PluginKind.DATA_SOURCE, "data source", path, "a data source"
         )
+        kinds = ctx.kinds(source_spec.plugin_ref) or frozenset()
+        events = PluginKind.ENDPOINT_EVENT_SOURCE in kinds  # endpoint-notification-source
         for j, ext in enumerate(source_spec.extractors):
             _default_ref(
                 ctx,
                 ext.plugin_ref,
-                PluginKind.METRICS_EXTRACTOR,
-                "metrics extractor",
+                PluginKind.ENDPOINT_EXTRACTOR if events else PluginKind.METRICS_EXTRACTOR,
+                "endpoint extractor" if events else "metrics extractor",
                 (key, "sources", i, "extractors", j, "pluginRef"),
-                "a metrics extractor",
+                "an endpoint extractor" if events else "a metrics extractor",
             )
     return spec
 

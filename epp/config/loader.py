@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from epp.config import defaults as d
 from epp.config import validate as v
 from epp.config.api import (
+    UNAVAILABLE_TYPES,
     DataLayerConfig,
     EndpointPickerConfig,
     FlowControlConfig,
@@ -270,6 +271,12 @@ def _declare_plugins(ctx: LoadContext, items: list[Any]) -> None:
                 f"plugin type '{type_name}' was renamed '{renamed}' upstream; using {renamed}",
             )
             type_name = renamed
+        if type_name not in ctx.registry and type_name in UNAVAILABLE_TYPES:
+            ctx.error(
+                (*path, "type"), f"plugin type '{type_name}' is not available: {UNAVAILABLE_TYPES[type_name]}"
+            )
+            ctx.broken[name] = None
+            continue
         if type_name not in ctx.registry:
             ctx.error(
                 (*path, "type"),

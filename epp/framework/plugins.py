@@ -19,6 +19,7 @@ Contracts the engine relies on:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +38,8 @@ __all__ = [
     "Admitter",
     "BackgroundTask",
     "DataProducer",
+    "EndpointEvent",
+    "EndpointExtractor",
     "EndpointObserver",
     "Filter",
     "Picker",
@@ -73,6 +76,9 @@ class PluginKind(StrEnum):
     SATURATION_DETECTOR = "saturation-detector"
     DATA_SOURCE = "data-source"
     METRICS_EXTRACTOR = "metrics-extractor"
+    #: a data source of endpoint lifecycle events; its extractors are ENDPOINT_EXTRACTORs
+    ENDPOINT_EVENT_SOURCE = "endpoint-event-source"
+    ENDPOINT_EXTRACTOR = "endpoint-extractor"
     FAIRNESS_POLICY = "fairness-policy"
     ORDERING_POLICY = "ordering-policy"
     USAGE_LIMIT_POLICY = "usage-limit-policy"
@@ -181,6 +187,22 @@ class SaturationDetector(Plugin, Protocol):
     """0.0 = idle, >= 1.0 = saturated, for the given endpoints at monotonic time `now`."""
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEvent:
+    """An endpoint joined or changed (`deleted` False) or left the pool (`deleted` True)."""
+
+    endpoint: Endpoint
+    deleted: bool = False
+
+
+@runtime_checkable
+class EndpointExtractor(Protocol):
+    """Wired under an `endpoint-notification-source` in `dataLayer`: told each endpoint event, off the
+    request path (in the data layer's loop), and every current endpoint when its pipeline goes live."""
+
+    def extract_endpoint(self, event: EndpointEvent) -> None: ...
 
 
 @runtime_checkable

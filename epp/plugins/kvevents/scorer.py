@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from epp.framework.cycle import CycleState
 from epp.framework.handle import Handle
-from epp.framework.plugins import PluginKind, ScorerCategory
+from epp.framework.plugins import EndpointEvent, PluginKind, ScorerCategory
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.plugins.common import endpoint_scores
 from epp.plugins.kvevents.params import PreciseParamOverrides
@@ -35,6 +35,11 @@ class PrecisePrefixCacheScorer:
     def producer_parameters(self) -> dict[str, Any] | None:
         return self.params.producer_parameters()
 
+    def extract_endpoint(self, event: EndpointEvent) -> None:
+        """llm-d wires this scorer under `endpoint-notification-source` so it subscribes to new pods and
+        drops gone ones; here the producer's KV-event source already follows the pool (it subscribes
+        when an endpoint joins, closes when it leaves), so the event needs nothing more."""
+
     def score(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
@@ -50,7 +55,7 @@ PRECISE_PREFIX_CACHE_SCORER = PluginType(
     type_name=TYPE_NAME,
     params_model=PreciseParamOverrides,
     factory=_factory,
-    kinds=frozenset({PluginKind.SCORER}),
+    kinds=frozenset({PluginKind.SCORER, PluginKind.ENDPOINT_EXTRACTOR}),
     description="Scores matched / total prompt blocks per endpoint from the engines' KV-cache events "
     "(precise-prefix-cache-producer).",
     consumes=frozenset({PRECISE_PREFIX_CACHE_MATCH_INFO}),
