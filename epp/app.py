@@ -44,6 +44,7 @@ from epp.logs import configure_logging
 from epp.observability.http import MetricsAuthorizer, MetricsHttpServer
 from epp.observability.metrics import EppMetrics, build_commit
 from epp.observability.pool import PoolMetricsRefresher
+from epp.observability.tracing import OtelTracing, start_tracing
 from epp.plugin_runtime import PluginRuntime
 from epp.registry import PluginRegistry
 from epp.scheduling.pipeline import Pipeline, PipelineHolder
@@ -136,6 +137,7 @@ class App:
         self.replica = replica_id() if settings.ha_mode is HaMode.ACTIVE_ACTIVE else ""
         self.active_active: ActiveActive | None = None
         self.ha_port = 0
+        self.tracing: OtelTracing | None = None
 
     # ---- config ------------------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class App:
         """
         s = self.settings
         if self.workers <= 1:
+            self.tracing = start_tracing(s.tracing, version=__version__)  # workers start their own
             self.admission = FlowControlAdmission(
                 self.datastore,
                 s.metrics_staleness_threshold,
@@ -230,7 +233,12 @@ class App:
                 observer=PrometheusFlowObserver(self.metrics),
             )
             self.extproc = ExtProcServer(
-                self.holder, self.datastore, self.metrics, request_options(s), admission=self.admission
+                self.holder,
+                self.datastore,
+                self.metrics,
+                request_options(s),
+                admission=self.admission,
+                tracer=self.tracing,
             )
             self.grpc_port = await self.extproc.start(s.grpc_port, tls, host=host)
             return self.metrics.registry, None
@@ -405,6 +413,8 @@ class App:
             await self.health.stop()
         if self.metrics_http is not None:
             await self.metrics_http.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the spans still queued
         log.info("epp stopped")
 
     # ---- background loops --------------------------------------------------------------------------

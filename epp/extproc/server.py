@@ -29,6 +29,7 @@ from epp.requestcontrol.admission import Admission
 from epp.requestcontrol.context import RequestOptions
 from epp.requestcontrol.director import Director
 from epp.scheduling.pipeline import PipelineHolder
+from epp.scheduling.spans import RequestTracer
 
 __all__ = ["ExtProcServer"]
 
@@ -53,6 +54,7 @@ class ExtProcServer:
     """Serves `envoy.service.ext_proc.v3.ExternalProcessor` for one pipeline holder and datastore.
 
     `health` (upstream `--health-checking`): also serve the gRPC health service on this port.
+    `tracer` (`--tracing`): traces the requests (`epp.observability.tracing`).
     """
 
     def __init__(
@@ -65,9 +67,10 @@ class ExtProcServer:
         admission: Admission | None = None,
         director: Director | None = None,
         health: ReadinessState | None = None,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.options = options or RequestOptions()
-        self.director = director or Director(datastore, metrics, self.options, admission)
+        self.director = director or Director(datastore, metrics, self.options, admission, tracer=tracer)
         self.servicer = ExtProcServicer(holder, self.director)
         self.health = health
         self._server: grpc.aio.Server | None = None

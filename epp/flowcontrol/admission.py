@@ -17,6 +17,7 @@ instead of at its next tick.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,11 +26,12 @@ from epp.flowcontrol.build import settings_from_config
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.observe import FlowObserver
 from epp.flowcontrol.settings import DEFAULT_DISPATCH_TICK
-from epp.framework.flowcontrol import DefaultPolicies
+from epp.framework.flowcontrol import DefaultPolicies, Outcome
 from epp.framework.plugins import SaturationDetector
 from epp.framework.types import Endpoint, InferenceRequest
 from epp.requestcontrol.admission import Admission, LegacyAdmission
 from epp.scheduling.pipeline import Pipeline
+from epp.scheduling.spans import FLOW_CONTROL, Span
 
 __all__ = ["FLOW_CONTROL_GATE", "FLOW_CONTROL_SECTION", "FlowControlAdmission"]
 
@@ -65,12 +67,46 @@ class FlowControlAdmission:
         return FLOW_CONTROL_GATE in pipeline.feature_gates
 
     async def admit(
-        self, request: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        pipeline: Pipeline,
+        *,
+        span: Span | None = None,
     ) -> None:
         if not self.enabled(pipeline):
-            await self.legacy.admit(request, candidates, pipeline)
+            if span is None:
+                await self.legacy.admit(request, candidates, pipeline)
+            else:
+                await self.legacy.admit(request, candidates, pipeline, span=span)
             return
-        await self._controller_for(pipeline).admit(request)
+        if span is None:
+            await self._controller_for(pipeline).admit(request)
+        else:
+            await self._admit_traced(self._controller_for(pipeline), request, span)
+
+    @staticmethod
+    async def _admit_traced(controller: FlowController, request: InferenceRequest, span: Span) -> None:
+        """Flow control in an `epp.flow_control` span: flow, outcome, whether and how long it waited."""
+        fspan = span.child(FLOW_CONTROL)
+        fspan.set("epp.flow_control.fairness_id", request.fairness_id)
+        fspan.set("epp.flow_control.priority", request.priority)
+        try:
+            item = await controller.enqueue_and_wait(request)
+            outcome = item.outcome.value if item.outcome is not None else ""
+            fspan.set("epp.flow_control.outcome", outcome)
+            fspan.set("epp.flow_control.queued", item.queued)
+            fspan.set("epp.flow_control.wait_seconds", item.waited)
+            if item.outcome is not Outcome.DISPATCHED:
+                error = controller.error_for(item)
+                fspan.fail(f"{outcome}: {item.detail}" if item.detail else outcome)
+                raise error
+        except asyncio.CancelledError:
+            fspan.set("epp.flow_control.outcome", Outcome.EVICTED_CONTEXT_CANCELLED.value)
+            fspan.fail("the client went away while queued")
+            raise
+        finally:
+            fspan.end()
 
     def request_finished(self) -> None:
         """A scheduled request completed: pool capacity may be free, so let a blocked dispatcher re-check."""

@@ -18,6 +18,7 @@ from typing import Protocol
 from epp.errors import ErrorCode, RequestError
 from epp.framework.types import Endpoint, InferenceRequest
 from epp.scheduling.pipeline import Pipeline
+from epp.scheduling.spans import Span
 
 __all__ = ["SHED_MESSAGE", "Admission", "LegacyAdmission"]
 
@@ -26,8 +27,15 @@ SHED_MESSAGE = "system saturated, sheddable request dropped"
 
 class Admission(Protocol):
     async def admit(
-        self, request: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
-    ) -> None: ...
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        pipeline: Pipeline,
+        *,
+        span: Span | None = None,
+    ) -> None:
+        """`span` (a traced request only; not passed otherwise): the `epp.admission` span, for details."""
+        ...
 
 
 class LegacyAdmission:
@@ -37,10 +45,20 @@ class LegacyAdmission:
         self.clock = clock
 
     async def admit(
-        self, request: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        pipeline: Pipeline,
+        *,
+        span: Span | None = None,
     ) -> None:
         if request.priority >= 0:
             return
         detector = pipeline.saturation_detector
-        if detector is not None and detector.saturation(candidates, self.clock()) >= 1.0:
+        if detector is None:
+            return
+        saturation = detector.saturation(candidates, self.clock())
+        if span is not None:
+            span.set("epp.saturation", saturation)
+        if saturation >= 1.0:
             raise RequestError(ErrorCode.RESOURCE_EXHAUSTED, SHED_MESSAGE)

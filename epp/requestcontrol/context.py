@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from epp.framework.cycle import CycleState
 from epp.framework.types import InferenceRequest, ResponseInfo, SchedulingResult
 from epp.scheduling.pipeline import Pipeline
+from epp.scheduling.spans import Span
 from epp.scheduling.trace import DecisionTrace
 
 __all__ = ["DEFAULT_MAX_REQUEST_BODY_BYTES", "RequestContext", "RequestOptions"]
@@ -65,6 +66,8 @@ class RequestContext:
     result: SchedulingResult | None = None
     destination: str = ""
     trace: DecisionTrace | None = None
+    #: the request's `gateway.request` span when it is traced (sampled), ended by `Director.finish`
+    span: Span | None = None
     response: ResponseInfo = field(default_factory=ResponseInfo)
     completed_at: float = 0.0
     received_hooks_done: bool = False

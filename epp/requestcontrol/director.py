@@ -16,6 +16,7 @@ exception is logged and the next hook runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Any
 
 from epp.datalayer.datastore import Datastore
 from epp.errors import ErrorCode, RequestError, SchedulingError, http_status
+from epp.framework.plugins import RequestParser
 from epp.framework.types import Endpoint, InferenceRequest
 from epp.logs import TRACE, VERBOSE, bind_request
 from epp.metadata import (
@@ -45,6 +47,19 @@ from epp.requestcontrol.candidates import subset_filter
 from epp.requestcontrol.context import RequestContext, RequestOptions
 from epp.requestcontrol.meter import RequestMeter
 from epp.requestcontrol.rewrite import RewriteIndex
+from epp.scheduling.pipeline import Pipeline
+from epp.scheduling.spans import (
+    ADMISSION,
+    ATTR_CANDIDATES,
+    ATTR_ENDPOINT,
+    ATTR_ERROR_CODE,
+    ORCHESTRATION,
+    PARSE,
+    SCHEDULING,
+    RequestTracer,
+    Span,
+    plugin_span,
+)
 from epp.scheduling.trace import DecisionTrace
 
 __all__ = ["DEFAULT_PATH", "Director", "reserialize"]
@@ -100,6 +115,7 @@ class Director:
         admission: Admission | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.datastore = datastore
         self.metrics = metrics
@@ -108,6 +124,8 @@ class Director:
         self.admission: Admission = admission or LegacyAdmission(clock)
         self.rng = rng or random.Random()
         self.clock = clock
+        #: `--tracing`: starts each request's span (None: tracing off)
+        self.tracer = tracer
         self._rewrites = RewriteIndex()
         # (datastore version, computed at, oldest fit scrape, fit endpoints): see `_fit_endpoints`
         self._fit_cache: tuple[int, float, float, tuple[Endpoint, ...]] | None = None
@@ -168,13 +186,53 @@ class Director:
 
     # ---- request ------------------------------------------------------------------------------------
 
-    # Long on purpose: the per-request hot path measured in docs/benchmarks.md; helpers would add calls.
     async def handle_request(self, ctx: RequestContext, body: bytes) -> bytes:
-        """Schedule the request; returns the body to forward (the same object when unchanged)."""
+        """Schedule the request; returns the body to forward (the same object when unchanged).
+
+        With `--tracing`, whether the request is traced is decided here, once: a sampled request gets its
+        `gateway.request` span (`ctx.span`, ended by `finish`) and the orchestration span with a child per
+        step; an unsampled one costs the sampler's decision and nothing after it.
+        """
+        span = None
+        if self.tracer is not None:
+            span = ctx.span = self.tracer.start_request(ctx.headers, ctx.received_at)
+        if span is None:
+            return await self._handle_request(ctx, body, None)
+        ospan = span.child(ORCHESTRATION)
+        try:
+            out = await self._handle_request(ctx, body, ospan)
+        except RequestError as exc:
+            ospan.fail(exc.message)
+            raise
+        except asyncio.CancelledError:
+            ospan.fail("cancelled (the client went away)")
+            raise
+        except Exception as exc:
+            ospan.fail(repr(exc))
+            raise
+        finally:
+            if ctx.request is not None:  # upstream's two attributes
+                ospan.set("target_model", ctx.target_model)
+                ospan.set("request_prio", ctx.request.priority)
+            ospan.end()
+        result = ctx.result
+        if result is not None:
+            # the forwarded request carries this request's trace context: the model server's own spans
+            # (e.g. vLLM's) become children of `gateway.request`
+            for name, value in span.propagation_headers().items():
+                result.request_headers.setdefault(name, value)
+        return out
+
+    # Long on purpose: the per-request hot path measured in docs/benchmarks.md; helpers would add calls.
+    async def _handle_request(self, ctx: RequestContext, body: bytes, ospan: Span | None) -> bytes:
         pipeline = ctx.pipeline
         headers = ctx.headers
         ctx.path = path = request_path(headers)
-        req = pipeline.parser.parse(ctx.request_id, path, headers, body)
+        req = (
+            pipeline.parser.parse(ctx.request_id, path, headers, body)
+            if ospan is None
+            else _parse_traced(ospan, pipeline.parser, ctx.request_id, path, headers, body)
+        )
         model = req.model
         parsed = req.body
         if not model and parsed:
@@ -206,23 +264,33 @@ class Director:
 
         candidates = self.candidates(ctx)
         version = datastore.version
-        await self.admission.admit(req, candidates, pipeline)
+        await (
+            self.admission.admit(req, candidates, pipeline)
+            if ospan is None
+            else self._admit_traced(ospan, req, candidates, pipeline)
+        )
         if datastore.version != version:
             candidates = self.candidates(ctx)
 
         cycle = ctx.cycle
         metrics = self.metrics
-        self._prepare(ctx, req, candidates)
+        self._prepare(ctx, req, candidates, ospan)
 
         want_header = self.options.decision_header and DECISION_HEADER in headers
         trace = DecisionTrace() if want_header or log.isEnabledFor(logging.DEBUG) else None
+        sspan = None if ospan is None else ospan.child(SCHEDULING)
         try:
-            result = pipeline.scheduler.schedule(req, candidates, cycle, trace)
-        except SchedulingError:
+            result = pipeline.scheduler.schedule(req, candidates, cycle, trace, sspan)
+        except SchedulingError as exc:
             self.meter.schedule_failed(target)
             if trace is not None:
                 log.debug("scheduling failed: %s", trace.compact())
+            if sspan is not None:
+                sspan.fail(exc.message)
             raise
+        finally:
+            if sspan is not None:
+                sspan.end()
         targets = result.targets
         self.meter.scheduled(target, targets[0])
         ctx.result = result
@@ -242,13 +310,18 @@ class Director:
                 )
 
         for hook in pipeline.pre_request:
+            hspan = None if ospan is None else plugin_span(ospan, "pre_request", hook.typed_name)
             t0 = _perf()
             try:
                 hook.pre_request(cycle, req, result)
-            except Exception:
+            except Exception as exc:
                 log.exception("pre-request hook %s failed", hook.typed_name)
+                if hspan is not None:
+                    hspan.fail(repr(exc))
             finally:
                 metrics.plugin_duration("PreRequest", hook.typed_name, _perf() - t0)
+                if hspan is not None:
+                    hspan.end()
 
         self.meter.request(model, target, priority, len(out))  # bytes forwarded, as upstream
         self.meter.running_inc(model)
@@ -268,19 +341,27 @@ class Director:
                 self.meter.model_rewrite(decision.rule, model, target)
         return target
 
-    def _prepare(self, ctx: RequestContext, req: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
-        """Data producers, then admitter plugins (a denial is a 429)."""
+    def _prepare(
+        self, ctx: RequestContext, req: InferenceRequest, candidates: Sequence[Endpoint], span: Span | None
+    ) -> None:
+        """Data producers, then admitter plugins (a denial is a 429); a child span each when traced."""
         cycle = ctx.cycle
         metrics = self.metrics
         for producer in ctx.pipeline.producers:
+            pspan = None if span is None else plugin_span(span, "prepare_data", producer.typed_name)
             t0 = _perf()
             try:
                 producer.prepare_data(cycle, req, candidates)
-            except Exception:
+            except Exception as exc:
                 log.exception("data producer %s failed", producer.typed_name)
+                if pspan is not None:
+                    pspan.fail(repr(exc))
             finally:
                 metrics.plugin_duration("PrepareData", producer.typed_name, _perf() - t0)
+                if pspan is not None:
+                    pspan.end()
         for admitter in ctx.pipeline.admitters:
+            aspan = None if span is None else plugin_span(span, "admit_request", admitter.typed_name)
             t0 = _perf()
             try:
                 reason = admitter.admit(cycle, req, candidates)
@@ -289,8 +370,31 @@ class Director:
                 reason = f"admitter '{admitter.typed_name.name}' failed: {exc!r}"
             finally:
                 metrics.plugin_duration("AdmitRequest", admitter.typed_name, _perf() - t0)
+            if aspan is not None:
+                if reason is not None:
+                    aspan.fail(reason)
+                aspan.end()
             if reason is not None:
                 raise RequestError(ErrorCode.RESOURCE_EXHAUSTED, f"request cannot be admitted: {reason}")
+
+    async def _admit_traced(
+        self, span: Span, req: InferenceRequest, candidates: Sequence[Endpoint], pipeline: Pipeline
+    ) -> None:
+        """`admission.admit` in an `epp.admission` span (flow control adds its own child)."""
+        aspan = span.child(ADMISSION)
+        aspan.set(ATTR_CANDIDATES, len(candidates))
+        aspan.set("epp.priority", req.priority)
+        try:
+            await self.admission.admit(req, candidates, pipeline, span=aspan)
+        except RequestError as exc:
+            aspan.set(ATTR_ERROR_CODE, exc.code.value)
+            aspan.fail(exc.message)
+            raise
+        except asyncio.CancelledError:
+            aspan.fail("cancelled (the client went away)")
+            raise
+        finally:
+            aspan.end()
 
     # ---- response -----------------------------------------------------------------------------------
 
@@ -380,6 +484,9 @@ class Director:
         try:
             self.response_complete(ctx)
         finally:
+            if ctx.span is not None:
+                _end_request_span(ctx, ctx.span)
+                ctx.span = None
             meter = self.meter
             if ctx.running:
                 meter.running_dec(ctx.model)
@@ -409,6 +516,46 @@ class Director:
             info.prompt_tokens,
             info.completion_tokens,
         )
+
+
+def _parse_traced(
+    span: Span, parser: RequestParser, request_id: str, path: str, headers: Mapping[str, str], body: bytes
+) -> InferenceRequest:
+    pspan = span.child(PARSE)
+    pspan.set("epp.parser", parser.typed_name.type)
+    pspan.set("epp.request.bytes", len(body))
+    try:
+        req = parser.parse(request_id, path, headers, body)
+        pspan.set("gen_ai.request.model", req.model)
+        pspan.set("epp.api", str(req.api))
+        return req
+    except RequestError as exc:
+        pspan.fail(exc.message)
+        raise
+    except Exception as exc:
+        pspan.fail(repr(exc))
+        raise
+    finally:
+        pspan.end()
+
+
+def _end_request_span(ctx: RequestContext, span: Span) -> None:
+    """The `gateway.request` span's outcome: model, endpoint, status or error code."""
+    try:
+        span.set("epp.request_id", ctx.request_id)
+        if ctx.model:
+            span.set("gen_ai.request.model", ctx.model)
+            span.set("epp.target_model", ctx.target_model)
+        if ctx.destination:
+            span.set(ATTR_ENDPOINT, ctx.destination)
+        status = ctx.response.status
+        if status:
+            span.set("http.response.status_code", int(status))
+        if ctx.error_code:
+            span.set(ATTR_ERROR_CODE, ctx.error_code)
+            span.fail(ctx.error_code)
+    finally:
+        span.end()
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:

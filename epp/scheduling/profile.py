@@ -17,6 +17,7 @@ from epp.framework.cycle import CycleState
 from epp.framework.plugins import Filter, Picker, Scorer
 from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, ScoredEndpoints
 from epp.scheduling.observer import SchedulerObserver
+from epp.scheduling.spans import Span, TracedFilter, TracedPicker, TracedScorer
 from epp.scheduling.trace import ProfileTrace
 
 __all__ = ["ProfileFailure", "SchedulerProfile", "WeightedScorer"]
@@ -57,8 +58,14 @@ class SchedulerProfile:
         candidates: Sequence[Endpoint],
         observer: SchedulerObserver,
         trace: ProfileTrace | None = None,
+        span: Span | None = None,
     ) -> ProfileRunResult:
-        """Run the profile; raises ProfileFailure when no endpoint survives or a plugin fails."""
+        """Run the profile; raises ProfileFailure when no endpoint survives or a plugin fails.
+
+        `span` (a traced request): this profile run's span; every plugin call becomes a child of it.
+        """
+        if span is not None:
+            return self.traced(span).run(cycle, request, candidates, observer, trace)
         endpoints: Sequence[Endpoint] = candidates
         for flt in self.filters:
             start = _perf()
@@ -107,6 +114,16 @@ class SchedulerProfile:
             trace.totals = dict(zip(keys, totals, strict=True))
             trace.picked = tuple(e.key for e in result.targets)
         return result
+
+    def traced(self, span: Span) -> SchedulerProfile:
+        """The same profile with plugins that open a child span of `span` per call (built per traced
+        request only, so the untraced path stays the loop above)."""
+        return SchedulerProfile(
+            name=self.name,
+            filters=tuple(TracedFilter(f, span) for f in self.filters),
+            scorers=tuple(WeightedScorer(TracedScorer(ws.scorer, span), ws.weight) for ws in self.scorers),
+            picker=TracedPicker(self.picker, span),
+        )
 
 
 # ---- combining scores --------------------------------------------------------------------------------

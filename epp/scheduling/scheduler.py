@@ -17,6 +17,14 @@ from epp.framework.plugins import ProfileHandler
 from epp.framework.types import Endpoint, InferenceRequest, ProfileRunResult, SchedulingResult
 from epp.scheduling.observer import NullObserver, SchedulerObserver
 from epp.scheduling.profile import ProfileFailure, SchedulerProfile
+from epp.scheduling.spans import (
+    ATTR_CANDIDATES,
+    ATTR_PICKED,
+    ATTR_PROFILE,
+    PROFILE,
+    Span,
+    TracedProfileHandler,
+)
 from epp.scheduling.trace import DecisionTrace, ProfileTrace
 
 __all__ = ["MAX_PROFILE_ROUNDS", "Scheduler"]
@@ -47,11 +55,16 @@ class Scheduler:
         candidates: Sequence[Endpoint],
         cycle: CycleState | None = None,
         trace: DecisionTrace | None = None,
+        span: Span | None = None,
     ) -> SchedulingResult:
-        """Pick targets for `request` among `candidates`; raises SchedulingError when none can be chosen."""
+        """Pick targets for `request` among `candidates`; raises SchedulingError when none can be chosen.
+
+        `span` (a traced request): the span of this scheduling cycle, which the caller starts and ends;
+        each profile-handler call and each profile run (with its plugin calls) becomes a child of it.
+        """
         start = _perf()
         try:
-            return self._schedule(request, candidates, cycle or CycleState(), trace)
+            return self._schedule(request, candidates, cycle or CycleState(), trace, span)
         finally:
             self.observer.scheduler_duration(_perf() - start)
 
@@ -61,10 +74,14 @@ class Scheduler:
         candidates: Sequence[Endpoint],
         cycle: CycleState,
         trace: DecisionTrace | None,
+        span: Span | None,
     ) -> SchedulingResult:
         if not candidates:
             raise SchedulingError(ErrorCode.SERVICE_UNAVAILABLE, "no candidate endpoints for the request")
-        handler = self.profile_handler
+        handler: ProfileHandler = self.profile_handler
+        if span is not None:
+            span.set(ATTR_CANDIDATES, len(candidates))
+            handler = TracedProfileHandler(handler, span)
         observer = self.observer
         results: dict[str, ProfileRunResult | None] = {}
         failures: dict[str, str] = {}
@@ -85,17 +102,16 @@ class Scheduler:
                     raise SchedulingError(
                         ErrorCode.INTERNAL, f"profile handler chose unknown profile '{name}'"
                     )
-                ptrace = None
-                if trace is not None:
-                    ptrace = ProfileTrace(profile=name, candidates=tuple(e.key for e in candidates))
-                    trace.profiles.append(ptrace)
-                try:
-                    results[name] = profile.run(cycle, request, candidates, observer, ptrace)
-                except ProfileFailure as failure:
-                    results[name] = None
-                    failures[name] = str(failure)
-                    if ptrace is not None:
-                        ptrace.failure = str(failure)
+                if trace is None and span is None:
+                    try:
+                        results[name] = profile.run(cycle, request, candidates, observer)
+                    except ProfileFailure as failure:
+                        results[name] = None
+                        failures[name] = str(failure)
+                else:
+                    _run_recorded(
+                        name, profile, cycle, request, candidates, observer, trace, span, results, failures
+                    )
         else:
             raise SchedulingError(ErrorCode.INTERNAL, "profile handler did not stop picking profiles")
 
@@ -116,4 +132,52 @@ class Scheduler:
             raise SchedulingError(ErrorCode.SERVICE_UNAVAILABLE, "scheduling produced no target endpoint")
         if trace is not None:
             trace.primary = outcome.primary_profile
+        if span is not None:
+            span.set("epp.profile.primary", outcome.primary_profile)
+            span.set(ATTR_PICKED, [e.key for e in outcome.targets])
         return outcome
+
+
+def _run_recorded(
+    name: str,
+    profile: SchedulerProfile,
+    cycle: CycleState,
+    request: InferenceRequest,
+    candidates: Sequence[Endpoint],
+    observer: SchedulerObserver,
+    trace: DecisionTrace | None,
+    span: Span | None,
+    results: dict[str, ProfileRunResult | None],
+    failures: dict[str, str],
+) -> None:
+    """One profile run recorded in the decision trace and/or a span (the untraced path is inline)."""
+    ptrace = None
+    if trace is not None:
+        ptrace = ProfileTrace(profile=name, candidates=tuple(e.key for e in candidates))
+        trace.profiles.append(ptrace)
+    pspan = None if span is None else _profile_span(span, name, len(candidates))
+    try:
+        results[name] = profile.run(cycle, request, candidates, observer, ptrace, pspan)
+    except ProfileFailure as failure:
+        results[name] = None
+        failures[name] = str(failure)
+        if ptrace is not None:
+            ptrace.failure = str(failure)
+        if pspan is not None:
+            pspan.fail(str(failure))
+    finally:
+        if pspan is not None:
+            _end_profile_span(pspan, results.get(name))
+
+
+def _profile_span(parent: Span, name: str, candidates: int) -> Span:
+    span = parent.child(PROFILE)
+    span.set(ATTR_PROFILE, name)
+    span.set(ATTR_CANDIDATES, candidates)
+    return span
+
+
+def _end_profile_span(span: Span, result: ProfileRunResult | None) -> None:
+    if result is not None:
+        span.set(ATTR_PICKED, [e.key for e in result.targets])
+    span.end()

@@ -7,7 +7,7 @@ Flag names and defaults are the upstream EPP's, so the upstream Helm chart's arg
 `--flag=value` and `--flag value`, booleans as `--flag`, `--flag=true|false` (also `--flag false`),
 Go-style durations (`50ms`, `2s`, `1m30s`), `-v`/`--v` for verbosity. Every flag can also be set as
 `EPP_<FLAG_IN_UPPER_SNAKE>` (e.g. `EPP_GRPC_PORT=9002`); a flag wins over the environment. Flags the
-upstream chart passes that mean nothing here (zap logging, tracing, pprof, ...) are accepted and ignored.
+upstream chart passes that mean nothing here (zap logging, pprof, ...) are accepted and ignored.
 
 The modules, by job: `model` (EppSettings and its checks), `values` (the value syntax shared by flags and
 the environment), `flags` (the Go-style command-line parser), `env` (the environment source), `help`

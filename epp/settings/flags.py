@@ -2,7 +2,7 @@
 
 `--flag=value` and `--flag value`, booleans as `--flag`, `--flag=true|false` (also `--flag false`),
 `-v`/`--v`/`-v5` for verbosity; repeating a list flag appends to it. Flags the upstream chart passes that
-mean nothing here (zap logging, tracing, pprof, ...) are accepted and ignored. Values stay strings: the
+mean nothing here (zap logging, pprof, ...) are accepted and ignored. Values stay strings: the
 model (`epp.settings.model`) validates them, as it does the environment's.
 """
 
@@ -78,7 +78,6 @@ IGNORED_FLAGS: Mapping[str, bool] = {
     "zap-log-level": False,
     "zap-stacktrace-level": False,
     "zap-time-encoding": False,
-    "tracing": True,
     "enable-pprof": True,
     "health-checking": True,
 }

@@ -232,9 +232,15 @@ class EppSettings(BaseSettings):
         3.0, ge=0, description="active-active: how long a starting replica waits for a peer's snapshot"
     )
 
-    # ---- logging
+    # ---- logging and tracing
     v: int = Field(2, ge=0, le=10, description="verbosity: 2 default, 3 verbose, 4 debug, 5 trace")
     log_format: LogFormat = Field(LogFormat.CONSOLE, description="log format: console or json")
+    tracing: Bool = Field(
+        True,
+        description="OpenTelemetry traces of requests, configured by the OTEL_* environment variables "
+        "(exporter, endpoint, service name, sampler; default parentbased_traceidratio 0.1); no exporter "
+        "configured = no traces",
+    )
 
     @property
     def verbosity(self) -> int:

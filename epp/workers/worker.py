@@ -31,6 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from epp import __version__
 from epp.builtins import default_flow_policies, default_registry
 from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
@@ -42,6 +43,7 @@ from epp.flowcontrol.observe import PrometheusFlowObserver
 from epp.logs import configure_logging, set_worker_label
 from epp.observability.metrics import WORKER_METRICS, EppMetrics
 from epp.observability.pool import PoolMetricsRefresher
+from epp.observability.tracing import OtelTracing, start_tracing
 from epp.plugin_runtime import PluginRuntime
 from epp.registry import PluginRegistry
 from epp.requestcontrol.context import RequestOptions
@@ -155,6 +157,7 @@ class Worker:
         self._shares: list[bytes] = []  # peers' snapshots that came before the bus
         self.plugins: PluginRuntime | None = None
         self.admission: FlowControlAdmission | None = None
+        self.tracing: OtelTracing | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -193,8 +196,14 @@ class Worker:
             default_policies=default_flow_policies,
             observer=PrometheusFlowObserver(self.metrics),
         )
+        self.tracing = start_tracing(s.tracing, version=__version__, worker=str(self.slot))
         self.server = ExtProcServer(
-            holder, self.datastore, self.metrics, request_options(s), admission=self.admission
+            holder,
+            self.datastore,
+            self.metrics,
+            request_options(s),
+            admission=self.admission,
+            tracer=self.tracing,
         )
         self.bus = StateBus(
             holder,
@@ -323,6 +332,8 @@ class Worker:
             await self.plugins.stop()
         if self.bus is not None:
             self.bus.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the spans still queued
         self.client.close()
 
 

@@ -75,8 +75,14 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
         (
             "epp.scheduling.profile",
             "import epp.k8s.pods",
-            "scheduling: no wire, no Kubernetes, no data sources",
+            "scheduling: no wire, no Kubernetes, no data sources, no tracing library",
             "epp.scheduling.profile -> epp.k8s.pods",
+        ),
+        (
+            "epp.scheduling.spans",
+            "import opentelemetry.trace",
+            "scheduling: no wire, no Kubernetes, no data sources, no tracing library",
+            "epp.scheduling.spans -> opentelemetry",
         ),
         (
             "epp.datalayer.datastore",

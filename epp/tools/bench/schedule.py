@@ -12,6 +12,11 @@ request through the path the EPP runs per request: `prepare_data` (prefix hashin
   numbers can be compared across machines.
 
 Timing is `time.perf_counter_ns` per call, on one thread; GC stays enabled (as in the daemon).
+
+`--tracing` measures the cost of `--tracing` (OpenTelemetry SDK, batch span processor, an exporter that
+drops the spans): `off` (no tracer), `unsampled` (the sampler drops every request: the per-request decision
+only) and `sampled` (every request traced: the request span and a child per profile and plugin). With a
+tracer, `decision` also includes starting and ending the request span, as the director does.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from epp.plugins.scorers.prefix_cache import PREFIX_CACHE_SCORER
 from epp.plugins.scorers.queue import QUEUE_SCORER
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.spans import SCHEDULING, RequestTracer
 
 __all__ = ["BenchResult", "Stats", "main", "run"]
 
@@ -58,6 +64,9 @@ class Stats:
         )
 
 
+TRACING_MODES = ("off", "unsampled", "sampled")
+
+
 @dataclass(frozen=True)
 class BenchResult:
     endpoints: int
@@ -66,11 +75,12 @@ class BenchResult:
     decision: Stats
     schedule: Stats
     baseline: Stats
+    tracing: str = "off"
 
     def as_text(self) -> str:
         lines = [
             f"schedule benchmark: {self.endpoints} endpoints, {self.prompt_chars}-char prompts, "
-            f"{self.iterations} requests, default profile (queue 2, kv 2, prefix 3)",
+            f"{self.iterations} requests, default profile (queue 2, kv 2, prefix 3), tracing {self.tracing}",
             f"{'':10} {'median':>10} {'p99':>10} {'mean':>10}",
         ]
         for name in ("decision", "schedule", "baseline"):
@@ -118,7 +128,34 @@ def _workload(rng: random.Random, prompt_chars: int, prefixes: int) -> Callable[
     return make
 
 
-def run(endpoints: int = 64, prompt_chars: int = 4000, iterations: int = 5000, seed: int = 1) -> BenchResult:
+def _tracer(mode: str) -> tuple[RequestTracer | None, Callable[[], None]]:
+    """The tracer of a `--tracing` mode (the daemon's, with a dropping exporter) and how to stop it."""
+    if mode == "off":
+        return None, lambda: None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    from epp.observability.tracing import OtelTracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON if mode == "sampled" else ALWAYS_OFF)
+    processor = BatchSpanProcessor(Drop())
+    provider.add_span_processor(processor)
+    tracing = OtelTracing(provider, [processor])
+    return tracing, tracing.shutdown
+
+
+def run(
+    endpoints: int = 64, prompt_chars: int = 4000, iterations: int = 5000, seed: int = 1, tracing: str = "off"
+) -> BenchResult:
+    if tracing not in TRACING_MODES:
+        raise ValueError(f"tracing must be one of {TRACING_MODES}, got {tracing!r}")
+    tracer, stop_tracer = _tracer(tracing)
+    headers = {"content-type": "application/json"}
     rng = random.Random(seed)
     handle = SimpleHandle(rng=random.Random(seed))
     eps = _endpoints(endpoints, rng, time.monotonic())
@@ -156,17 +193,26 @@ def run(endpoints: int = 64, prompt_chars: int = 4000, iterations: int = 5000, s
     for req in requests:
         cycle = CycleState()
         t0 = perf()
+        span = None if tracer is None else tracer.start_request(headers, time.monotonic())
         producer.prepare_data(cycle, req, eps)
         t1 = perf()
-        result = scheduler.schedule(req, eps, cycle)
+        if span is None:
+            result = scheduler.schedule(req, eps, cycle)
+        else:
+            sspan = span.child(SCHEDULING)
+            result = scheduler.schedule(req, eps, cycle, None, sspan)
+            sspan.end()
         t2 = perf()
         producer.pre_request(cycle, req, result)
+        if span is not None:
+            span.end()
         t3 = perf()
         decision.append(t3 - t0)
         schedule.append(t2 - t1)
         t4 = perf()
         baseline.schedule(req, eps, CycleState())
         bare_ns.append(perf() - t4)
+    stop_tracer()
     return BenchResult(
         endpoints=endpoints,
         prompt_chars=prompt_chars,
@@ -174,6 +220,7 @@ def run(endpoints: int = 64, prompt_chars: int = 4000, iterations: int = 5000, s
         decision=Stats.of(decision),
         schedule=Stats.of(schedule),
         baseline=Stats.of(bare_ns),
+        tracing=tracing,
     )
 
 
@@ -185,9 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompt-chars", type=int, default=4000)
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--tracing",
+        choices=TRACING_MODES,
+        default="off",
+        help="off: no tracer; unsampled: every request dropped by the sampler; sampled: every request traced",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    result = run(args.endpoints, args.prompt_chars, args.iterations, args.seed)
+    result = run(args.endpoints, args.prompt_chars, args.iterations, args.seed, args.tracing)
     print(json.dumps(asdict(result), indent=2) if args.json else result.as_text())
     return 0
 
