@@ -148,3 +148,38 @@ def test_request_spans_follow_the_callers_decision_and_propagate_w3c() -> None:
     assert headers["traceparent"].startswith(f"00-{TRACE_ID}-{root.context.span_id:016x}-")
     assert prof.instrumentation_scope is not None
     assert prof.instrumentation_scope.name == "gateway-api-inference-extension/epp/extproc"
+
+
+async def test_the_forwarded_request_carries_the_request_spans_traceparent() -> None:
+    """Through the real ext_proc server (the harness's gRPC client plays Envoy): a sampled request is
+    forwarded with a `traceparent` naming its `gateway.request` span; an unsampled one gets none."""
+    from tests.extproc.harness import (
+        BUFFERED,
+        DEFAULT_CONFIG,
+        Harness,
+        endpoint,
+        json_body,
+        pipeline_from,
+        request_body,
+        request_headers,
+        set_headers,
+    )
+
+    tracing, exporter = _memory_tracer("parent")
+    body = json_body(model="m", prompt="hi")
+    async with Harness(pipeline_from(DEFAULT_CONFIG), [endpoint("10.0.0.1", 8000)]) as h:
+        h.server.director.tracer = tracing
+        forwarded = []
+        for flags in ("01", "00"):
+            s = h.stream()
+            parent = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-{flags}"}
+            await s.send(request_headers(mode=BUFFERED, headers=parent))
+            await s.recv()
+            await s.send(request_body(body, eos=True))
+            (reply,) = await s.recv()
+            forwarded.append(set_headers(reply).get("traceparent"))
+            await s.close()
+            await s.drain()
+    (root,) = [sp for sp in exporter.get_finished_spans() if sp.name == "gateway.request"]
+    assert forwarded == [f"00-{TRACE_ID}-{root.context.span_id:016x}-01", None]
+    assert root.attributes is not None and root.attributes["epp.endpoint"] == "10.0.0.1:8000"
