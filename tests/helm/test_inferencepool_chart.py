@@ -1099,6 +1099,36 @@ def test_upstream_latest_values(helm: Helm) -> None:
     env = {e["name"]: e.get("value") for e in epp_container(objs)["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
     assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.5"
+    assert flag_map(args_of(objs))["tracing"] == "true"
+
+
+def test_tracing_flag_and_otel_environment_follow_tracing_enabled(helm: Helm) -> None:
+    """--tracing=true|false as upstream's chart; when on, the OTEL_* variables the EPP reads (the exporter
+    is OTLP, the pod's name and namespace go in the resource), after the variables they refer to."""
+    off = helm.template(values("single.yaml"))
+    assert flag_map(args_of(off))["tracing"] == "false"
+    assert not [e for e in epp_container(off)["env"] if e["name"].startswith("OTEL_")]
+    assert parse_settings(args_of(off), {}).tracing is False
+
+    on = helm.template(values("single.yaml"), sets=("inferenceExtension.tracing.enabled=true",))
+    assert parse_settings(args_of(on), {}).tracing is True
+    names = [e["name"] for e in epp_container(on)["env"]]
+    env = {e["name"]: e.get("value") for e in epp_container(on)["env"]}
+    assert {k: v for k, v in env.items() if k.startswith("OTEL_")} == {
+        "OTEL_SERVICE_NAME": "gateway-api-inference-extension/epp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(NAMESPACE)",
+    }
+    assert names.index("OTEL_RESOURCE_ATTRIBUTES") > max(names.index("POD_NAME"), names.index("NAMESPACE"))
+    # a user's flag wins over the chart's
+    forced = helm.template(
+        values("single.yaml"),
+        sets=("inferenceExtension.flags.tracing=false", "inferenceExtension.tracing.enabled=true"),
+    )
+    assert flag_map(args_of(forced))["tracing"] == "false"
 
 
 def test_gke_provider(helm: Helm) -> None:

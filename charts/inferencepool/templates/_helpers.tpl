@@ -240,6 +240,9 @@ value, so every flag appears exactly once.
 {{- $managed = append $managed (list "config-file" (printf "/config/%s" .Values.inferenceExtension.pluginsConfigFile)) -}}
 {{- $managed = append $managed (list "model-server-type" (include "epp.modelServerType" .)) -}}
 {{- $managed = append $managed (list "log-format" (.Values.inferenceExtension.logFormat | default "json")) -}}
+{{- /* as upstream's chart: tracing on exactly when tracing.enabled (the OTEL_* variables come with it) */ -}}
+{{- $tracing := .Values.inferenceExtension.tracing | default dict -}}
+{{- $managed = append $managed (list "tracing" (ternary "true" "false" (eq (toString $tracing.enabled) "true"))) -}}
 {{- if ne (int $ports.grpc) 9002 -}}
 {{- $managed = append $managed (list "grpc-port" (toString $ports.grpc)) -}}
 {{- end -}}
