@@ -325,7 +325,8 @@ class EndpointPickerConfig(_Strict):
     )
     kind: Literal["EndpointPickerConfig"]
     feature_gates: Annotated[list[str], BeforeValidator(_none_to_empty)] = _nullable_list(
-        "dataLayer (deprecated no-op), enableLegacyMetrics, flowControl"
+        "dataLayer (deprecated no-op), enableLegacyMetrics, flowControl, prepareDataPlugins (deprecated "
+        "no-op)"
     )
     plugins: Annotated[list[PluginSpec], BeforeValidator(_none_to_empty)] = _nullable_list(
         "plugin instances, created in this order"

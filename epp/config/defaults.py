@@ -62,6 +62,8 @@ FEATURE_GATES: Mapping[str, str] = {
     "dataLayer": "deprecated no-op: the data layer is always on (opt out with enableLegacyMetrics)",
     "enableLegacyMetrics": "collect metrics without the configurable data layer (dataLayer is ignored)",
     "flowControl": "queue requests by priority and fairness (the flowControl section)",
+    "prepareDataPlugins": "deprecated no-op (upstream and llm-d before v1.0 gated data producers on it): "
+    "producers always run",
 }
 
 

@@ -53,6 +53,11 @@ def check_feature_gates(
             ctx.warn(
                 path, "feature gate 'dataLayer' is deprecated and has no effect: the data layer is always on"
             )
+        elif gate == "prepareDataPlugins":
+            ctx.warn(
+                path,
+                "feature gate 'prepareDataPlugins' is deprecated and has no effect: producers always run",
+            )
         out.add(gate)
     if environ.get("ENABLE_EXPERIMENTAL_FLOW_CONTROL_LAYER", "") in _GO_TRUE:
         ctx.warn(

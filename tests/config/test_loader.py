@@ -346,6 +346,15 @@ def test_datalayer_gate_is_a_deprecated_no_op(registry: PluginRegistry) -> None:
     ]
 
 
+def test_prepare_data_plugins_gate_of_older_configs_is_a_deprecated_no_op(registry: PluginRegistry) -> None:
+    config = load("featureGates: [prepareDataPlugins]\n", registry)
+    assert warnings(config) == [
+        "3: featureGates[0]: feature gate 'prepareDataPlugins' is deprecated and has no effect: "
+        "producers always run"
+    ]
+    assert config.feature_gates == frozenset({"prepareDataPlugins"})
+
+
 # ---- flow control --------------------------------------------------------------------------------
 
 
