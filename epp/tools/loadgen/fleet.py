@@ -22,6 +22,7 @@ from typing import Any, Literal
 import aiohttp
 
 from epp.tools.sim import SimConfig, SimServer
+from epp.tools.sim.config import GPU_CLASS_FIELDS
 
 __all__ = ["FleetMode", "FleetStats", "SimFleet", "SimMember", "fleet_stats", "sim_argv"]
 
@@ -31,8 +32,12 @@ _NO_FLAG = frozenset({"host", "port", "vocab_size"})
 
 
 def sim_argv(config: SimConfig) -> list[str]:
-    """`epp sim` flags for `config` (only values that differ from the defaults; port 0 = any free one)."""
-    default = SimConfig()
+    """`epp sim` flags for `config` (only values that differ from the defaults; port 0 = any free one).
+
+    The defaults are those of `config`'s hardware class (`--gpu`), so a value the class sets is not
+    repeated and an explicit one that equals the h100 default is still passed.
+    """
+    default, hardware = SimConfig(), SimConfig(gpu=config.gpu)
     if config.vocab_size != default.vocab_size:
         raise ValueError("vocab_size has no `epp sim` flag; use mode='inprocess'")
     args = ["--host", config.host, "--port", str(config.port)]
@@ -40,7 +45,8 @@ def sim_argv(config: SimConfig) -> list[str]:
         if f.name in _NO_FLAG:
             continue
         value = getattr(config, f.name)
-        if value == getattr(default, f.name) or value is None:
+        ref = getattr(hardware if f.name in GPU_CLASS_FIELDS else default, f.name)
+        if value == ref or value is None:
             continue
         if isinstance(value, tuple):
             value = ",".join(value)

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from epp.tools.sim.config import ROLES, EngineKind, SimConfig
+from epp.tools.sim.config import GPU_CLASSES, ROLES, EngineKind, SimConfig
 from epp.tools.sim.server import SimServer
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -44,16 +44,46 @@ def build_parser(prog: str = "epp sim") -> argparse.ArgumentParser:
         default=_D.engine.value,
         help="metric names to export",
     )
-    add("--kv-blocks", type=int, default=_D.kv_blocks, help="KV cache size in blocks")
+    add(
+        "--gpu",
+        choices=list(GPU_CLASSES),
+        default=None,
+        help="hardware class: its step-time coefficients, --kv-blocks and --max-num-batched-tokens "
+        "(default: h100's); those flags, when given, win",
+    )
+    add(
+        "--kv-blocks",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"KV cache size in blocks (h100: {_D.kv_blocks})",
+    )
     add("--block-size", type=int, default=_D.block_size, help="tokens per KV block")
     add("--max-model-len", type=int, default=0, help="max prompt+output tokens (0: min(8192, KV capacity))")
     add("--max-num-seqs", type=int, default=_D.max_num_seqs, help="max running sequences per step")
-    add("--max-num-batched-tokens", type=int, default=_D.max_num_batched_tokens, help="token budget per step")
-    add("--step-base-ms", type=float, default=_D.step_base_ms, help="fixed cost of an engine step")
     add(
-        "--prefill-ms-per-token", type=float, default=_D.prefill_ms_per_token, help="cost per prefilled token"
+        "--max-num-batched-tokens",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"token budget per step (h100: {_D.max_num_batched_tokens})",
     )
-    add("--decode-ms-per-seq", type=float, default=_D.decode_ms_per_seq, help="cost per scheduled sequence")
+    add(
+        "--step-base-ms",
+        type=float,
+        default=None,
+        help=f"fixed cost of an engine step (h100: {_D.step_base_ms})",
+    )
+    add(
+        "--prefill-ms-per-token",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"cost per prefilled token (h100: {_D.prefill_ms_per_token})",
+    )
+    add(
+        "--decode-ms-per-seq",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"cost per scheduled sequence (h100: {_D.decode_ms_per_seq})",
+    )
     add(
         "--time-scale",
         type=float,
@@ -106,6 +136,21 @@ def build_parser(prog: str = "epp sim") -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """Build and validate the config; raises ValueError naming the bad flag."""
     adapters = tuple(a.strip() for a in args.lora_adapters.split(",")) if args.lora_adapters.strip() else ()
+    # a hardware-class flag left out (absent from args) takes the --gpu class's value
+    hardware = {
+        name: value
+        for name in (
+            "kv_blocks",
+            "max_num_batched_tokens",
+            "step_base_ms",
+            "prefill_ms_per_token",
+            "decode_ms_per_seq",
+        )
+        if (value := getattr(args, name, None)) is not None
+    }
+    for name, value in hardware.items():
+        if value < 0:  # -1 would mean "the class's value" to SimConfig
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     config = SimConfig(
         host=args.host,
         port=args.port,
@@ -114,14 +159,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         lora_adapters=adapters,
         max_loras=args.max_loras,
         engine=EngineKind(args.engine),
-        kv_blocks=args.kv_blocks,
+        gpu=args.gpu,
         block_size=args.block_size,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        step_base_ms=args.step_base_ms,
-        prefill_ms_per_token=args.prefill_ms_per_token,
-        decode_ms_per_seq=args.decode_ms_per_seq,
         lora_load_ms=args.lora_load_ms,
         time_scale=args.time_scale,
         seed=args.seed,
@@ -132,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         role=args.role,
         kv_transfer_gbps=args.kv_transfer_gbps,
         kv_bytes_per_token=args.kv_bytes_per_token,
+        **hardware,
     )
     config.validate()
     return config

@@ -246,6 +246,7 @@ class SimServer:
             "requests_failed_injected": c.requests_failed_injected,
             "client_aborts": c.client_aborts,
             "role": self.config.role,
+            "gpu": self.config.gpu,
             "kv_transfers": c.kv_transfers,
             "kv_transfer_blocks": c.kv_transfer_blocks,
             "kv_transfer_s": c.kv_transfer_s,
