@@ -1,7 +1,10 @@
 """`epp bench quality`: scheduling quality of our EPP profiles against plain Envoy and the rival routers.
 
 One fleet of simulated vLLM servers (`epp sim`, one process each, small KV caches, `--time-scale`) runs
-for the whole benchmark. For each workload (`shared_prefix`, `zipf`, `mixed`, `multiturn`):
+for the whole benchmark. The fleet is uniform (every simulator timed as the default H100 calibration)
+unless `--fleet mixed` / `--gpus` give the simulators hardware classes (`epp sim --gpu`); the EPP then
+reads each one's class from its `nvidia.com/gpu.product` label (`--static-endpoint-labels`). For each
+workload (`shared_prefix`, `zipf`, `mixed`, `multiturn`):
 
 1. **Saturation.** Unless given (`--saturation`), the rate at which the best rival router saturates is
    searched (`saturation.py`): the highest rate whose p90 TTFT stays within `factor` x that router's
@@ -43,10 +46,12 @@ from epp.tools.loadgen.runner import RunResult, run_closed_loop, run_open_loop
 from epp.tools.loadgen.stats import percentile, summarize
 from epp.tools.loadgen.workloads import UNIQUE_GROUP, Api, Workload, mixed, multiturn, shared_prefix, zipf
 from epp.tools.sim import SimConfig
+from epp.tools.sim.config import GPU_CLASSES, GPU_LABEL
 
 __all__ = [
     "ALL_WORKLOADS",
     "EXTRA_WORKLOADS",
+    "FLEETS",
     "FULL",
     "SMOKE",
     "WORKLOADS",
@@ -55,6 +60,8 @@ __all__ = [
     "RunRecord",
     "Sizing",
     "default_routers",
+    "fleet_gpus",
+    "fleet_name",
     "make_workload",
     "run_quality",
 ]
@@ -66,8 +73,27 @@ EXTRA_WORKLOADS = ("long_prompt",)
 ALL_WORKLOADS = (*WORKLOADS, *EXTRA_WORKLOADS)
 #: The pod label P/D role filters read (`--pd`).
 ROLE_LABEL = "llm-d.ai/role"
+#: `--fleet` presets; `mixed`: the first half of the simulators H100-class, the others A100-class.
+FLEETS = ("default", "mixed")
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
+
+
+def fleet_gpus(fleet: str, servers: int) -> tuple[str, ...]:
+    """Each simulator's hardware class for a `--fleet` preset (() = the default, unlabelled fleet)."""
+    if fleet == "default":
+        return ()
+    if fleet == "mixed":
+        fast = (servers + 1) // 2
+        return ("h100",) * fast + ("a100",) * (servers - fast)
+    raise ValueError(f"unknown fleet {fleet!r}; known: {', '.join(FLEETS)}")
+
+
+def fleet_name(gpus: Sequence[str]) -> str:
+    """`default`, or the classes with their counts in fleet order, e.g. `4xh100+4xa100`."""
+    if not gpus:
+        return "default"
+    return "+".join(f"{list(gpus).count(g)}x{g}" for g in dict.fromkeys(gpus))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +215,12 @@ class QualityOptions:
     #: P/D fleet: the first `pd_prefill` simulators serve prefill (`--role prefill`), the others decode
     #: (`--role decode`); the EPP learns the roles from `--static-endpoint-labels` (0: an ordinary fleet)
     pd_prefill: int = 0
+    #: each simulator's hardware class (`epp sim --gpu`), one per server; () = the default fleet
+    gpus: tuple[str, ...] = ()
+
+    @property
+    def fleet(self) -> str:
+        return fleet_name(self.gpus)
 
     @property
     def router_specs(self) -> list[RouterSpec]:
@@ -306,6 +338,8 @@ class QualityResult:
                 "scrape_interval_s": o.scrape_interval,
                 "ours": o.ours,
                 "pd_prefill": o.pd_prefill,
+                "fleet": o.fleet,
+                "gpus": list(o.gpus),
             },
             "saturation": {k: v.to_json() for k, v in self.saturation.items()},
             "runs": [asdict(r) for r in self.runs],
@@ -364,10 +398,11 @@ class Bench:
             SimConfig(
                 name=f"sim-{i}",
                 time_scale=sizing.time_scale,
-                kv_blocks=sizing.kv_blocks,
+                kv_blocks=self.kv_blocks(i),
                 seed=options.seed + i,
                 kv_events_endpoint=kv_events,
                 role=self.role(i),
+                gpu=self.gpu(i),
             )
             for i in range(sizing.servers)
         ]
@@ -380,9 +415,13 @@ class Bench:
 
     async def start(self) -> None:
         sz = self.options.sizing
-        self.say(
-            f"starting {sz.servers} simulators (time scale {sz.time_scale:g}, {sz.kv_blocks} KV blocks each)"
-        )
+        if self.options.gpus:
+            fleet = f"{self.options.fleet} fleet, " + " ".join(
+                f"{m.config.name}={m.config.gpu}({m.config.kv_blocks} blocks)" for m in self.fleet.members
+            )
+        else:
+            fleet = f"{sz.kv_blocks} KV blocks each"
+        self.say(f"starting {sz.servers} simulators (time scale {sz.time_scale:g}, {fleet})")
         try:
             await self.fleet.start(timeout=180.0)
         finally:
@@ -410,10 +449,32 @@ class Bench:
             return "both"
         return "prefill" if index < self.options.pd_prefill else "decode"
 
+    def gpu(self, index: int) -> str | None:
+        """The simulator's hardware class (None in the default fleet)."""
+        return self.options.gpus[index] if self.options.gpus else None
+
+    def kv_blocks(self, index: int) -> int:
+        """`--kv-blocks` counts H100-class blocks: another class gets its share of them."""
+        gpu = self.gpu(index)
+        blocks = self.options.sizing.kv_blocks
+        if gpu is None:
+            return blocks
+        return max(1, round(blocks * GPU_CLASSES[gpu].kv_blocks / GPU_CLASSES["h100"].kv_blocks))
+
+    def endpoint_labels(self) -> list[str]:
+        """`host:port=key=value` pod labels: the P/D role (`--pd`), the hardware class (`--gpus`)."""
+        labels: list[str] = []
+        for m in self.fleet.members:
+            if self.options.pd_prefill:
+                labels.append(f"{m.address}={ROLE_LABEL}={m.config.role}")
+            if m.config.gpu is not None:
+                labels.append(f"{m.address}={GPU_LABEL}={m.config.gpu_class.product}")
+        return labels
+
     def epp_args(self) -> list[str]:
         args = ["--refresh-metrics-interval", f"{round(self.options.scrape_interval * 1000)}ms"]
-        if self.options.pd_prefill:
-            labels = [f"{m.address}={ROLE_LABEL}={m.config.role}" for m in self.fleet.members]
+        labels = self.endpoint_labels()
+        if labels:
             args += ["--static-endpoint-labels", ",".join(labels)]
         if self.options.smoke:  # one decision process: it starts in half the time (`@N` still wins)
             args += ["--workers", "1"]
@@ -666,8 +727,10 @@ async def run_quality(
                 search = await _saturation(bench, workload, search_specs)
                 for record in search.records:
                     result.runs.append(record)
+            search.fleet = options.fleet
             result.saturation[workload] = search
-            say(f"{workload}: saturation rate {search.rate:g}/s ({search.describe()})")
+            fleet = f" on the {options.fleet} fleet" if options.gpus else ""
+            say(f"{workload}: saturation rate {search.rate:g}/s{fleet} ({search.describe()})")
             for step, multiplier in enumerate(options.sizing.multipliers):
                 rate = round(search.rate * multiplier, 2)
                 # rotate the order from rate to rate: no router always runs first (or last) while the

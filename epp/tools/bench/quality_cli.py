@@ -19,17 +19,21 @@ from epp.tools.bench.cli import out_dir_default
 from epp.tools.bench.harness import Children, machine_info, run_async_main
 from epp.tools.bench.quality import (
     ALL_WORKLOADS,
+    FLEETS,
     FULL,
     SMOKE,
     WORKLOADS,
     QualityOptions,
     QualityResult,
     RunRecord,
+    fleet_gpus,
+    fleet_name,
     run_quality,
 )
 from epp.tools.bench.rivals import check_tools
 from epp.tools.bench.routers import parse_router, rival_tools
 from epp.tools.extras import require
+from epp.tools.sim.config import GPU_CLASSES
 
 __all__ = ["build_parser", "main", "options_from_args"]
 
@@ -96,7 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: every profile incl. recommended if present, both Envoys, both rivals)",
     )
     add("--servers", type=int, default=None, help="simulators in the fleet (default 8; smoke 4)")
-    add("--kv-blocks", type=int, default=None, help="KV blocks per simulator (default 2048; smoke 1024)")
+    add(
+        "--fleet",
+        choices=FLEETS,
+        default="default",
+        help="default: every simulator timed as an H100, no hardware label; mixed: the first half "
+        "H100-class, the others A100-class (about 2x slower), each labelled nvidia.com/gpu.product",
+    )
+    add(
+        "--gpus",
+        type=_names,
+        default=None,
+        metavar="CLASS,...",
+        help=f"one hardware class per simulator, in {','.join(GPU_CLASSES)} (e.g. h100,h100,a100,a100; "
+        "sets --servers); instead of --fleet",
+    )
+    add(
+        "--kv-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per simulator (default 2048; smoke 1024); with --fleet/--gpus per H100-class "
+        "simulator, the others get their class's share",
+    )
     add(
         "--time-scale",
         type=float,
@@ -140,10 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> QualityOptions:
     base = SMOKE if args.smoke else FULL
-    servers = args.servers or base.servers
+    gpus: tuple[str, ...] = tuple(args.gpus or ())
+    if gpus and args.fleet != "default":
+        raise ValueError("give --fleet or --gpus, not both")
+    unknown_gpus = sorted(set(gpus) - set(GPU_CLASSES))
+    if unknown_gpus:
+        raise ValueError(
+            f"unknown --gpus class(es) {', '.join(unknown_gpus)}; known: {', '.join(GPU_CLASSES)}"
+        )
+    if gpus and args.servers and args.servers != len(gpus):
+        raise ValueError(f"--gpus names {len(gpus)} simulators but --servers is {args.servers}")
+    servers = len(gpus) or args.servers or base.servers
+    gpus = gpus or fleet_gpus(args.fleet, servers)
     time_scale = args.time_scale or base.time_scale
     # the search starts where the default fleet would saturate, scaled to this fleet's capacity
-    capacity = (servers / base.servers) * (base.time_scale / time_scale)
+    speed = sum(GPU_CLASSES[g].relative_speed for g in gpus) / len(gpus) if gpus else 1.0
+    capacity = (servers / base.servers) * (base.time_scale / time_scale) * speed
     sizing = dataclasses.replace(
         base,
         servers=servers,
@@ -163,16 +200,24 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
     if not 0 <= args.pd < sizing.servers:
         raise ValueError("--pd N needs 0 <= N < --servers (at least one decode server)")
     saturation: dict[str, float] = {}
+    fleet = fleet_name(gpus)
     for source in (args.merge, args.saturation_from):
         if source:
             doc = json.loads(Path(source).read_text())
+            theirs = doc.get("options", {}).get("fleet", "default")
+            if theirs != fleet:
+                raise ValueError(
+                    f"{source} was measured on the {theirs} fleet, this run is on the {fleet} fleet"
+                )
             saturation.update({k: float(v["rate"]) for k, v in doc.get("saturation", {}).items()})
     saturation.update(args.saturation)
     routers: tuple[str, ...] = args.routers or ()
     if args.smoke and not routers:
         routers = ("epp:default", "envoy-rr", "sglang", "vllm")
     if args.smoke and not args.saturation and not args.saturation_from and not args.merge:
-        saturation = {w: base.start_rates[w] for w in workloads}
+        # a fleet with slower hardware classes gets its share of the smoke rates
+        rates = sizing.start_rates if gpus else base.start_rates
+        saturation = {w: rates[w] for w in workloads}
     for r in (*routers, *args.search_with):
         parse_router(r)  # raises ValueError early for a bad name or a missing profile
     if args.factor <= 1:
@@ -191,6 +236,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         smoke=args.smoke,
         install_rivals=args.install_rivals,
         pd_prefill=args.pd,
+        gpus=gpus,
     )
 
 

@@ -149,6 +149,18 @@ def render_goals(checks: Sequence[GoalCheck]) -> str:
     return "\n".join(lines)
 
 
+def _fleet(result: QualityResult) -> str:
+    """The fleet's hardware: KV blocks, and with hardware classes which simulator has which."""
+    o = result.options
+    if not o.gpus:
+        return f"{o.sizing.kv_blocks} KV blocks x 16 tokens each"
+    classes = ", ".join(f"sim-{i} {g}" for i, g in enumerate(o.gpus))
+    return (
+        f"**{o.fleet} fleet** ({classes}; `epp sim --gpu`, labelled `nvidia.com/gpu.product` for the EPP), "
+        f"{o.sizing.kv_blocks} KV blocks x 16 tokens per H100-class simulator"
+    )
+
+
 def render_markdown(result: QualityResult) -> str:
     o = result.options
     m = result.machine
@@ -159,7 +171,7 @@ def render_markdown(result: QualityResult) -> str:
         f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), load average at start "
         f"{m.get('load_average')}, Python {m.get('python')}, Envoy {m.get('envoy')}; "
         f"tools: {', '.join(f'{v}' for v in result.tools.values()) or '-'}.",
-        f"Fleet: {sz.servers} simulators, {sz.kv_blocks} KV blocks x 16 tokens each, time scale "
+        f"Fleet: {sz.servers} simulators, {_fleet(result)}, time scale "
         f"{sz.time_scale:g}; EPP scrape interval {o.scrape_interval * 1000:.0f} ms. "
         f"{sz.duration_s:g} s of Poisson arrivals per run; seed {o.seed}. "
         f"Total {result.total_s / 60:.1f} min.",
@@ -186,7 +198,8 @@ def render_markdown(result: QualityResult) -> str:
         sat = result.saturation.get(workload)
         if sat is None:
             continue
-        lines += [f"## {workload}", "", f"Saturation rate: {sat.rate:g} req/s ({sat.describe()}).", ""]
+        on = f" on the {sat.fleet} fleet" if sat.fleet and sat.fleet != "default" else ""
+        lines += [f"## {workload}", "", f"Saturation rate: {sat.rate:g} req/s{on} ({sat.describe()}).", ""]
         lines += [render_workload_table(result, workload), ""]
     checks = check_goals(result)
     if checks:

@@ -55,6 +55,7 @@ class SaturationSearch:
     per_router: dict[str, float] = field(default_factory=dict)
     points: list[ProbePoint] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
+    fleet: str = ""  # the fleet it was measured on (`epp bench quality --fleet/--gpus`; "" = not said)
 
     @classmethod
     def given(cls, workload: str, rate: float) -> SaturationSearch:
@@ -77,6 +78,7 @@ class SaturationSearch:
             factor=float(doc.get("factor", 0.0)),
             per_router={k: float(v) for k, v in doc.get("per_router", {}).items()},
             points=points,
+            fleet=str(doc.get("fleet", "")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class SaturationSearch:
             "best": self.best,
             "factor": self.factor,
             "per_router": self.per_router,
+            "fleet": self.fleet,
             "points": [
                 {
                     "router": p.router,
