@@ -26,6 +26,8 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from epp.tools.procs import descendants, stat_fields
+
 __all__ = [
     "Children",
     "cpu_seconds",
@@ -119,27 +121,11 @@ def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process and all its descendants, including what the children
     they already reaped used (0.0 when the process cannot be read). Meant for differences over a window."""
 
-    def stat(p: int | str) -> list[str] | None:
-        try:
-            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-
-    root = stat(pid)
-    if root is None:
-        return 0.0
-    children: dict[int, list[list[str]]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != pid:
-            fields = stat(entry)
-            if fields is not None:
-                children.setdefault(int(fields[1]), []).append([entry, *fields])
     ticks = 0
-    todo: list[tuple[int, list[str]]] = [(pid, root)]
-    while todo:
-        p, fields = todo.pop()
-        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        todo.extend((int(c[0]), c[1:]) for c in children.get(p, ()))
+    for p in descendants(pid):
+        fields = stat_fields(p)
+        if fields is not None:
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

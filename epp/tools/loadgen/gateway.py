@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.app import App
 from epp.settings import parse_settings
+from epp.tools.procs import descendants
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.proxy.envoy_config import BodyMode
 
@@ -220,12 +223,14 @@ class EppProcess(_Epp):
         return self
 
     async def crash(self) -> None:
-        """SIGKILL (a crash: no drain, its workers follow it by PDEATHSIG), waiting until it is gone."""
+        """SIGKILL the daemon and its worker processes at once, as a container's crash does (killed alone,
+        the pod process's workers would get SIGTERM and drain), waiting until the daemon is gone."""
         proc = self.process
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        for pid in descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         await proc.wait()
 
     async def restart(self, timeout: float = 30.0) -> None:

@@ -58,13 +58,13 @@ async def run_failover(
             async with Traffic(envoy.url, rate=20, seed=51) as traffic:
                 await asyncio.sleep(3)
                 for how, leader, standby in (("graceful (SIGTERM)", a, b), ("crash (SIGKILL)", b, a)):
-                    if how.startswith("crash"):
-                        await leader.crash()
-                    else:
-                        await leader.stop()
                     gone = now()
+                    stopping = asyncio.create_task(
+                        leader.crash() if how.startswith("crash") else leader.stop()
+                    )
                     took = await until(standby.is_ready, timeout=LEASE_S * 2, interval=0.05)
-                    ready = now()
+                    ready = now() if took is None else gone + took
+                    await stopping
                     await asyncio.sleep(2)
                     rows += _rows(how, traffic, gone, ready, took)
                     if how.startswith("graceful"):

@@ -8,7 +8,8 @@ its port, the time until it serves again.
 **EPP killed**: Envoy in front of the EPP process, once with `failure_mode_allow: false` (FailClose: the
 client gets an error while the EPP is away) and once with true (FailOpen: Envoy forwards to the pool's
 endpoints round robin). The client's statuses are counted per phase, and after the restart the time
-from the new process being ready to the first request it routes (its request counter moving).
+from the new process being ready to the first request it routes (its request counter moving). The EPP
+is killed with its worker processes, as a container crash does.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ async def run_server_kill(
         restarted_at = now()
         await fleet.restart(0)
         back = now()
-        served_again = await until(
-            lambda: any(
-                t.result.backend == victim_name and t.result.ok and t.start >= back for t in traffic.results
-            ),
+        # a result lands when its stream ends: wait for one, then take the first to start
+        await until(
+            lambda: any(t.result.backend == victim_name and t.start >= back for t in traffic.results),
             timeout=10,
         )
         await asyncio.sleep(1)
@@ -53,6 +53,8 @@ async def run_server_kill(
     after_kill = [t for t in others_failed if killed <= t.start < restarted_at]
     stray = [t for t in others_failed if not killed <= t.start < restarted_at]
     noticed_ms = max(((t.start - killed) * 1000 for t in after_kill), default=0.0)
+    starts = [t.start - back for t in results if t.result.backend == victim_name and t.start >= back]
+    served_again = min(starts) if starts else None
     kinds = Counter((t.result.error or "")[:40] for t in others_failed)
     for kind, n in kinds.items():
         say(f"  server-kill: {n} x {kind}")
@@ -78,10 +80,10 @@ async def run_server_kill(
         ),
         Row(
             "server-kill",
-            "back on its port → serving again",
+            "back on its port → first request sent to it",
             "never"
             if served_again is None
-            else f"{(served_again or 0) * 1000:.0f} ms (restart took {(back - restarted_at) * 1000:.0f} ms)",
+            else f"{served_again * 1000:.0f} ms (the restart took {(back - restarted_at) * 1000:.0f} ms)",
             "≤ 2 s",
             served_again is not None and served_again <= 2.0,
         ),

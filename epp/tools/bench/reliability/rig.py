@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +23,8 @@ from epp.tools.loadgen.client import LoadClient, RequestResult
 from epp.tools.loadgen.stats import percentile
 from epp.tools.loadgen.text import synthetic_text
 from epp.tools.loadgen.workloads import Session, Turn
+from epp.tools.procs import descendants as tree_pids
+from epp.tools.procs import open_fds, rss_bytes
 from epp.tools.sim.config import SimConfig
 
 __all__ = [
@@ -145,44 +145,6 @@ def ttft_ms(timed: Iterable[Timed], q: float) -> float | None:
     values = [t.result.ttft_s for t in timed if t.result.ok and t.result.ttft_s is not None]
     p = percentile(values, q)
     return None if p is None else p * 1000
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and its descendants (the EPP and its worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, ()))
-    return out
-
-
-def rss_bytes(pids: Sequence[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-def open_fds(pids: Sequence[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += len(os.listdir(f"/proc/{pid}/fd"))
-    return total
 
 
 async def metric_values(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
