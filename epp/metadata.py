@@ -30,6 +30,8 @@ __all__ = [
     "PATH_HEADER",
     "PREFILL_ENDPOINT_HEADER",
     "REQUEST_ID_HEADER",
+    "SLO_TPOT_HEADER",
+    "SLO_TTFT_HEADER",
     "STATUS_HEADER",
     "SUBSET_HINT_NAMESPACE",
     "SYSTEM_OWNED_REQUEST_HEADERS",
@@ -44,6 +46,10 @@ MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 CONFORMANCE_TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
 #: Request header that asks for the decision trace in the response (honoured only when enabled).
 DECISION_HEADER = "x-epp-decision"
+#: Latency SLOs of a request in milliseconds (upstream's predicted-latency plugins): time to first token
+#: and average time per output token. Also the deadline of `slo-deadline-ordering-policy`.
+SLO_TTFT_HEADER = "x-slo-ttft-ms"
+SLO_TPOT_HEADER = "x-slo-tpot-ms"
 
 PATH_HEADER = ":path"
 METHOD_HEADER = ":method"

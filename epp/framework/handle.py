@@ -20,11 +20,48 @@ class PluginMetrics(Protocol):
 
     def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None: ...
 
+    def record_latency_prediction(self, model: str, target_model: str, seconds: float) -> None:
+        """The latency predictor took `seconds` to predict TTFT and TPOT for one request's candidates."""
+        ...
+
+    def record_latency_outcome(
+        self,
+        model: str,
+        target_model: str,
+        *,
+        ttft: float,
+        predicted_ttft: float,
+        ttft_slo: float = 0.0,
+        tpot: float = 0.0,
+        predicted_tpot: float = 0.0,
+        tpot_slo: float = 0.0,
+    ) -> None:
+        """A request the latency predictor predicted completed: observed and predicted seconds, and the
+        request's SLOs in seconds (0: none; `tpot` 0: not measured)."""
+        ...
+
 
 class NullPluginMetrics:
     """A metrics sink that records nothing."""
 
     def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None:
+        return None
+
+    def record_latency_prediction(self, model: str, target_model: str, seconds: float) -> None:
+        return None
+
+    def record_latency_outcome(
+        self,
+        model: str,
+        target_model: str,
+        *,
+        ttft: float,
+        predicted_ttft: float,
+        ttft_slo: float = 0.0,
+        tpot: float = 0.0,
+        predicted_tpot: float = 0.0,
+        tpot_slo: float = 0.0,
+    ) -> None:
         return None
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "FamilyGroup",
     "FlowControlFamilies",
     "HaFamilies",
+    "LatencyPredictorFamilies",
     "PoolFamilies",
     "RequestFamilies",
     "SchedulerFamilies",
@@ -62,6 +63,15 @@ SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.
 HIT_RATIO_BUCKETS = [round(0.1 * i, 1) for i in range(11)]
 HIT_BYTES_BUCKETS = [0.0, *_powers(16, 65536)]
 SYNC_LAG_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+# upstream's tpotBuckets and predictionLatencyBuckets (the latency-predictor family)
+TPOT_BUCKETS = [
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1,
+    1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60, 90, 120, 180, 270, 360,
+]  # fmt: skip
+PREDICTION_DURATION_BUCKETS = [
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+]  # fmt: skip
+PREDICTION_ERROR_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
 QUEUE_DURATION_BUCKETS = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 ]  # fmt: skip
@@ -168,6 +178,76 @@ class RequestFamilies(FamilyGroup):
                 "inference_extension_model_rewrite_decisions_total",
                 _alpha("Total number of inference model rewrite decisions."),
                 ["model_rewrite_name", "model_name", "target_model"],
+                registry=r,
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatencyPredictorFamilies(FamilyGroup):
+    """Upstream's latency-predictor family (`predicted-latency-producer`), and our prediction error."""
+
+    predicted_ttft: Histogram
+    ttft_prediction_duration: Histogram
+    tpot: Histogram
+    predicted_tpot: Histogram
+    tpot_prediction_duration: Histogram
+    slo_violations: Counter
+    request_metric: Gauge
+    prediction_error: Histogram
+
+    @classmethod
+    def declare(cls, r: CollectorRegistry) -> LatencyPredictorFamilies:
+        def per_model(name: str, help_text: str, buckets: list[float]) -> Histogram:
+            return Histogram(name, _alpha(help_text), _MODEL, buckets=buckets, registry=r)
+
+        return cls(
+            predicted_ttft=per_model(
+                "inference_objective_request_predicted_ttft_seconds",
+                "Inference model Predicted TTFT distribution in seconds for each model and target model.",
+                REQUEST_DURATION_BUCKETS,
+            ),
+            ttft_prediction_duration=per_model(
+                "inference_objective_request_ttft_prediction_duration_seconds",
+                "Duration taken to generate TTFT predictions in seconds for each model and target model.",
+                PREDICTION_DURATION_BUCKETS,
+            ),
+            tpot=per_model(
+                "inference_objective_request_tpot_seconds",
+                "Inference model TPOT distribution in seconds for each model and target model.",
+                TPOT_BUCKETS,
+            ),
+            predicted_tpot=per_model(
+                "inference_objective_request_predicted_tpot_seconds",
+                "Inference model Predicted TPOT distribution in seconds for each model and target model.",
+                TPOT_BUCKETS,
+            ),
+            tpot_prediction_duration=per_model(
+                "inference_objective_request_tpot_prediction_duration_seconds",
+                "Duration taken to generate TPOT predictions in seconds for each model and target model.",
+                PREDICTION_DURATION_BUCKETS,
+            ),
+            slo_violations=Counter(
+                "inference_objective_request_slo_violation_total",
+                _alpha("Counter of SLO violations for each model, target model, and violation type."),
+                [*_MODEL, "type"],
+                registry=r,
+            ),
+            request_metric=Gauge(
+                "inference_objective_inference_request_metric",
+                _alpha(
+                    "Consolidated gauge for various inference request metrics including TTFT, TPOT, SLOs, "
+                    "and prediction durations."
+                ),
+                [*_MODEL, "type"],
+                registry=r,
+            ),
+            prediction_error=Histogram(
+                "epp_latency_prediction_error_ratio",
+                "Drift of the latency predictor: |predicted - observed| / observed for each completed "
+                "request it predicted, by type (ttft, tpot).",
+                ["type"],
+                buckets=PREDICTION_ERROR_BUCKETS,
                 registry=r,
             ),
         )

@@ -19,6 +19,7 @@ import operator
 import os
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -29,6 +30,7 @@ from epp.observability.families import (
     FamilyGroup,
     FlowControlFamilies,
     HaFamilies,
+    LatencyPredictorFamilies,
     PoolFamilies,
     RequestFamilies,
     RuntimeFamilies,
@@ -49,6 +51,7 @@ COMMIT_ENV = "EPP_COMMIT"
 #: summed, or the largest value for those in `WORKER_MAX_GAUGES`).
 WORKER_METRICS = (
     "requests",
+    "latency",
     "scheduler",
     "response_body",
     "flow_control",
@@ -56,7 +59,11 @@ WORKER_METRICS = (
     "workers.sync_lag",
     "runtime.worker_tasks",
 )
-WORKER_MAX_GAUGES = ("scheduler.prefix_indexer_size", "flow_control.pool_saturation")
+WORKER_MAX_GAUGES = (
+    "scheduler.prefix_indexer_size",
+    "flow_control.pool_saturation",
+    "latency.request_metric",
+)
 
 
 def build_commit() -> str:
@@ -73,6 +80,7 @@ class EppMetrics:
         r = self.registry
         # Declaration order is the exposition order.
         self.requests = RequestFamilies.declare(r)
+        self.latency = LatencyPredictorFamilies.declare(r)
         self.pool = PoolFamilies.declare(r)
         self.scheduler = SchedulerFamilies.declare(r)
         self.info = declare_build_info(r)
@@ -84,12 +92,13 @@ class EppMetrics:
         self.ha = HaFamilies.declare(r)
         self.runtime = RuntimeFamilies.declare(r)
         self._declared: tuple[FamilyGroup | MetricWrapperBase, ...] = (
-            *(self.requests, self.pool, self.scheduler, self.info, self.response_body),
+            *(self.requests, self.latency, self.pool, self.scheduler, self.info, self.response_body),
             *(self.config, self.scrape, self.flow_control, self.workers, self.ha, self.runtime),
         )
         self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
         self._response_body_children: dict[str, Counter] = {}
         self._sync_children: dict[str, Counter] = {}
+        self._latency_children: dict[tuple[str, str, str], Any] = {}
 
     # ---- SchedulerObserver ----------------------------------------------------------------------
 
@@ -108,6 +117,68 @@ class EppMetrics:
     def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None:
         self.scheduler.prefix_hit_ratio.observe(hit_ratio)
         self.scheduler.prefix_hit_bytes.observe(hit_bytes)
+
+    def record_latency_prediction(self, model: str, target_model: str, seconds: float) -> None:
+        """Upstream records one bulk prediction's duration as both the TTFT and the TPOT duration."""
+        lat = self.latency
+        self._latency_child(lat.ttft_prediction_duration, model, target_model).observe(seconds)
+        self._latency_child(lat.tpot_prediction_duration, model, target_model).observe(seconds)
+        self._latency_gauge(model, target_model, "ttft_prediction_duration").set(seconds)
+        self._latency_gauge(model, target_model, "tpot_prediction_duration").set(seconds)
+
+    def record_latency_outcome(
+        self,
+        model: str,
+        target_model: str,
+        *,
+        ttft: float,
+        predicted_ttft: float,
+        ttft_slo: float = 0.0,
+        tpot: float = 0.0,
+        predicted_tpot: float = 0.0,
+        tpot_slo: float = 0.0,
+    ) -> None:
+        """As upstream at end of stream: the TTFT histogram is the request meter's (recorded for every
+        streamed response), the rest here; a violation is an observed value above the request's SLO."""
+        lat = self.latency
+        if ttft > 0.0:
+            self._latency_gauge(model, target_model, "ttft").set(ttft)
+            self._latency_child(lat.predicted_ttft, model, target_model).observe(predicted_ttft)
+            self._latency_gauge(model, target_model, "predicted_ttft").set(predicted_ttft)
+            if predicted_ttft > 0.0:
+                lat.prediction_error.labels("ttft").observe(abs(predicted_ttft - ttft) / ttft)
+            if ttft_slo > 0.0:
+                self._violation(model, target_model, "ttft", ttft > ttft_slo)
+        if tpot > 0.0:
+            self._latency_child(lat.tpot, model, target_model).observe(tpot)
+            self._latency_gauge(model, target_model, "tpot").set(tpot)
+            self._latency_child(lat.predicted_tpot, model, target_model).observe(predicted_tpot)
+            self._latency_gauge(model, target_model, "predicted_tpot").set(predicted_tpot)
+            if predicted_tpot > 0.0:
+                lat.prediction_error.labels("tpot").observe(abs(predicted_tpot - tpot) / tpot)
+            if tpot_slo > 0.0:
+                self._violation(model, target_model, "tpot", tpot > tpot_slo)
+
+    def _violation(self, model: str, target_model: str, kind: str, violated: bool) -> None:
+        self._latency_gauge(model, target_model, f"{kind}_slo_violation").set(1.0 if violated else 0.0)
+        if violated:
+            self.latency.slo_violations.labels(model, target_model, kind).inc()
+
+    def _latency_child(self, family: Histogram, model: str, target_model: str) -> Any:
+        key = (family._name, model, target_model)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = family.labels(model, target_model)
+        return child
+
+    def _latency_gauge(self, model: str, target_model: str, kind: str) -> Any:
+        key = (kind, model, target_model)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = self.latency.request_metric.labels(
+                model, target_model, kind
+            )
+        return child
 
     # ---- response path and workers --------------------------------------------------------------
 

@@ -20,6 +20,11 @@ from epp.plugins.filters.role import DECODE_FILTER, PREFILL_FILTER
 from epp.plugins.flowcontrol import PLUGIN_TYPES as FLOW_CONTROL_POLICIES
 from epp.plugins.kvevents.producer import PRECISE_PREFIX_CACHE_MATCH_INFO, PRECISE_PREFIX_CACHE_PRODUCER
 from epp.plugins.kvevents.scorer import PRECISE_PREFIX_CACHE_SCORER
+from epp.plugins.latency.admitter import LATENCY_SLO_ADMITTER
+from epp.plugins.latency.info import LATENCY_PREDICTION_INFO
+from epp.plugins.latency.producer import PREDICTED_LATENCY_PRODUCER
+from epp.plugins.latency.scorer import LATENCY_SCORER
+from epp.plugins.latency.tier_filter import SLO_HEADROOM_TIER_FILTER
 from epp.plugins.parsers.openai import OPENAI_PARSER
 from epp.plugins.parsers.passthrough import PASSTHROUGH_PARSER
 from epp.plugins.pickers.max_score import MAX_SCORE_PICKER
@@ -56,11 +61,15 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     PREFIX_CACHE_SCORER,
     PREFILL_COST_SCORER,
     PRECISE_PREFIX_CACHE_SCORER,
+    LATENCY_SCORER,
     # data producers
     APPROX_PREFIX_CACHE_PRODUCER,
     INFLIGHT_LOAD_PRODUCER,
     PREFILL_LOAD_PRODUCER,
     PRECISE_PREFIX_CACHE_PRODUCER,
+    PREDICTED_LATENCY_PRODUCER,
+    # admitters
+    LATENCY_SLO_ADMITTER,
     # pickers
     MAX_SCORE_PICKER,
     RANDOM_PICKER,
@@ -86,6 +95,7 @@ BUILTINS: tuple[PluginType[Any], ...] = (
     HOT_PREFIX_SPILL_FILTER,
     PREFILL_FILTER,
     DECODE_FILTER,
+    SLO_HEADROOM_TIER_FILTER,
     # request parsers
     OPENAI_PARSER,
     PASSTHROUGH_PARSER,
@@ -102,6 +112,7 @@ DEFAULT_PRODUCERS: dict[str, PluginType[Any]] = {
     INFLIGHT_LOAD: INFLIGHT_LOAD_PRODUCER,
     PREFILL_LOAD: PREFILL_LOAD_PRODUCER,
     PRECISE_PREFIX_CACHE_MATCH_INFO: PRECISE_PREFIX_CACHE_PRODUCER,
+    LATENCY_PREDICTION_INFO: PREDICTED_LATENCY_PRODUCER,
 }
 
 

@@ -31,6 +31,11 @@ INPUT_TOKENS = [
 ]  # fmt: skip
 OUTPUT_TOKENS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 NTPOT = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+TPOT = [
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0,
+    1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60, 90, 120, 180, 270, 360,
+]  # fmt: skip
+PREDICTION = [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 QUEUE = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 FC_QUEUE_LABELS = ("fairness_id", "priority", "inference_pool", *M)
 
@@ -102,6 +107,50 @@ UPSTREAM: dict[str, tuple[str, tuple[str, ...], list[float] | None, str]] = {
         NTPOT,
         "Inference objective latency divided by number of output tokens in seconds for each model and target "
         "model.",
+    ),
+    # the latency-predictor family (predicted-latency-producer)
+    "inference_objective_request_predicted_ttft_seconds": (
+        "histogram",
+        M,
+        LATENCY,
+        "Inference model Predicted TTFT distribution in seconds for each model and target model.",
+    ),
+    "inference_objective_request_ttft_prediction_duration_seconds": (
+        "histogram",
+        M,
+        PREDICTION,
+        "Duration taken to generate TTFT predictions in seconds for each model and target model.",
+    ),
+    "inference_objective_request_tpot_seconds": (
+        "histogram",
+        M,
+        TPOT,
+        "Inference model TPOT distribution in seconds for each model and target model.",
+    ),
+    "inference_objective_request_predicted_tpot_seconds": (
+        "histogram",
+        M,
+        TPOT,
+        "Inference model Predicted TPOT distribution in seconds for each model and target model.",
+    ),
+    "inference_objective_request_tpot_prediction_duration_seconds": (
+        "histogram",
+        M,
+        PREDICTION,
+        "Duration taken to generate TPOT predictions in seconds for each model and target model.",
+    ),
+    "inference_objective_request_slo_violation_total": (
+        "counter",
+        (*M, "type"),
+        None,
+        "Counter of SLO violations for each model, target model, and violation type.",
+    ),
+    "inference_objective_inference_request_metric": (
+        "gauge",
+        (*M, "type"),
+        None,
+        "Consolidated gauge for various inference request metrics including TTFT, TPOT, SLOs, and prediction "
+        "durations.",
     ),
     "inference_pool_average_kv_cache_utilization": (
         "gauge",
@@ -233,6 +282,7 @@ OURS = {
     "epp_ha_messages_total": ("counter", ("direction",)),
     "epp_ha_sync_lag_seconds": ("histogram", ()),
     "epp_ha_snapshots_total": ("counter", ("event",)),
+    "epp_latency_prediction_error_ratio": ("histogram", ("type",)),
 }
 
 

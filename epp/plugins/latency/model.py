@@ -1,0 +1,210 @@
+"""The latency model: ridge regression per endpoint or per hardware class, as an immutable snapshot.
+
+Every prediction is linear in one feature row:
+
+    x = [1, uncached prompt tokens on the endpoint, input tokens, requested output tokens,
+         pending prefill tokens (EPP ledger), waiting requests, running requests, KV-cache use,
+         in-flight requests (EPP ledger)]
+
+with one weight vector for TTFT and one for TPOT (milliseconds). Why linear: an engine step costs a
+fixed part plus a part per prefilled token plus a part per running sequence, so TTFT is close to linear in
+the prefill ahead of the request and its own uncached tokens, and TPOT in the batch; and a linear model
+predicts for 64 endpoints in a few tens of microseconds of pure Python, where a tree ensemble's per-call
+overhead alone is larger than the whole budget (docs/plugins/predicted-latency-producer.md has the
+measured comparison).
+
+Training (`fit_group`, one group at a time) runs in the producer's background loop over bounded buffers of
+recent samples (`SampleBuffers`); a new `ModelSnapshot` replaces the old one with one reference assignment,
+so the request path never sees a half-trained model and never takes a lock to read it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "EMPTY_SNAPSHOT",
+    "FEATURES",
+    "N_FEATURES",
+    "GroupModel",
+    "ModelSnapshot",
+    "SampleBuffers",
+    "TargetWeights",
+    "concat",
+    "fit_group",
+    "fit_ridge",
+]
+
+#: Column names of a feature row (index 0 is the constant 1).
+FEATURES = (
+    "bias",
+    "uncached_tokens",
+    "input_tokens",
+    "output_tokens",
+    "pending_prefill_tokens",
+    "waiting_requests",
+    "running_requests",
+    "kv_cache_usage",
+    "inflight_requests",
+)
+N_FEATURES = len(FEATURES)
+
+#: Ridge penalty on standardised features, relative to the number of samples.
+RIDGE_ALPHA = 1e-3
+
+#: (weights per FEATURES column) for one target, in milliseconds.
+TargetWeights = tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupModel:
+    """The weights of one group; `tpot` is None until enough TPOT samples were seen."""
+
+    ttft: TargetWeights
+    tpot: TargetWeights | None
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    """The models in force: per group (a hardware-class label value, or an endpoint key), and `pooled`
+    over every group's samples, used for groups without enough samples of their own."""
+
+    generation: int = 0
+    groups: Mapping[str, GroupModel] = field(default_factory=dict)
+    pooled: GroupModel | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pooled is not None or bool(self.groups)
+
+    def model_for(self, group: str) -> GroupModel | None:
+        return self.groups.get(group) or self.pooled
+
+
+EMPTY_SNAPSHOT = ModelSnapshot()
+
+
+class _Ring:
+    """The last `capacity` samples of one group, as numpy rows (no conversion when fitting)."""
+
+    __slots__ = ("added", "fitted", "n", "next", "rows", "tpot", "ttft")
+
+    def __init__(self, capacity: int) -> None:
+        self.rows = np.zeros((capacity, N_FEATURES), dtype=np.float64)
+        self.ttft = np.zeros(capacity, dtype=np.float64)
+        self.tpot = np.zeros(capacity, dtype=np.float64)
+        self.n = 0
+        self.next = 0
+        self.added = 0
+        self.fitted = 0  # `added` when this group was last fitted
+
+    def add(self, row: tuple[float, ...], ttft_ms: float, tpot_ms: float) -> None:
+        i = self.next
+        self.rows[i] = row
+        self.ttft[i] = ttft_ms
+        self.tpot[i] = tpot_ms
+        capacity = self.ttft.shape[0]
+        self.next = (i + 1) % capacity
+        self.n = min(self.n + 1, capacity)
+        self.added += 1
+
+    def latest(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the most recent `count` samples (fewer when there are fewer)."""
+        n = min(count, self.n)
+        idx = (self.next - n + np.arange(n)) % self.ttft.shape[0]
+        return self.rows[idx], self.ttft[idx], self.tpot[idx]
+
+
+class SampleBuffers:
+    """The most recent samples of each group (bounded), added from the response hooks of any thread.
+
+    A sample is the feature row at dispatch, the observed TTFT and the observed TPOT (ms; TPOT 0: not
+    measured).
+    """
+
+    def __init__(self, max_per_group: int) -> None:
+        self.max_per_group = max_per_group
+        self._lock = threading.Lock()
+        self._groups: dict[str, _Ring] = {}
+        self.added = 0
+
+    def add(self, group: str, row: tuple[float, ...], ttft_ms: float, tpot_ms: float = 0.0) -> None:
+        with self._lock:
+            ring = self._groups.get(group)
+            if ring is None:
+                ring = self._groups[group] = _Ring(self.max_per_group)
+            ring.add(row, ttft_ms, tpot_ms)
+            self.added += 1
+
+    def groups(self) -> list[str]:
+        with self._lock:
+            return list(self._groups)
+
+    def stale(self) -> list[str]:
+        """Groups with samples added since they were last fitted."""
+        with self._lock:
+            return [g for g, r in self._groups.items() if r.added != r.fitted]
+
+    def take(self, group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Copies of the group's samples (rows, TTFT, TPOT), marking it fitted; None if it has none."""
+        with self._lock:
+            ring = self._groups.get(group)
+            if ring is None:
+                return None
+            ring.fitted = ring.added
+            return ring.latest(ring.n)
+
+    def latest(self, group: str, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Copies of the group's latest `count` samples (fewer if it has fewer); None if it has none."""
+        with self._lock:
+            ring = self._groups.get(group)
+            return None if ring is None else ring.latest(count)
+
+    def retain(self, groups: Iterable[str]) -> None:
+        keep = set(groups)
+        with self._lock:
+            for g in [g for g in self._groups if g not in keep]:
+                del self._groups[g]
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = RIDGE_ALPHA) -> TargetWeights:
+    """Ridge regression with an unpenalised intercept: features are standardised, the penalty is
+    `alpha` x samples; returns weights on the original scale, `x[:, 0]` being the constant column."""
+    n = x.shape[0]
+    z = x[:, 1:]
+    mu = z.mean(axis=0)
+    sd = z.std(axis=0)
+    sd[sd == 0.0] = 1.0
+    zs = (z - mu) / sd
+    y_mean = float(y.mean())
+    a = zs.T @ zs + alpha * n * np.eye(zs.shape[1])
+    w = np.linalg.solve(a, zs.T @ (y - y_mean)) / sd
+    bias = y_mean - float(mu @ w)
+    return (bias, *(float(v) for v in w))
+
+
+def fit_group(data: tuple[np.ndarray, np.ndarray, np.ndarray] | None, min_samples: int) -> GroupModel | None:
+    """A group's model from its samples (None below `min_samples`); TPOT only from samples that have it."""
+    if data is None:
+        return None
+    rows, ttft, tpot = data
+    if rows.shape[0] < min_samples:
+        return None
+    has_tpot = tpot > 0.0
+    tpot_weights = fit_ridge(rows[has_tpot], tpot[has_tpot]) if int(has_tpot.sum()) >= min_samples else None
+    return GroupModel(fit_ridge(rows, ttft), tpot_weights, int(rows.shape[0]))
+
+
+def concat(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )

@@ -1,0 +1,209 @@
+"""`predicted-latency-producer`: learns a linear relation online, predicts for every candidate, tracks
+what it has in flight, swaps its model atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+from epp.framework.cycle import CycleState
+from epp.framework.types import Endpoint, ProfileRunResult, ResponseInfo, SchedulingResult, TypedName
+from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY
+from epp.plugins.latency.info import LATENCY_PREDICTION_INFO_KEY
+from epp.plugins.latency.model import fit_ridge
+from epp.plugins.latency.producer import PredictedLatencyParams, PredictedLatencyProducer
+
+from .._kit import ep, req
+from ._drive import Clock, prefix_info, random_endpoint, serve, true_tpot_ms, true_ttft_ms
+
+
+def producer(clock: Clock, **params: object) -> PredictedLatencyProducer:
+    p = PredictedLatencyParams(**{"streamingMode": True, "minSamples": 16, **params})  # type: ignore[arg-type]
+    return PredictedLatencyProducer(TypedName("predicted-latency-producer", "p"), p, clock=clock)
+
+
+def train(prod: PredictedLatencyProducer, clock: Clock, rng: random.Random, n: int, keys: list[str]) -> None:
+    for _ in range(n):
+        fleet = [random_endpoint(rng, k) for k in keys]
+        serve(prod, clock, fleet, rng.choice(fleet), rng.randint(10, 2000))
+    assert prod.retrain()
+
+
+def test_fit_ridge_recovers_a_linear_relation() -> None:
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(500), rng.uniform(0, 100, (500, 3))])
+    y = x @ np.array([7.0, 0.5, -2.0, 3.0])
+    assert np.allclose(fit_ridge(x, y, alpha=0.0), [7.0, 0.5, -2.0, 3.0], atol=1e-6)
+
+
+def test_no_predictions_before_the_model_has_samples() -> None:
+    clock = Clock()
+    prod = producer(clock)
+    info = serve(prod, clock, [ep("a"), ep("b")], ep("a"), 100)
+    assert info is None and not prod.snapshot.ready
+    assert not prod.retrain() or not prod.snapshot.ready  # one sample is below minSamples
+
+
+def test_learns_ttft_and_tpot_of_a_synthetic_engine() -> None:
+    clock, rng = Clock(), random.Random(1)
+    prod = producer(clock)
+    train(prod, clock, rng, 400, ["a", "b", "c"])
+    errors_ttft, errors_tpot = [], []
+    for _ in range(50):
+        fleet = [random_endpoint(rng, k) for k in ("a", "b", "c")]
+        tokens = rng.randint(10, 2000)
+        cycle = CycleState()
+        prod.prepare_data(cycle, req("x" * (4 * tokens), stream=True), fleet)
+        info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+        assert info is not None
+        for e in fleet:
+            errors_ttft.append(abs(info.ttft_ms[e.key] - true_ttft_ms(e, tokens)) / true_ttft_ms(e, tokens))
+            errors_tpot.append(abs(info.tpot_ms[e.key] - true_tpot_ms(e)) / true_tpot_ms(e))
+    assert max(errors_ttft) < 0.05 and max(errors_tpot) < 0.05
+
+
+def test_the_uncached_part_of_the_prompt_is_what_costs() -> None:
+    """Two endpoints in the same state: the one holding the prefix is predicted faster."""
+    clock, rng = Clock(), random.Random(2)
+    prod = producer(clock, hardwareClassLabel="gpu")
+
+    def ttft(e: Endpoint, uncached: int) -> float:
+        return 10.0 + 0.05 * uncached
+
+    for _ in range(200):
+        fleet = [random_endpoint(rng, k, gpu="h100") for k in ("a", "b")]
+        tokens = rng.randint(10, 2000)
+        cached = {"a": rng.randint(0, tokens // 16), "b": rng.randint(0, tokens // 16)}
+        serve(prod, clock, fleet, rng.choice(fleet), tokens, ttft_ms=ttft, cached_blocks=cached)
+    prod.retrain()
+    fleet = [random_endpoint(rng, k, gpu="h100") for k in ("a", "b")]
+    cycle = CycleState()
+    cycle.write(PREFIX_CACHE_MATCH_INFO_KEY, prefix_info(2000, {"b": 100}))
+    prod.prepare_data(cycle, req("x" * 8000, stream=True), fleet)
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None
+    assert info.ttft_ms["a"] == pytest.approx(110.0, rel=0.05)  # 2000 uncached tokens
+    assert info.ttft_ms["b"] == pytest.approx(30.0, rel=0.1)  # 400 uncached tokens
+
+
+def test_per_hardware_class_models() -> None:
+    """Two classes with different speeds: one model each; a third, unseen class gets the pooled model."""
+    clock, rng = Clock(), random.Random(3)
+    prod = producer(clock, hardwareClassLabel="gpu")
+
+    def ttft(e: Endpoint, tokens: int) -> float:
+        return (1.0 if e.labels["gpu"] == "h100" else 3.0) * (10.0 + 0.05 * tokens)
+
+    for _ in range(300):
+        fleet = [random_endpoint(rng, "a", gpu="h100"), random_endpoint(rng, "b", gpu="l4")]
+        serve(prod, clock, fleet, rng.choice(fleet), rng.randint(10, 2000), ttft_ms=ttft)
+    prod.retrain()
+    assert set(prod.snapshot.groups) == {"h100", "l4"}
+    fleet = [random_endpoint(rng, "a", gpu="h100"), random_endpoint(rng, "b", gpu="l4")]
+    fleet.append(random_endpoint(rng, "c", gpu="a100"))
+    cycle = CycleState()
+    prod.prepare_data(cycle, req("x" * 4000, stream=True), fleet)
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None
+    assert info.ttft_ms["a"] == pytest.approx(60.0, rel=0.05)
+    assert info.ttft_ms["b"] == pytest.approx(180.0, rel=0.05)
+    assert "c" in info.ttft_ms  # the pooled model
+
+
+def test_in_flight_tracking_and_first_byte() -> None:
+    clock = Clock()
+    prod = producer(clock)
+    a = ep("a")
+    request = req("x" * 400, stream=True)
+    cycle = CycleState()
+    result = SchedulingResult("default", {"default": ProfileRunResult((a,))})
+    prod.pre_request(cycle, request, result)
+    assert prod.tracker.inflight == {"a": 1} and prod.tracker.pending_tokens == {"a": 100}
+    response = ResponseInfo(status=200)
+    prod.response_received(cycle, request, response, result)
+    response.first_byte_at = clock.now + 0.01
+    prod.tracker.sweep()
+    assert prod.tracker.inflight == {"a": 1} and prod.tracker.pending_tokens == {}
+    response.complete = True
+    prod.response_complete(cycle, request, response, result)
+    prod.response_complete(cycle, request, response, result)  # once only
+    assert prod.tracker.inflight == {} and prod.tracker.pending_tokens == {}
+
+
+def test_endpoints_that_leave_are_forgotten() -> None:
+    clock = Clock()
+    prod = producer(clock)
+    cycle = CycleState()
+    request = req("x" * 400, stream=True)
+    result = SchedulingResult("default", {"default": ProfileRunResult((ep("a"),))})
+    prod.pre_request(cycle, request, result)
+    prod.endpoints_changed(frozenset({"b"}))
+    assert prod.tracker.inflight == {}
+    prod.pre_request(CycleState(), request, result)  # "a" is back with a new request
+    prod.response_complete(cycle, request, ResponseInfo(status=200, complete=True), result)  # the old one
+    assert prod.tracker.inflight == {"a": 1}
+
+
+def test_slo_headers_give_headroom() -> None:
+    clock, rng = Clock(), random.Random(4)
+    prod = producer(clock)
+    train(prod, clock, rng, 200, ["a", "b"])
+    fast = ep("a", waiting_queue_size=0, running_requests_size=0, kv_cache_usage=0.0)
+    slow = ep("b", waiting_queue_size=10, running_requests_size=40, kv_cache_usage=0.9)
+    cycle = CycleState()
+    headers = {"x-slo-ttft-ms": "30", "x-slo-tpot-ms": "10"}
+    prod.prepare_data(cycle, req("x" * 400, stream=True, headers=headers), [fast, slow])
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None
+    assert info.ttft_headroom("a") == pytest.approx(30.0 - 15.0, abs=1.5)
+    assert info.valid("a") and not info.valid("b")
+    no_slo = CycleState()
+    prod.prepare_data(no_slo, req("x" * 400, stream=True), [fast, slow])
+    plain = no_slo.read(LATENCY_PREDICTION_INFO_KEY)
+    assert plain is not None and plain.ttft_headroom("a") < 0 and not plain.valid("a")
+
+
+def test_non_streaming_mode_learns_the_whole_response_time_and_neutralises_tpot() -> None:
+    clock, rng = Clock(), random.Random(5)
+    prod = producer(clock, streamingMode=False)
+    train(prod, clock, rng, 200, ["a"])
+    e = random_endpoint(rng, "a")
+    cycle = CycleState()
+    prod.prepare_data(cycle, req("x" * 400, headers={"x-slo-ttft-ms": "100000"}), [e])
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None
+    whole = true_ttft_ms(e, 100) + 10 * true_tpot_ms(e)
+    assert info.ttft_ms["a"] == pytest.approx(whole, rel=0.2)
+    assert info.all_tpot_neutral and info.tpot_headroom("a") == 0.0 and info.valid("a")
+
+
+def test_the_background_loop_retrains_and_swaps() -> None:
+    async def main() -> None:
+        clock, rng = Clock(), random.Random(6)
+        prod = producer(clock, retrainInterval="10ms")
+        task = asyncio.create_task(prod.run())
+        try:
+            for _ in range(40):
+                fleet = [random_endpoint(rng, "a")]
+                serve(prod, clock, fleet, fleet[0], rng.randint(10, 2000))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if prod.snapshot.ready:
+                    break
+            assert prod.snapshot.ready and prod.snapshot.generation >= 1
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_training_only_mode_publishes_nothing() -> None:
+    clock, rng = Clock(), random.Random(7)
+    prod = producer(clock, predictInPrepareData=False)
+    train(prod, clock, rng, 50, ["a"])
+    cycle = CycleState()
+    prod.prepare_data(cycle, req("x" * 400, stream=True), [ep("a")])
+    assert cycle.read(LATENCY_PREDICTION_INFO_KEY) is None
