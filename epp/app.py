@@ -28,6 +28,12 @@ from epp.config.reloader import ConfigReloader
 from epp.config.watcher import ConfigWatcher
 from epp.datalayer.data_source import MetricsSourceDefaults
 from epp.datalayer.datastore import Datastore
+from epp.datalayer.k8s_notifications import (
+    K8S_NOTIFICATION_SOURCE_TYPE,
+    STATIC_MODE_REASON,
+    LazyObjectWatcher,
+    ObjectWatcher,
+)
 from epp.datalayer.metric_spec import MetricOverrides
 from epp.datalayer.scraper import Scraper
 from epp.datalayer.sources import EndpointSource, configured_source_kind, start_endpoint_source
@@ -110,6 +116,8 @@ class App:
         self.settings = settings
         self.workers = workers
         self.registry = registry or default_registry()
+        if configured_source_kind(settings) == "static":  # refused at load, with FILE:LINE and why
+            self.registry = self.registry.without({K8S_NOTIFICATION_SOURCE_TYPE: STATIC_MODE_REASON})
         self.bind_host = bind_host or str(getattr(settings, "bind_address", "") or "")
         self.k8s_api_client = k8s_api_client
         self.metrics = EppMetrics(CollectorRegistry(), pool_name=settings.pool_name or "static")
@@ -122,7 +130,13 @@ class App:
         self.health_port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.plugins = PluginRuntime(self.holder, self.datastore)
+        self.plugins = PluginRuntime(
+            self.holder,
+            self.datastore,
+            object_watcher=None
+            if configured_source_kind(settings) == "static"
+            else LazyObjectWatcher(self._object_watcher),
+        )
         self._source: EndpointSource | None = None
         self._scraper: Scraper | None = None
         self._watcher: ConfigWatcher | None = None
@@ -425,6 +439,13 @@ class App:
         from epp.k8s.sources import build_kubernetes_source
 
         return build_kubernetes_source(kind, settings, datastore, api_client=self._k8s_client())
+
+    def _object_watcher(self) -> ObjectWatcher:
+        """The watches of `k8s-notification-source` plugins, on the daemon's Kubernetes client."""
+        from epp.k8s.client import load_api_client
+        from epp.k8s.notifications import KubeObjectWatcher
+
+        return KubeObjectWatcher(self._k8s_client() or load_api_client())
 
     def _k8s_client(self) -> Any:
         """The API client given, or one from `--kubeconfig` (made once), or None: the in-cluster default."""

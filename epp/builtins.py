@@ -5,6 +5,7 @@ config loader, the scheduling engine and flow control stay free of them.
 
 from __future__ import annotations
 
+from epp.datalayer.k8s_notifications import K8S_NOTIFICATION_SOURCE
 from epp.datalayer.notifications import ENDPOINT_NOTIFICATION_SOURCE
 from epp.datalayer.plugin_types import CORE_METRICS_EXTRACTOR, METRICS_DATA_SOURCE
 from epp.framework.flowcontrol import DefaultPolicies
@@ -26,6 +27,7 @@ def builtin_registry() -> PluginRegistry:
         METRICS_DATA_SOURCE,
         CORE_METRICS_EXTRACTOR,
         ENDPOINT_NOTIFICATION_SOURCE,
+        K8S_NOTIFICATION_SOURCE,
         REQUEST_ATTRIBUTE_REPORTER,
     ):
         if entry.type_name not in registry:

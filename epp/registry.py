@@ -87,6 +87,7 @@ class PluginRegistry:
     def __init__(self) -> None:
         self._types: dict[str, PluginType[Any]] = {}
         self._default_producers: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}
 
     def register(self, entry: PluginType[Any], *, default_producer_for: Iterable[str] = ()) -> None:
         """Add a type; a second type with the same name is an error, never a silent overwrite."""
@@ -117,6 +118,19 @@ class PluginRegistry:
     def default_producer(self, data_key: str) -> str | None:
         """The type registered as the default producer of `data_key`, if any."""
         return self._default_producers.get(data_key)
+
+    def unavailable_reason(self, type_name: str) -> str | None:
+        """Why a type this registry was built `without` cannot be used here (None: not withheld)."""
+        return self._unavailable.get(type_name)
+
+    def without(self, reasons: dict[str, str]) -> PluginRegistry:
+        """A copy without the given types; a config naming one is refused with its reason (e.g. a
+        Kubernetes-only type in a daemon that runs without Kubernetes)."""
+        out = PluginRegistry()
+        out._types = {k: t for k, t in self._types.items() if k not in reasons}
+        out._default_producers = {k: t for k, t in self._default_producers.items() if t not in reasons}
+        out._unavailable = {**self._unavailable, **reasons}
+        return out
 
     def merge(self, other: PluginRegistry) -> None:
         for entry in other:

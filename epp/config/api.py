@@ -76,11 +76,6 @@ UNAVAILABLE_TYPES: Mapping[str, str] = {
         "openai-parser (the default), or passthrough-parser to route gRPC bodies without reading them "
         "(no prefix-cache affinity)"
     ),
-    "k8s-notification-source": (
-        "this EPP has no plugin that consumes Kubernetes object notifications (upstream ships none "
-        "either: only extractors of other programs use it); for endpoint add/delete events use "
-        "endpoint-notification-source"
-    ),
 }
 
 #: Upstream `defaultPriorityBandMaxBytes`: a band's byte capacity when its config leaves it unset.

@@ -55,6 +55,7 @@ _REQUIRED: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.RESPONSE_COMPLETE: ("response_complete",),
     PluginKind.ADMITTER: ("admit",),
     PluginKind.SATURATION_DETECTOR: ("saturation",),
+    PluginKind.NOTIFICATION_EXTRACTOR: ("extract_notification",),
 }
 
 

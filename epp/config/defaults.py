@@ -322,21 +322,32 @@ def ensure_data_layer(
         )
     if not spec.sources:
         ctx.warn((key, "sources"), "no data sources: no model-server metrics will be collected")
+    watched: dict[str, str] = {}  # notification sources: their parameters -> the first source's name
     for i, source_spec in enumerate(spec.sources):
         path: YamlPath = (key, "sources", i, "pluginRef")
         _default_ref(
             ctx, source_spec.plugin_ref, PluginKind.DATA_SOURCE, "data source", path, "a data source"
         )
         kinds = ctx.kinds(source_spec.plugin_ref) or frozenset()
-        events = PluginKind.ENDPOINT_EVENT_SOURCE in kinds  # endpoint-notification-source
+        decl = ctx.plugins.get(source_spec.plugin_ref)
+        if PluginKind.NOTIFICATION_SOURCE in kinds and decl is not None:
+            first = watched.setdefault(decl.spec, decl.name)
+            if first != decl.name:  # upstream: one notification source per watched kind
+                ctx.error(path, f"{ctx.describe(decl.name)} watches the same objects as source '{first}'")
+        if PluginKind.ENDPOINT_EVENT_SOURCE in kinds:  # endpoint-notification-source
+            ext_kind, what = PluginKind.ENDPOINT_EXTRACTOR, "endpoint extractor"
+        elif PluginKind.NOTIFICATION_SOURCE in kinds:  # k8s-notification-source
+            ext_kind, what = PluginKind.NOTIFICATION_EXTRACTOR, "notification extractor"
+        else:
+            ext_kind, what = PluginKind.METRICS_EXTRACTOR, "metrics extractor"
         for j, ext in enumerate(source_spec.extractors):
             _default_ref(
                 ctx,
                 ext.plugin_ref,
-                PluginKind.ENDPOINT_EXTRACTOR if events else PluginKind.METRICS_EXTRACTOR,
-                "endpoint extractor" if events else "metrics extractor",
+                ext_kind,
+                what,
                 (key, "sources", i, "extractors", j, "pluginRef"),
-                "an endpoint extractor" if events else "a metrics extractor",
+                f"a {what}" if what[0] not in "aeiou" else f"an {what}",
             )
     return spec
 

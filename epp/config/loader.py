@@ -271,10 +271,9 @@ def _declare_plugins(ctx: LoadContext, items: list[Any]) -> None:
                 f"plugin type '{type_name}' was renamed '{renamed}' upstream; using {renamed}",
             )
             type_name = renamed
-        if type_name not in ctx.registry and type_name in UNAVAILABLE_TYPES:
-            ctx.error(
-                (*path, "type"), f"plugin type '{type_name}' is not available: {UNAVAILABLE_TYPES[type_name]}"
-            )
+        unavailable = ctx.registry.unavailable_reason(type_name) or UNAVAILABLE_TYPES.get(type_name)
+        if type_name not in ctx.registry and unavailable:
+            ctx.error((*path, "type"), f"plugin type '{type_name}' is not available: {unavailable}")
             ctx.broken[name] = None
             continue
         if type_name not in ctx.registry:

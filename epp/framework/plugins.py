@@ -42,6 +42,9 @@ __all__ = [
     "EndpointExtractor",
     "EndpointObserver",
     "Filter",
+    "NotificationEvent",
+    "NotificationEventType",
+    "NotificationExtractor",
     "Picker",
     "Plugin",
     "PluginKind",
@@ -79,6 +82,10 @@ class PluginKind(StrEnum):
     #: a data source of endpoint lifecycle events; its extractors are ENDPOINT_EXTRACTORs
     ENDPOINT_EVENT_SOURCE = "endpoint-event-source"
     ENDPOINT_EXTRACTOR = "endpoint-extractor"
+    #: a data source of Kubernetes object events (`k8s-notification-source`); its extractors are
+    #: NOTIFICATION_EXTRACTORs
+    NOTIFICATION_SOURCE = "notification-source"
+    NOTIFICATION_EXTRACTOR = "notification-extractor"
     FAIRNESS_POLICY = "fairness-policy"
     ORDERING_POLICY = "ordering-policy"
     USAGE_LIMIT_POLICY = "usage-limit-policy"
@@ -203,6 +210,47 @@ class EndpointExtractor(Protocol):
     request path (in the data layer's loop), and every current endpoint when its pipeline goes live."""
 
     def extract_endpoint(self, event: EndpointEvent) -> None: ...
+
+
+class NotificationEventType(StrEnum):
+    """What happened to a watched Kubernetes object (upstream `EventAddOrUpdate` / `EventDelete`)."""
+
+    ADD_OR_UPDATE = "add-or-update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEvent:
+    """A watched Kubernetes object was created or changed (`ADD_OR_UPDATE`, its new state), or deleted
+    (`DELETE`, its last known state; only `metadata.name` and `metadata.namespace` are sure to be there).
+
+    `object` is the object as the API server sends it (plain JSON: `apiVersion`, `kind`, `metadata`,
+    `spec`, `status`, ...), read-only: a copy of its own, never shared with another extractor.
+    """
+
+    type: NotificationEventType
+    object: Mapping[str, Any]
+
+    @property
+    def deleted(self) -> bool:
+        return self.type is NotificationEventType.DELETE
+
+    @property
+    def name(self) -> str:
+        return str((self.object.get("metadata") or {}).get("name") or "")
+
+    @property
+    def namespace(self) -> str:
+        return str((self.object.get("metadata") or {}).get("namespace") or "")
+
+
+@runtime_checkable
+class NotificationExtractor(Protocol):
+    """Wired under a `k8s-notification-source` in `dataLayer`: told each add/update and delete of the
+    objects that source watches, in order, off the request path (in the event loop, from the data layer's
+    watch); and every current object, as an add, when its pipeline goes live while the watch runs."""
+
+    def extract_notification(self, event: NotificationEvent) -> None: ...
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from epp import __version__
 from epp.builtins import default_flow_policies, default_registry
 from epp.config import build_pipeline, load_config
 from epp.datalayer.datastore import Datastore
+from epp.datalayer.k8s_notifications import LazyObjectWatcher, ObjectWatcher
+from epp.datalayer.sources import configured_source_kind
 from epp.errors import ConfigError
 from epp.extproc.server import ExtProcServer
 from epp.extproc.tls import TlsOptions
@@ -61,6 +63,26 @@ log = logging.getLogger("epp.worker")
 #: How long a new worker waits for the pod process's picture before giving up.
 SNAPSHOT_TIMEOUT = 60.0
 _PR_SET_PDEATHSIG = 1
+
+
+def _object_watcher(s: EppSettings) -> Callable[[], ObjectWatcher]:
+    """How a worker makes the watcher of its `k8s-notification-source` plugins (each worker runs its own
+    watches, as it runs its own KV-event subscriptions)."""
+
+    def make() -> ObjectWatcher:
+        from typing import cast
+
+        from kubernetes import config
+
+        from epp.k8s.client import load_api_client
+        from epp.k8s.notifications import KubeObjectWatcher
+
+        if s.kubeconfig:
+            loader = cast(Any, config)  # the kubernetes package has no type hints
+            return KubeObjectWatcher(loader.new_client_from_config(config_file=s.kubeconfig))
+        return KubeObjectWatcher(load_api_client())
+
+    return make
 
 
 def request_options(s: EppSettings) -> RequestOptions:
@@ -220,7 +242,14 @@ class Worker:
             self.bus.import_snapshot(share)
         self._shares.clear()
         self.server.director.on_state_change = self.bus.notify
-        self.plugins = PluginRuntime(holder, self.datastore, log_membership=False)
+        self.plugins = PluginRuntime(
+            holder,
+            self.datastore,
+            log_membership=False,
+            object_watcher=None
+            if configured_source_kind(s) == "static"
+            else LazyObjectWatcher(_object_watcher(s)),
+        )
         self.plugins.start()
         self.plugins.tell_membership()
         self.metrics.count_tasks_of(asyncio.get_running_loop(), worker=True)

@@ -1,6 +1,6 @@
 """`endpoint-notification-source`: its extractors are told each endpoint that joins or leaves, and every
-current endpoint when their pipeline goes live; extractors must be endpoint extractors; the upstream
-types this EPP refuses say what to use instead. Each new type has its docs page."""
+current endpoint when their pipeline goes live; extractors must be endpoint extractors. Each new type
+has its docs page."""
 
 from __future__ import annotations
 
@@ -95,12 +95,16 @@ def test_extractors_under_it_must_be_endpoint_extractors() -> None:
     assert "is not an endpoint extractor" in str(info.value)
 
 
-def test_k8s_notification_source_is_refused_with_what_to_use() -> None:
-    text = CONFIG.replace("- type: endpoint-notification-source\n", "- type: k8s-notification-source\n")
+def test_k8s_notification_source_extractors_are_not_endpoint_extractors() -> None:
+    """The sibling k8s-notification-source (tests/k8s/test_k8s_notifications.py) takes notification
+    extractors: an endpoint extractor under it is refused."""
+    text = CONFIG.replace(
+        "- type: endpoint-notification-source\n",
+        "- type: k8s-notification-source\n  parameters: {version: v1, kind: ConfigMap}\n",
+    ).replace("- pluginRef: endpoint-notification-source", "- pluginRef: k8s-notification-source")
     with pytest.raises(ConfigError) as info:
         load_config(text, registry=_registry(), environ={})
-    assert "plugin type 'k8s-notification-source' is not available" in str(info.value)
-    assert "use endpoint-notification-source" in str(info.value)
+    assert "is not a notification extractor" in str(info.value)
 
 
 @pytest.mark.parametrize("type_name", ["endpoint-notification-source", "request-attribute-reporter"])
