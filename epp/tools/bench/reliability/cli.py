@@ -88,7 +88,7 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             say(f"{r.scenario:>20} | {r.figure}: {r.value}{f' (limit {r.limit})' if r.limit else ''}{mark}")
         rows.extend(new)
 
-    def gateway(name: str, *flags: str) -> Gateway:
+    def gateway(name: str, *flags: str, fail_open: bool = False) -> Gateway:
         (workdir / name).mkdir(exist_ok=True)
         return Gateway(
             fleet.addresses,
@@ -97,6 +97,7 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             epp_mode="subprocess",
             extra_args=flags,
             route_timeout=30,
+            failure_mode_allow=fail_open,
         )
 
     async with SimFleet(sim_configs(args.servers), mode="subprocess", log_dir=workdir) as fleet:
@@ -150,7 +151,8 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 add(_no_crash("server-kill", gw.epp))
         if "epp-kill" in only:
             for fail_open in (False, True):
-                add(await faults.run_epp_kill(fleet, config, workdir, fail_open, say))
+                name = "epp-kill-fail-open" if fail_open else "epp-kill-fail-close"
+                add(await faults.run_epp_kill(gateway(name, fail_open=fail_open), say))
         if "failover" in only:
             (workdir / "failover").mkdir(exist_ok=True)
             add(await failover.run_failover(fleet.addresses, config, workdir / "failover", say))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from epp.tools.bench.reliability.rig import Row, Traffic, metric_value, metric_values, now, until
 from epp.tools.loadgen.fleet import SimFleet
@@ -98,18 +97,10 @@ async def _routed_by(epp: EppProcess) -> bool:
     return metric_value(samples, REQUESTS_METRIC) > 0
 
 
-async def run_epp_kill(
-    fleet: SimFleet, config: Path, workdir: Path, fail_open: bool, say: Callable[[str], None]
-) -> list[Row]:
+async def run_epp_kill(gateway: Gateway, say: Callable[[str], None]) -> list[Row]:
+    """`gateway` not started yet; its `failure_mode_allow` says which mode runs."""
+    fail_open = gateway.failure_mode_allow
     mode = "FailOpen" if fail_open else "FailClose"
-    gateway = Gateway(
-        fleet.addresses,
-        config_file=config,
-        workdir=workdir / mode,
-        epp_mode="subprocess",
-        failure_mode_allow=fail_open,
-        route_timeout=30,
-    )
     async with gateway:
         epp = gateway.epp
         assert isinstance(epp, EppProcess)

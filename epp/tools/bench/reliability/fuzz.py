@@ -133,13 +133,7 @@ def fuzz_requests(host: str, port: int, examples: int, seed: int = 0) -> Request
     out = RequestFuzz()
     conn = http.client.HTTPConnection(host, port, timeout=30)
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @_examples(examples)
     @given(_case())
     def one(case: tuple[str, bytes, dict[str, str], int, str]) -> None:
         nonlocal conn
@@ -166,6 +160,17 @@ def fuzz_requests(host: str, port: int, examples: int, seed: int = 0) -> Request
     one()
     conn.close()
     return out
+
+
+def _examples(count: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Hypothesis settings of a fuzz run: `count` examples, reproducible, no deadline, no example database."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # ---- configs ----------------------------------------------------------------------------------------
@@ -218,13 +223,7 @@ def fuzz_configs_in_process(examples: int, source: str) -> ConfigFuzz:
     types = sorted(registry.names())
     out = ConfigFuzz()
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @_examples(examples)
     @given(_config_text(types))
     def one(text: str) -> None:
         try:
