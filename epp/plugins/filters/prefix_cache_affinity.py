@@ -2,12 +2,14 @@
 
 Keeps endpoints whose prefix score (matched / total blocks, from `PrefixCacheMatchInfo`) is at least
 `affinityThreshold`; when none qualifies, or with probability `explorationProbability`, keeps all, so
-load still spreads and new endpoints get warm. `maxTTFTPenaltyMs` is accepted for config compatibility; it
-needs latency predictions, which this EPP does not produce, so it has no effect.
+load still spreads and new endpoints get warm. With latency predictions (`predicted-latency-producer`),
+stickiness breaks (all are kept) when the best kept endpoint's predicted TTFT is more than `maxTTFTPenaltyMs`
+worse than the best of the others, as upstream.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -19,6 +21,7 @@ from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.plugins.common import derive_rng
 from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO, PREFIX_CACHE_MATCH_INFO_KEY
+from epp.plugins.latency.info import LATENCY_PREDICTION_INFO_KEY, LatencyPredictionInfo
 from epp.registry import PluginType
 
 __all__ = ["PREFIX_CACHE_AFFINITY_FILTER", "PrefixCacheAffinityFilter", "PrefixCacheAffinityParams"]
@@ -38,7 +41,8 @@ class PrefixCacheAffinityParams(BaseModel):
     maxTTFTPenaltyMs: float = Field(
         default=5000.0,
         ge=0.0,
-        description="Accepted for compatibility; only applies with latency predictions (not produced here).",
+        description="Keep all when the best kept endpoint's predicted TTFT is this many ms worse than the "
+        "best other's (only with latency predictions; 0: never).",
     )
 
 
@@ -67,7 +71,32 @@ class PrefixCacheAffinityFilter:
         scores = info.scores
         threshold = p.affinityThreshold
         sticky = [e for e in endpoints if scores.get(e.key, 0.0) >= threshold]
-        return sticky if sticky else endpoints
+        if not sticky:
+            return endpoints
+        if p.maxTTFTPenaltyMs > 0.0 and len(sticky) < len(endpoints):
+            predictions = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+            if predictions is not None and _ttft_penalty(predictions, sticky, endpoints) > p.maxTTFTPenaltyMs:
+                return endpoints
+        return sticky
+
+
+def _ttft_penalty(
+    info: LatencyPredictionInfo, sticky: list[Endpoint], endpoints: Sequence[Endpoint]
+) -> float:
+    """Best predicted TTFT among the sticky endpoints minus the best among the others (0 if either has
+    no prediction)."""
+    index, ttft = info.index, info.ttft
+    kept = {e.key for e in sticky}
+    best_sticky = best_other = math.inf
+    for e in endpoints:
+        i = index.get(e.key)
+        if i is None:
+            continue
+        if e.key in kept:
+            best_sticky = min(best_sticky, ttft[i])
+        else:
+            best_other = min(best_other, ttft[i])
+    return 0.0 if math.isinf(best_sticky) or math.isinf(best_other) else best_sticky - best_other
 
 
 def _factory(name: str, params: PrefixCacheAffinityParams, handle: Handle) -> PrefixCacheAffinityFilter:

@@ -48,13 +48,16 @@ class LatencySloAdmitter:
         if info is None or not info.slo.present:
             return None
         has_prediction = False
+        index = info.index
+        valid = info.valid_flags
         for e in endpoints:
             m = e.metrics
             if m.kv_cache_usage < COLD_KV or m.running_requests_size == 0:
                 return None
-            if info.has(e.key):
+            i = index.get(e.key)
+            if i is not None:
                 has_prediction = True
-                if info.valid(e.key):
+                if valid[i]:
                     return None
         if not has_prediction:
             return None

@@ -10,8 +10,11 @@ prefill endpoints of a P/D pool.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from epp.framework.cycle import StateKey
 from epp.metadata import SLO_TPOT_HEADER, SLO_TTFT_HEADER
@@ -20,6 +23,7 @@ from epp.plugins.common import header_value
 __all__ = [
     "LATENCY_PREDICTION_INFO",
     "LATENCY_PREDICTION_INFO_KEY",
+    "NO_SLO",
     "LatencyPredictionInfo",
     "RequestSlo",
     "request_slo",
@@ -61,62 +65,140 @@ def request_slo(headers: Mapping[str, str]) -> RequestSlo:
     return NO_SLO if not (ttft or tpot) else RequestSlo(ttft, tpot)
 
 
-@dataclass(frozen=True, slots=True)
 class LatencyPredictionInfo:
-    """Predictions for the candidates of one request.
+    """Predictions for the candidates of one request, as parallel sequences indexed by `index[key]`.
 
-    `ttft_ms` / `tpot_ms`: predicted milliseconds per endpoint key (absent: no prediction for it).
-    `slo`: the request's SLO headers. `tpot_budget_ms`: the TPOT SLO times the producer's
-    `sloBufferFactor`; `tpot_budgets` lowers it on endpoints already running a request with a tighter
-    TPOT SLO. A dimension is *neutral* (valid, headroom 0) when it is not modelled or not asked for:
-    `ttft_neutral` (the request has only a TPOT SLO), `all_tpot_neutral` (TPOT not modelled, or the
-    request has only a TTFT SLO), `tpot_neutral` (per endpoint: prefill endpoints of a P/D pool).
-    `dispatched`: requests this EPP has in flight on each endpoint (absent: none).
+    `ttft` / `tpot`: predicted milliseconds. `ttft_headroom_ms` / `tpot_headroom_ms`: SLO - predicted
+    (the TPOT SLO times the producer's `sloBufferFactor`, lowered on an endpoint already running a request
+    with a tighter TPOT SLO); without any SLO header, -predicted. A dimension is *neutral* (headroom 0,
+    always valid) when it is not modelled (TPOT outside `streamingMode`, on P/D prefill endpoints) or
+    when the request states an SLO for the other dimension only. `valid_flags`: both predictions meet the
+    SLOs (upstream `IsValid`; never without an SLO header). `dispatched`: requests this EPP has in flight
+    on each endpoint (absent: none).
+
+    The producer hands over numpy arrays; each becomes a list the first time a consumer reads it (a
+    consumer that reads none costs nothing). Read-only by convention.
     """
 
-    ttft_ms: Mapping[str, float]
-    tpot_ms: Mapping[str, float]
-    slo: RequestSlo = NO_SLO
-    tpot_budget_ms: float = 0.0
-    tpot_budgets: Mapping[str, float] = field(default_factory=dict)
-    ttft_neutral: bool = False
-    all_tpot_neutral: bool = False
-    tpot_neutral: frozenset[str] = frozenset()
-    dispatched: Mapping[str, int] = field(default_factory=dict)
+    __slots__ = ("_data", "_lists", "dispatched", "index", "slo")
+
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        ttft: Sequence[float] | np.ndarray,
+        tpot: Sequence[float] | np.ndarray,
+        ttft_headroom_ms: Sequence[float] | np.ndarray,
+        tpot_headroom_ms: Sequence[float] | np.ndarray,
+        valid_flags: Sequence[bool] | np.ndarray,
+        slo: RequestSlo = NO_SLO,
+        dispatched: Mapping[str, int] | None = None,
+    ) -> None:
+        self.index = index
+        self.slo = slo
+        self.dispatched: Mapping[str, int] = dispatched if dispatched is not None else {}
+        self._data = (ttft, tpot, ttft_headroom_ms, tpot_headroom_ms, valid_flags)
+        self._lists: list[list[Any] | None] = [None, None, None, None, None]
+
+    def _list(self, i: int) -> list[Any]:
+        values = self._lists[i]
+        if values is None:
+            data = self._data[i]
+            values = self._lists[i] = data.tolist() if isinstance(data, np.ndarray) else list(data)
+        return values
+
+    @property
+    def ttft(self) -> list[float]:
+        return self._list(0)
+
+    @property
+    def tpot(self) -> list[float]:
+        return self._list(1)
+
+    @property
+    def ttft_headroom_ms(self) -> list[float]:
+        return self._list(2)
+
+    @property
+    def tpot_headroom_ms(self) -> list[float]:
+        return self._list(3)
+
+    @property
+    def valid_flags(self) -> list[bool]:
+        return self._list(4)
+
+    @classmethod
+    def build(
+        cls,
+        ttft: Mapping[str, float],
+        tpot: Mapping[str, float],
+        slo: RequestSlo = NO_SLO,
+        *,
+        tpot_modelled: bool = True,
+        buffer_factor: float = 1.0,
+        tpot_budgets: Mapping[str, float] | None = None,
+        tpot_neutral: Collection[str] = (),
+        dispatched: Mapping[str, int] | None = None,
+    ) -> LatencyPredictionInfo:
+        """From per-endpoint predictions (the reference for the producer's vectorised computation)."""
+        keys = list(ttft)
+        ttft_neutral = slo.present and slo.ttft_ms <= 0.0
+        all_tpot_neutral = not tpot_modelled or (slo.present and slo.tpot_ms <= 0.0)
+        budget = slo.tpot_ms * buffer_factor
+        budgets = tpot_budgets or {}
+        h_ttft, h_tpot, valid = [], [], []
+        for k in keys:
+            ht = 0.0 if ttft_neutral else slo.ttft_ms - ttft[k]
+            neutral = all_tpot_neutral or k in tpot_neutral
+            hd = 0.0 if neutral else budgets.get(k, budget) - tpot[k]
+            h_ttft.append(ht)
+            h_tpot.append(hd)
+            valid.append((ttft_neutral or ht > 0.0) and (neutral or hd > 0.0))
+        return cls(
+            {k: i for i, k in enumerate(keys)},
+            [ttft[k] for k in keys],
+            [tpot[k] for k in keys],
+            h_ttft,
+            h_tpot,
+            valid,
+            slo,
+            dict(dispatched or {}),
+        )
 
     def has(self, key: str) -> bool:
-        return key in self.ttft_ms
+        return key in self.index
+
+    @property
+    def ttft_ms(self) -> dict[str, float]:
+        """Predicted TTFT per endpoint key (a new dict)."""
+        return {k: self.ttft[i] for k, i in self.index.items()}
+
+    @property
+    def tpot_ms(self) -> dict[str, float]:
+        """Predicted TPOT per endpoint key (a new dict)."""
+        return {k: self.tpot[i] for k, i in self.index.items()}
 
     def ttft_headroom(self, key: str) -> float:
         """TTFT SLO - predicted TTFT (negative without an SLO); -inf without a prediction."""
-        predicted = self.ttft_ms.get(key)
-        if predicted is None:
-            return -math.inf
-        return 0.0 if self.ttft_neutral else self.slo.ttft_ms - predicted
+        i = self.index.get(key)
+        return -math.inf if i is None else self._list(2)[i]
 
     def tpot_headroom(self, key: str) -> float:
-        """Buffered TPOT SLO - predicted TPOT (negative without an SLO); -inf without a prediction."""
-        predicted = self.tpot_ms.get(key)
-        if predicted is None:
-            return -math.inf
-        if self.all_tpot_neutral or key in self.tpot_neutral:
-            return 0.0
-        return self.tpot_budgets.get(key, self.tpot_budget_ms) - predicted
-
-    def ttft_valid(self, key: str) -> bool:
-        """The predicted TTFT meets the SLO (False without an SLO, as upstream)."""
-        return self.ttft_headroom(key) > 0.0 or (self.ttft_neutral and key in self.ttft_ms)
-
-    def tpot_valid(self, key: str) -> bool:
-        if key not in self.tpot_ms:
-            return False
-        if self.all_tpot_neutral or key in self.tpot_neutral:
-            return True
-        return self.tpot_headroom(key) > 0.0
+        """Buffered TPOT SLO - predicted TPOT (0 where neutral); -inf without a prediction."""
+        i = self.index.get(key)
+        return -math.inf if i is None else self._list(3)[i]
 
     def valid(self, key: str) -> bool:
         """Both predictions meet the SLOs (upstream `IsValid`)."""
-        return self.ttft_valid(key) and self.tpot_valid(key)
+        i = self.index.get(key)
+        return i is not None and bool(self._list(4)[i])
+
+    def predicted(self, key: str) -> tuple[float, float] | None:
+        """(TTFT, TPOT) predicted for the endpoint, in ms (None: no prediction for it)."""
+        i = self.index.get(key)
+        if i is None:
+            return None
+        ttft, tpot = self._data[0], self._data[1]
+        return float(ttft[i]), float(tpot[i])
 
     def dispatched_requests(self, key: str) -> int:
         return self.dispatched.get(key, 0)

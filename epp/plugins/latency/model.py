@@ -80,7 +80,12 @@ class ModelSnapshot:
 
     @property
     def ready(self) -> bool:
-        return self.pooled is not None or bool(self.groups)
+        """There is a pooled model (every group's samples are in it, so every endpoint has a model)."""
+        return self.pooled is not None
+
+    @property
+    def has_tpot(self) -> bool:
+        return self.pooled is not None and self.pooled.tpot is not None
 
     def model_for(self, group: str) -> GroupModel | None:
         return self.groups.get(group) or self.pooled

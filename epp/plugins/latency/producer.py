@@ -21,29 +21,32 @@ Each process has its own model (with `--workers N`: trained on the requests that
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from epp.framework.cycle import CycleState, StateKey
 from epp.framework.handle import Handle, NullPluginMetrics, PluginMetrics
 from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
-from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO, PREFIX_CACHE_MATCH_INFO_KEY
+from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO, PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo
 from epp.plugins.latency.info import (
     LATENCY_PREDICTION_INFO,
     LATENCY_PREDICTION_INFO_KEY,
+    NO_SLO,
     LatencyPredictionInfo,
     RequestSlo,
     request_slo,
 )
 from epp.plugins.latency.model import (
     EMPTY_SNAPSHOT,
+    N_FEATURES,
     GroupModel,
     ModelSnapshot,
     SampleBuffers,
@@ -146,7 +149,51 @@ class _Dispatch:
     target_model: str
 
 
-_NO_MODEL = (None,)  # cache entry of an endpoint without a model
+_ZERO_WEIGHTS: TargetWeights = (0.0,) * N_FEATURES
+_ZERO_MODEL = GroupModel(_ZERO_WEIGHTS, None, 0)
+_ZEROS = np.zeros(4096)
+_ZEROS.flags.writeable = False
+_TRUE = np.ones(4096, dtype=bool)
+_TRUE.flags.writeable = False
+
+
+class _Columns:
+    """Per candidate (column i = `endpoints[i]`): the 8 coefficients of `_coefficients`, and the request
+    feature rows filled per request (`x`: 1, uncached tokens, input tokens, output tokens)."""
+
+    __slots__ = ("coef", "coef3", "endpoints", "index", "models", "prefill", "prefill_mask", "snapshot", "x")
+
+    def __init__(
+        self,
+        endpoints: tuple[Endpoint, ...],
+        snapshot: ModelSnapshot,
+        coef: np.ndarray,
+        models: list[GroupModel],
+        prefill: list[int],
+    ) -> None:
+        n = len(endpoints)
+        self.endpoints = endpoints
+        self.models = models
+        self.snapshot = snapshot
+        self.index = {e.key: i for i, e in enumerate(endpoints)}
+        self.coef = coef
+        self.coef3 = coef.reshape(2, 4, n)
+        self.x = np.ones((4, n))
+        self.prefill = prefill
+        self.prefill_mask = np.zeros(n, dtype=bool)
+        self.prefill_mask[prefill] = True
+
+    @classmethod
+    def build(
+        cls, endpoints: tuple[Endpoint, ...], snapshot: ModelSnapshot, producer: PredictedLatencyProducer
+    ) -> _Columns:
+        models = [snapshot.model_for(producer.group_of(e)) or _ZERO_MODEL for e in endpoints]
+        coef = np.array(
+            [producer._coefficients(e, m) for e, m in zip(endpoints, models, strict=True)], dtype=np.float64
+        ).T.copy()
+        role = producer.params.endpointRoleLabel
+        prefill = [i for i, e in enumerate(endpoints) if role and e.labels.get(role) == "prefill"]
+        return cls(endpoints, snapshot, coef, models, prefill)
 
 
 class PredictedLatencyProducer:
@@ -166,15 +213,17 @@ class PredictedLatencyProducer:
         self._metrics = metrics or NullPluginMetrics()
         self.snapshot: ModelSnapshot = EMPTY_SNAPSHOT
         self.buffers = SampleBuffers(p.maxSamples)
-        # endpoint key -> (metrics it was computed from, TTFT state term, TTFT uncached/input/output weights,
-        # TPOT state term, TPOT uncached/input/output weights, prefill role); swapped with the snapshot
-        self._cache: dict[str, tuple[Any, ...]] = {}
-        self.tracker = InFlightTracker(self._forget_features)
+        # the coefficients of the last candidates (`_columns`), and the endpoints whose in-flight numbers
+        # changed since (their columns are recomputed at the next prediction)
+        self._cols: _Columns | None = None
+        self._dirty: set[str] = set()
+        self.tracker = InFlightTracker(self._mark_dirty)
         self._last_sweep = 0.0
         self._fit_lock = threading.Lock()
         self._generation = 0
         self._tpot_slos: dict[str, Counter[float]] = {}  # endpoint -> TPOT SLOs (ms) running there
         self._tpot_min: dict[str, float] = {}
+        self._tpot_floor = math.inf  # min(self._tpot_min.values())
         self._dispatch_key: StateKey[_Dispatch] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
 
     # ---- properties the pipeline reads ---------------------------------------------------------------
@@ -194,35 +243,8 @@ class PredictedLatencyProducer:
         label = self.params.hardwareClassLabel
         return endpoint.labels.get(label, "") if label else endpoint.key
 
-    def _forget_features(self, key: str) -> None:
-        self._cache.pop(key, None)
-
-    def _features(self, endpoint: Endpoint, snapshot: ModelSnapshot) -> tuple[Any, ...]:
-        """The cached per-endpoint terms: the state part of each prediction and the request weights."""
-        model = snapshot.model_for(self.group_of(endpoint))
-        key = endpoint.key
-        if model is None:
-            entry: tuple[Any, ...] = (endpoint.metrics, *_NO_MODEL)
-        else:
-            state = self._state(endpoint)
-            ttft = model.ttft
-            tpot = model.tpot
-            role = self.params.endpointRoleLabel
-            prefill = bool(role) and endpoint.labels.get(role) == "prefill"
-            entry = (
-                endpoint.metrics,
-                ttft[0] + _dot_state(ttft, state),
-                ttft[1],
-                ttft[2],
-                ttft[3],
-                0.0 if tpot is None else tpot[0] + _dot_state(tpot, state),
-                0.0 if tpot is None else tpot[1],
-                0.0 if tpot is None else tpot[2],
-                0.0 if tpot is None else tpot[3],
-                prefill,
-            )
-        self._cache[key] = entry
-        return entry
+    def _mark_dirty(self, key: str) -> None:
+        self._dirty.add(key)
 
     def _state(self, endpoint: Endpoint) -> tuple[float, float, float, float, float]:
         """The endpoint-state features (pending prefill tokens, waiting, running, KV use, in flight)."""
@@ -235,6 +257,54 @@ class PredictedLatencyProducer:
             m.kv_cache_usage,
             float(self.tracker.inflight.get(key, 0)),
         )
+
+    def _coefficients(self, endpoint: Endpoint, model: GroupModel) -> tuple[float, ...]:
+        """One endpoint's column: (TTFT state term, TTFT uncached/input/output weights, the same for
+        TPOT); the state term is everything that does not depend on the request."""
+        state = self._state(endpoint)
+        ttft, tpot = model.ttft, model.tpot or _ZERO_WEIGHTS
+        return (
+            ttft[0] + _dot_state(ttft, state),
+            ttft[1],
+            ttft[2],
+            ttft[3],
+            tpot[0] + _dot_state(tpot, state),
+            tpot[1],
+            tpot[2],
+            tpot[3],
+        )
+
+    def _columns(self, endpoints: Sequence[Endpoint], snapshot: ModelSnapshot) -> _Columns:
+        """The cached coefficients of these endpoints, brought up to date: rebuilt after a model swap or
+        a membership change, per column for an endpoint with new metrics or in-flight numbers."""
+        cols = self._cols
+        current = tuple(endpoints)
+        dirty, self._dirty = self._dirty, set()
+        if cols is None or cols.snapshot is not snapshot or len(cols.endpoints) != len(current):
+            cols = self._cols = _Columns.build(current, snapshot, self)
+            return cols
+        if cols.endpoints != current:
+            old = cols.endpoints
+            for new_e, old_e in zip(current, old, strict=True):
+                if new_e is not old_e:
+                    if new_e.key != old_e.key:
+                        cols = self._cols = _Columns.build(current, snapshot, self)
+                        return cols
+                    dirty.add(new_e.key)
+            cols.endpoints = current
+        if dirty:  # only the state terms (rows 0 and 4) depend on the endpoint's numbers
+            index = cols.index
+            row_ttft, row_tpot = cols.coef[0], cols.coef[4]
+            models = cols.models
+            for key in dirty:
+                i = index.get(key)
+                if i is not None:
+                    model = models[i]
+                    state = self._state(current[i])
+                    row_ttft[i] = model.ttft[0] + _dot_state(model.ttft, state)
+                    tpot = model.tpot or _ZERO_WEIGHTS
+                    row_tpot[i] = tpot[0] + _dot_state(tpot, state)
+        return cols
 
     def prepare_data(
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
@@ -249,80 +319,59 @@ class PredictedLatencyProducer:
         if not snapshot.ready or not endpoints:
             return
         t0 = time.perf_counter()
-        info = self.predict(request, endpoints, cycle.read(PREFIX_CACHE_MATCH_INFO_KEY), snapshot)
-        if info is not None:
-            cycle.write(LATENCY_PREDICTION_INFO_KEY, info)
-            self._metrics.record_latency_prediction(
-                request.model, request.target_model, time.perf_counter() - t0
-            )
+        cycle.write(
+            LATENCY_PREDICTION_INFO_KEY,
+            self.predict(request, endpoints, cycle.read(PREFIX_CACHE_MATCH_INFO_KEY), snapshot),
+        )
+        self._metrics.record_latency_prediction(request.model, request.target_model, time.perf_counter() - t0)
 
     def predict(
         self,
         request: InferenceRequest,
         endpoints: Sequence[Endpoint],
-        prefix: Any,
+        prefix: PrefixCacheMatchInfo | None,
         snapshot: ModelSnapshot | None = None,
-    ) -> LatencyPredictionInfo | None:
-        """Predictions for every candidate with a model (None: none has one)."""
-        snapshot = snapshot or self.snapshot
-        matched = matched_tokens(prefix) if prefix is not None else {}
-        mget = matched.get
-        cache = self._cache
-        cget = cache.get
-        inp = request.estimated_input_tokens
-        out = requested_output_tokens(request)
-        keys: list[str] = []
-        ttfts: list[float] = []
-        tpots: list[float] = []
-        prefill: list[str] = []
-        for e in endpoints:
-            k = e.key
-            c = cget(k)
-            if c is None or c[0] is not e.metrics:
-                c = self._features(e, snapshot)
-            if c[1] is None:
-                continue
-            u = inp - mget(k, 0)
-            if u < 0:
-                u = 0
-            t = c[1] + c[2] * u + c[3] * inp + c[4] * out
-            d = c[5] + c[6] * u + c[7] * inp + c[8] * out
-            keys.append(k)
-            ttfts.append(t if t > 0.0 else 0.0)
-            tpots.append(d if d > 0.0 else 0.0)
-            if c[9]:
-                prefill.append(k)
-        if not keys:
-            return None
-        return self._info(request, keys, ttfts, tpots, prefill, snapshot)
-
-    def _info(
-        self,
-        request: InferenceRequest,
-        keys: list[str],
-        ttfts: list[float],
-        tpots: list[float],
-        prefill: list[str],
-        snapshot: ModelSnapshot,
     ) -> LatencyPredictionInfo:
-        slo = request_slo(request.headers) if request.headers else request_slo({})
+        """Predictions for every candidate (the snapshot must be ready)."""
+        snapshot = snapshot or self.snapshot
+        cols = self._columns(endpoints, snapshot)
+        index = cols.index
+        inp = float(request.estimated_input_tokens)
+        x = cols.x.copy()  # row 0 is the constant 1
+        x[1] = inp
+        if prefix is not None:
+            for key, tokens in matched_tokens(prefix).items():
+                i = index.get(key)
+                if i is not None:
+                    x[1, i] = inp - tokens if tokens < inp else 0.0
+        x[2] = inp
+        x[3] = requested_output_tokens(request)
+        pred = np.einsum("tkn,kn->tn", cols.coef3, x)
+        np.maximum(pred, 0.0, out=pred)
+        slo = request_slo(request.headers) if request.headers else NO_SLO
         p = self.params
-        tpot_modelled = p.streamingMode and _has_tpot(snapshot)
-        budget = slo.tpot_ms * p.sloBufferFactor
-        budgets: dict[str, float] = {}
-        if tpot_modelled and budget > 0.0 and self._tpot_min:
-            factor = p.sloBufferFactor
-            budgets = {k: m * factor for k, m in self._tpot_min.items() if m * factor < budget}
+        ttft, tpot = pred[0], pred[1]
+        tpot_modelled = p.streamingMode and snapshot.has_tpot
+        ttft_neutral = slo.present and slo.ttft_ms <= 0.0
+        all_tpot_neutral = not tpot_modelled or (slo.present and slo.tpot_ms <= 0.0)
+        h_ttft = _ZEROS[: len(index)] if ttft_neutral else slo.ttft_ms - ttft
+        if all_tpot_neutral:
+            h_tpot = _ZEROS[: len(index)]
+        else:
+            h_tpot = slo.tpot_ms * p.sloBufferFactor - tpot
+            if slo.tpot_ms > self._tpot_floor:  # some endpoint runs a request with a tighter TPOT SLO
+                for key, tightest in self._tpot_min.items():
+                    i = index.get(key)
+                    budget = tightest * p.sloBufferFactor
+                    if i is not None and budget < slo.tpot_ms * p.sloBufferFactor:
+                        h_tpot[i] = budget - tpot[i]
+            if cols.prefill:
+                h_tpot[cols.prefill] = 0.0
+        n = len(index)
+        valid_ttft = _TRUE[:n] if ttft_neutral else h_ttft > 0.0
+        valid_tpot = _TRUE[:n] if all_tpot_neutral else (h_tpot > 0.0) | cols.prefill_mask
         return LatencyPredictionInfo(
-            ttft_ms=dict(zip(keys, ttfts, strict=True)),
-            tpot_ms=dict(zip(keys, tpots, strict=True)),
-            slo=slo,
-            tpot_budget_ms=budget,
-            tpot_budgets=budgets,
-            ttft_neutral=slo.present and slo.ttft_ms <= 0.0,
-            all_tpot_neutral=not tpot_modelled or (slo.present and slo.tpot_ms <= 0.0),
-            tpot_neutral=frozenset(prefill),
-            dispatched=dict(self.tracker.inflight),
+            index, ttft, tpot, h_ttft, h_tpot, valid_ttft & valid_tpot, slo, dict(self.tracker.inflight)
         )
 
     # ---- training data (response hooks) --------------------------------------------------------------
@@ -344,6 +393,8 @@ class PredictedLatencyProducer:
         )
         predictions = cycle.read(LATENCY_PREDICTION_INFO_KEY)
         slo = predictions.slo if predictions is not None else request_slo(request.headers)
+        predicted = predictions.predicted(key) if predictions is not None else None
+        predicted_ttft, predicted_tpot = predicted if predicted is not None else (0.0, 0.0)
         entry = self.tracker.add(key, uncached)
         if slo.tpot_ms > 0.0:
             self._add_tpot_slo(key, slo.tpot_ms)
@@ -354,8 +405,8 @@ class PredictedLatencyProducer:
                 self.group_of(target),
                 row,
                 self._clock(),
-                predictions.ttft_ms.get(key, 0.0) if predictions is not None else 0.0,
-                predictions.tpot_ms.get(key, 0.0) if predictions is not None else 0.0,
+                predicted_ttft,
+                predicted_tpot,
                 slo,
                 request.model,
                 request.target_model,
@@ -414,6 +465,7 @@ class PredictedLatencyProducer:
             current = self._tpot_min.get(key)
             if current is None or slo_ms < current:
                 self._tpot_min[key] = slo_ms
+                self._tpot_floor = min(self._tpot_floor, slo_ms)
 
     def _remove_tpot_slo(self, key: str, slo_ms: float) -> None:
         with self._fit_lock:
@@ -428,15 +480,17 @@ class PredictedLatencyProducer:
             else:
                 del self._tpot_slos[key]
                 self._tpot_min.pop(key, None)
+            if slo_ms <= self._tpot_floor:
+                self._tpot_floor = min(self._tpot_min.values(), default=math.inf)
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
         self.tracker.retain(keys)
-        for key in [k for k in self._cache if k not in keys]:
-            self._cache.pop(key, None)
+        self._cols = None
         with self._fit_lock:
             for table in (self._tpot_slos, self._tpot_min):
                 for key in [k for k in table if k not in keys]:
                     del table[key]
+            self._tpot_floor = min(self._tpot_min.values(), default=math.inf)
         if not self.params.hardwareClassLabel:
             self.buffers.retain(keys)
 
@@ -477,7 +531,6 @@ class PredictedLatencyProducer:
         groups = {g: m for g, m in groups.items() if g in live}
         pooled = self._fit_pooled()
         self._generation += 1
-        self._cache = {}
         self.snapshot = ModelSnapshot(self._generation, groups, pooled)
 
     def _fit_pooled(self) -> GroupModel | None:
@@ -502,13 +555,6 @@ def _dot_state(weights: TargetWeights, state: tuple[float, float, float, float, 
         + weights[6] * state[2]
         + weights[7] * state[3]
         + weights[8] * state[4]
-    )
-
-
-def _has_tpot(snapshot: ModelSnapshot) -> bool:
-    pooled = snapshot.pooled
-    return (pooled is not None and pooled.tpot is not None) or any(
-        m.tpot is not None for m in snapshot.groups.values()
     )
 
 

@@ -72,21 +72,24 @@ class LatencyScorer:
         self, cycle: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
-        if info is None or not any(info.has(e.key) for e in endpoints):
+        index = info.index if info is not None else None
+        if info is None or not index or not any(e.key in index for e in endpoints):
             return self._composite(cycle, endpoints)
         scores = dict.fromkeys((e.key for e in endpoints), 0.0)
-        rows = [(e.key, info.ttft_headroom(e.key), info.tpot_headroom(e.key)) for e in endpoints]
+        h_ttft, h_tpot = info.ttft_headroom_ms, info.tpot_headroom_ms
+        rows = [(e.key, h_ttft[i], h_tpot[i]) for e in endpoints if (i := index.get(e.key)) is not None]
         positive = [r for r in rows if r[1] >= 0.0 and r[2] >= 0.0]
         if positive:
             self._score_bucket(positive, scores, force_least=False)
             return scores
-        idle = [r for r in rows if info.has(r[0]) and info.dispatched_requests(r[0]) == 0]
+        dispatched = info.dispatched
+        idle = [r for r in rows if not dispatched.get(r[0])]
         if idle:
             self._score_bucket(idle, scores, force_least=True)
             return scores
         tpot_only = [r for r in rows if r[1] >= 0.0 > r[2]]
         ttft_only = [r for r in rows if r[2] >= 0.0 > r[1]]
-        both = [r for r in rows if r[1] < 0.0 and r[2] < 0.0 and info.has(r[0])]
+        both = [r for r in rows if r[1] < 0.0 and r[2] < 0.0]
         for bucket in (tpot_only, ttft_only, both):
             if bucket:
                 self._score_bucket(bucket, scores, force_least=True)

@@ -60,9 +60,11 @@ class SloHeadroomTierFilter:
             return endpoints
         positive: list[Endpoint] = []
         negative: list[Endpoint] = []
+        index = info.index
+        h_ttft, h_tpot = info.ttft_headroom_ms, info.tpot_headroom_ms
         for e in endpoints:
-            key = e.key
-            if info.ttft_headroom(key) >= 0.0 and info.tpot_headroom(key) >= 0.0:
+            i = index.get(e.key)
+            if i is not None and h_ttft[i] >= 0.0 and h_tpot[i] >= 0.0:
                 positive.append(e)
             else:
                 negative.append(e)

@@ -7,7 +7,7 @@
 | `crosscheck` | one quality comparison with `inference-perf` as the client (`crosscheck.py`) |
 | `reliability` | soak, reloads under load, faults, fuzzing, slow clients: one table (`reliability/`) |
 | `install` | install the rival routers / inference-perf into `.cache/bench/venvs/` |
-| `schedule`, `scrape`, `extproc`, `overload` | the micro-benchmarks, as `python -m epp.tools.bench.NAME` |
+| `schedule`, `scrape`, `extproc`, `overload`, `predictor` | micro-benchmarks (`python -m epp.tools.bench.X`)|
 
 The rivals and inference-perf are installed only by `install`, or by `quality`, `overhead` and
 `crosscheck` when given `--install-rivals`; without, a missing one stops the command before it starts
@@ -36,6 +36,7 @@ _PASS_THROUGH = {
     "scrape": "epp.tools.bench.scrape",
     "extproc": "epp.tools.bench.extproc",
     "overload": "epp.tools.bench.overload",
+    "predictor": "epp.tools.bench.predictor",
 }
 _OWN = {
     "quality": ("epp.tools.bench.quality_cli", "main"),
@@ -46,7 +47,7 @@ _OWN = {
 }
 
 _USAGE = """usage: epp bench {quality,overhead,crosscheck,reliability,install,schedule,scrape,extproc,
-                 overload} [options]
+                 overload,predictor} [options]
 
   quality      scheduling quality vs plain Envoy, sglang-router and vllm-router (4 workloads)
   overhead     EPP decisions/s on one core; CPU per request and per streamed token, TTFT added (vs
@@ -56,7 +57,7 @@ _USAGE = """usage: epp bench {quality,overhead,crosscheck,reliability,install,sc
                clients: figures against their limits (docs/reliability.md)
   install      install the rival routers and inference-perf into .cache/bench/venvs/ (quality, overhead
                and crosscheck never install them unless given --install-rivals)
-  schedule | scrape | extproc | overload
+  schedule | scrape | extproc | overload | predictor
                the micro-benchmarks (python -m epp.tools.bench.NAME)
 
 Run 'epp bench SUBCOMMAND --help' for its options.

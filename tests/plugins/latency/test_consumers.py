@@ -22,17 +22,13 @@ def cycle_with(
     headers: dict[str, str] | None = None,
     dispatched: dict[str, int] | None = None,
 ) -> CycleState:
-    slo = request_slo(headers or {})
     cycle = CycleState()
     cycle.write(
         LATENCY_PREDICTION_INFO_KEY,
-        LatencyPredictionInfo(
-            ttft_ms=ttft,
-            tpot_ms=tpot if tpot is not None else dict.fromkeys(ttft, 10.0),
-            slo=slo,
-            tpot_budget_ms=slo.tpot_ms,
-            ttft_neutral=slo.present and not slo.ttft_ms,
-            all_tpot_neutral=slo.present and not slo.tpot_ms,
+        LatencyPredictionInfo.build(
+            ttft,
+            tpot if tpot is not None else dict.fromkeys(ttft, 10.0),
+            request_slo(headers or {}),
             dispatched=dispatched if dispatched is not None else dict.fromkeys(ttft, 1),
         ),
     )
@@ -157,3 +153,26 @@ def test_admitter_admits_when_one_endpoint_meets_the_slo_or_is_idle_or_cold() ->
 
 def test_admitter_fails_open_without_predictions() -> None:
     assert admitter().admit(CycleState(), req(headers=SLO, priority=-1), [ep("a", **BUSY)]) is None
+
+
+# ---- prefix-cache-affinity-filter's TTFT gate -------------------------------------------------------
+
+
+def test_affinity_filter_breaks_stickiness_when_the_cached_endpoint_is_predicted_too_slow() -> None:
+    from epp.plugins.datakeys import PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo
+    from epp.plugins.filters.prefix_cache_affinity import PrefixCacheAffinityFilter, PrefixCacheAffinityParams
+
+    f = PrefixCacheAffinityFilter(
+        TypedName("prefix-cache-affinity-filter", "f"),
+        PrefixCacheAffinityParams(explorationProbability=0.0, maxTTFTPenaltyMs=500.0),
+    )
+    fleet = [ep("hot"), ep("cold")]
+    cycle = cycle_with({"hot": 900.0, "cold": 100.0})
+    cycle.write(PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo({}, 16, scores={"hot": 1.0}))
+    assert [e.key for e in f.filter(cycle, req(), fleet)] == ["hot", "cold"]  # 800 ms worse: keep all
+    near = cycle_with({"hot": 300.0, "cold": 100.0})
+    near.write(PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo({}, 16, scores={"hot": 1.0}))
+    assert [e.key for e in f.filter(near, req(), fleet)] == ["hot"]
+    no_predictions = CycleState()
+    no_predictions.write(PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo({}, 16, scores={"hot": 1.0}))
+    assert [e.key for e in f.filter(no_predictions, req(), fleet)] == ["hot"]

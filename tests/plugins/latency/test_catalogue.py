@@ -1,0 +1,110 @@
+"""The predicted-latency types are registered with upstream's names, kinds and data keys, documented,
+listed in docs/index.md, and `profiles/slo-aware.yaml` builds with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from epp.builtins import default_registry
+from epp.config import build_pipeline, load_config_file
+from epp.framework.plugins import PluginKind
+
+from .._kit import handle, registry
+from ..test_plugin_docs import SECTIONS
+
+ROOT = Path(__file__).resolve().parents[3]
+DOCS = ROOT / "docs" / "plugins"
+
+NEW_TYPES = {
+    "predicted-latency-producer": {
+        PluginKind.DATA_PRODUCER,
+        PluginKind.PRE_REQUEST,
+        PluginKind.RESPONSE_RECEIVED,
+        PluginKind.RESPONSE_COMPLETE,
+    },
+    "latency-scorer": {PluginKind.SCORER},
+    "slo-headroom-tier-filter": {PluginKind.FILTER},
+    "latency-slo-admitter": {PluginKind.ADMITTER},
+}
+
+
+@pytest.mark.parametrize("type_name", sorted(NEW_TYPES))
+def test_registered_with_kinds_and_builds_with_defaults(type_name: str) -> None:
+    entry = registry().get(type_name)
+    assert entry.kinds == NEW_TYPES[type_name]
+    plugin = entry.build("n", None, handle())
+    assert plugin.typed_name.type == type_name and plugin.typed_name.name == "n"
+    schema = entry.params_model.model_json_schema()
+    assert schema.get("additionalProperties") is False
+    assert all(prop.get("description") for prop in schema.get("properties", {}).values())
+
+
+@pytest.mark.parametrize("type_name", sorted(NEW_TYPES))
+def test_documented_and_listed(type_name: str) -> None:
+    text = (DOCS / f"{type_name}.md").read_text()
+    assert text.startswith(f"# `{type_name}`")
+    positions = [text.find(s) for s in SECTIONS]
+    assert all(p > 0 for p in positions) and positions == sorted(positions), positions
+    for name in registry().get(type_name).params_model.model_json_schema().get("properties", {}):
+        assert f"`{name}`" in text, f"{type_name}: parameter {name} undocumented"
+    assert f"(plugins/{type_name}.md)" in (ROOT / "docs" / "index.md").read_text()
+
+
+def test_upstream_parameters_are_accepted() -> None:
+    reg = registry()
+    reg.get("predicted-latency-producer").build(
+        "p",
+        {
+            "samplingMean": 500,
+            "maxDecodeTokenSamplesForPrediction": 4,
+            "sloBufferFactor": 0.9,
+            "contextTTL": "5m",
+            "streamingMode": True,
+            "endpointRoleLabel": "llm-d.ai/role",
+            "predictInPrepareData": True,
+        },
+        handle(),
+    )
+    reg.get("latency-scorer").build(
+        "s",
+        {
+            "ttftWeight": 1,
+            "tpotWeight": 0,
+            "headroomSelectionStrategy": "most",
+            "compositeKVWeight": 1,
+            "compositeQueueWeight": 2,
+            "compositePrefixWeight": 0,
+        },
+        handle(),
+    )
+    reg.get("slo-headroom-tier-filter").build("f", {"epsilonExploreNeg": 0.05}, handle())
+    with pytest.raises(ValueError):
+        reg.get("slo-headroom-tier-filter").build("f", {"epsilonExploreNeg": 2}, handle())
+
+
+def test_the_producer_is_the_default_producer_of_its_data() -> None:
+    reg = registry()
+    assert reg.default_producer("LatencyPredictionInfo") == "predicted-latency-producer"
+    assert reg.get("predicted-latency-producer").stateful
+
+
+def test_slo_aware_profile_builds_the_upstream_pipeline() -> None:
+    reg = default_registry()
+    config = load_config_file(ROOT / "profiles" / "slo-aware.yaml", registry=reg, environ={})
+    assert config.warnings == ()
+    pipeline = build_pipeline(config, reg)
+    assert [p.typed_name.type for p in pipeline.producers] == [
+        "approx-prefix-cache-producer",
+        "predicted-latency-producer",
+    ]
+    assert [a.typed_name.type for a in pipeline.admitters] == ["latency-slo-admitter"]
+    profile = pipeline.scheduler.profiles["default"]
+    assert [f.typed_name.name for f in profile.filters] == [
+        "strict-affinity-filter",
+        "slo-headroom-tier-filter",
+        "loose-affinity-filter",
+    ]
+    assert [w.scorer.typed_name.type for w in profile.scorers] == ["latency-scorer"]
+    assert profile.picker.typed_name.type == "weighted-random-picker"
