@@ -35,8 +35,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from epp.tools.bench.harness import Children, cpu_seconds, load_average, tidy_workdir
 from epp.tools.bench.oracle import RecordingClient, oracle_hit_ratio, workload_bodies
+from epp.tools.bench.quality_slo import (
+    SloOptions,
+    SloTarget,
+    attainment,
+    error_buckets,
+    expected_requests,
+    prediction_error,
+    session_classes,
+    slo_from_light,
+    tag_workload,
+)
 from epp.tools.bench.routers import RouterSpec, RunningRouter, parse_router, start_router
 from epp.tools.bench.saturation import Probe, SaturationSearch, search_saturation
 from epp.tools.loadgen.client import LoadClient
@@ -217,6 +230,8 @@ class QualityOptions:
     pd_prefill: int = 0
     #: each simulator's hardware class (`epp sim --gpu`), one per server; () = the default fleet
     gpus: tuple[str, ...] = ()
+    #: latency SLOs (issue 20): TTFT SLO attainment, a critical/sheddable mix, the predictor's error
+    slo: SloOptions = field(default_factory=SloOptions)
 
     @property
     def fleet(self) -> str:
@@ -230,7 +245,16 @@ class QualityOptions:
     def specs_to_start(self) -> list[RouterSpec]:
         """Every router the run may start: the sweep's, and the search's when a saturation rate is missing."""
         search = any(w not in self.saturation for w in self.workloads)
-        return [*self.router_specs, *(parse_router(r) for r in self.search_with if search)]
+        light = self.slo_light_router
+        extra = [parse_router(light)] if light is not None else []
+        return [*self.router_specs, *(parse_router(r) for r in self.search_with if search), *extra]
+
+    @property
+    def slo_light_router(self) -> str | None:
+        """The router of the light-load runs that set the auto TTFT SLOs (None: no such run)."""
+        if not any(w not in self.slo.given for w in self.workloads):
+            return None
+        return self.slo.light_router(self.search_with)
 
     @property
     def scrape_interval(self) -> float:
@@ -274,10 +298,22 @@ class RunRecord:
     router_cpu_s: float = 0.0
     fleet_cpu_s: float = 0.0
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load before and after
+    #: the workload's TTFT SLO (`--ttft-slo`; None: off) and the share of all requests that met it
+    ttft_slo_ms: float | None = None
+    slo_attainment: float | None = None
+    #: per class (`all`, `critical`, `sheddable`): requests, met, rejected (429), late, failed, attainment
+    slo_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the EPP's latency-prediction error (`quality_slo.prediction_error`; {} without a predictor)
+    prediction_error: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         return self.errors + self.unfinished
+
+    @property
+    def shed(self) -> int:
+        """Sheddable requests refused with 429 (what `--sheddable` asks the router to do)."""
+        return int(self.slo_classes.get("sheddable", {}).get("rejected", 0))
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RunRecord:
@@ -295,6 +331,7 @@ class QualityResult:
     total_s: float = 0.0
     tools: dict[str, str] = field(default_factory=dict)
     merged: dict[str, Any] = field(default_factory=dict)
+    slo: dict[str, SloTarget] = field(default_factory=dict)  # each workload's TTFT SLO (`--ttft-slo`)
 
     def merge(self, previous: Mapping[str, Any], source: str = "") -> None:
         """Keep the sweep runs of `previous` (a quality.json) for the routers this run did not measure.
@@ -314,6 +351,8 @@ class QualityResult:
             current = self.saturation.get(workload)
             if current is None or current.best == "given":
                 self.saturation[workload] = SaturationSearch.from_json(workload, doc)
+        for workload, doc in previous.get("slo", {}).items():
+            self.slo.setdefault(workload, SloTarget.from_json(doc))
         self.merged = {
             "file": source,
             "machine": previous.get("machine", {}),
@@ -340,8 +379,10 @@ class QualityResult:
                 "pd_prefill": o.pd_prefill,
                 "fleet": o.fleet,
                 "gpus": list(o.gpus),
+                "slo": o.slo.to_json(),
             },
             "saturation": {k: v.to_json() for k, v in self.saturation.items()},
+            "slo": {k: v.to_json() for k, v in self.slo.items()},
             "runs": [asdict(r) for r in self.runs],
             "total_s": round(self.total_s, 1),
             "merged": self.merged,
@@ -478,7 +519,7 @@ class Bench:
             args += ["--static-endpoint-labels", ",".join(labels)]
         if self.options.smoke:  # one decision process: it starts in half the time (`@N` still wins)
             args += ["--workers", "1"]
-        return args
+        return args + self.options.slo.objectives_flag()
 
     async def _warm_up(self, client: LoadClient, api: Api) -> None:
         """Unique short prompts through the fresh router until every one succeeds (or give up)."""
@@ -543,10 +584,14 @@ class Bench:
         multiplier: float | None,
         purpose: str,
         duration_s: float,
+        ttft_slo_ms: float | None = None,
     ) -> RunRecord:
+        """One run; with `ttft_slo_ms` its requests carry the SLO headers and it counts who met the SLO."""
         o = self.options
         shape = o.sizing.shapes[workload_name]
         workload, session_rate = make_workload(workload_name, rate, duration_s, shape, o.seed)
+        if ttft_slo_ms is not None:
+            workload = tag_workload(workload, o.slo, o.seed, ttft_slo_ms)
         # Generous: a run that stalls ends with its unfinished requests counted rather than hanging.
         limit = 3 * duration_s + 20.0 + (60.0 if workload_name == "multiturn" else 0.0)
         t_begin = time.perf_counter()
@@ -563,6 +608,9 @@ class Bench:
                 load0 = load_average()[0]
                 cpu0 = sum(cpu_seconds(p) for p in router.pids)
                 fleet0 = self.fleet_cpu()
+                metrics_url = getattr(router, "metrics_url", None) if purpose == "sweep" else None
+                errors0 = await self._error_buckets(metrics_url)
+                mid_scrape = asyncio.create_task(self._error_buckets(metrics_url, o.slo.prediction_after_s))
                 try:
                     run = await run_open_loop(
                         client,
@@ -574,6 +622,12 @@ class Bench:
                     )
                 finally:
                     progress.close()
+                # the mid-run scrape counts only if it happened before the run ended
+                errors_mid = mid_scrape.result() if mid_scrape.done() else None
+                mid_scrape.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await mid_scrape
+                errors_end = await self._error_buckets(metrics_url)
                 router_cpu = sum(cpu_seconds(p) for p in router.pids) - cpu0
                 fleet_cpu = self.fleet_cpu() - fleet0
                 stats = fleet_stats(await self.fleet.stats())
@@ -591,6 +645,13 @@ class Bench:
         if purpose == "sweep":
             self.done_runs += 1
         record = _record(workload_name, spec, rate, multiplier, purpose, run, stats, oracle)
+        if ttft_slo_ms is not None:
+            classes = session_classes(workload, o.slo, o.seed)
+            counts = attainment(run.results, expected_requests(workload, classes), classes, ttft_slo_ms)
+            record.ttft_slo_ms = ttft_slo_ms
+            record.slo_attainment = counts["all"].attainment
+            record.slo_classes = {k: v.to_json() for k, v in counts.items()}
+        record.prediction_error = prediction_error(errors0, errors_mid, errors_end, o.slo.prediction_after_s)
         record.router_cpu_s = round(router_cpu, 2)
         record.fleet_cpu_s = round(fleet_cpu, 2)
         record.load_average = (round(load0, 2), round(load_average()[0], 2))
@@ -598,6 +659,24 @@ class Bench:
 
     def fleet_cpu(self) -> float:
         return sum(cpu_seconds(m.pid) for m in self.fleet.members if m.pid)
+
+    async def _error_buckets(
+        self, url: str | None, after_s: float = 0.0
+    ) -> dict[str, list[tuple[float, float]]] | None:
+        """The EPP's prediction-error histogram (`quality_slo.error_buckets`), after `after_s` seconds;
+        None for a router without an EPP or when /metrics does not answer."""
+        if not isinstance(url, str):
+            return None
+        if after_s > 0:
+            await asyncio.sleep(after_s)
+        try:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(trust_env=False) as http, http.get(url, timeout=timeout) as resp:
+                resp.raise_for_status()
+                return error_buckets(await resp.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("could not read the EPP's metrics at %s: %s", url, exc)
+            return None
 
 
 #: Seconds from a run's start after which `RunRecord.ttft_p90_warm_ms` counts a request.
@@ -693,6 +772,41 @@ async def _saturation(bench: Bench, workload: str, rivals: Sequence[RouterSpec])
     )
 
 
+async def _ttft_slo(
+    bench: Bench, workload: str, saturation_rate: float
+) -> tuple[SloTarget | None, RunRecord | None]:
+    """The workload's TTFT SLO (None with `--ttft-slo off`): fixed, known, or `factor` x the p90 TTFT of
+    a light-load run (`light` x the saturation rate, the sweep's duration) of the light-load router;
+    and that run's record."""
+    o = bench.options
+    slo = o.slo
+    if not slo.enabled:
+        return None, None
+    fixed = slo.fixed_ms
+    if fixed is not None:
+        return SloTarget(workload, fixed, "fixed"), None
+    if workload in slo.given:
+        return SloTarget(workload, slo.given[workload], "given"), None
+    router = o.slo_light_router
+    if router is None:
+        raise ValueError("no router for the light-load run of --ttft-slo auto")
+    spec = parse_router(router)
+    rate = round(saturation_rate * slo.light, 2)
+    record = await bench.run(
+        spec, workload, rate, multiplier=slo.light, purpose="slo", duration_s=o.sizing.duration_s
+    )
+    target = SloTarget(
+        workload,
+        slo_from_light(record.ttft_p90_ms, slo.factor),
+        "auto",
+        light_router=spec.name,
+        light_rate=rate,
+        light_p90_ms=record.ttft_p90_ms,
+        factor=slo.factor,
+    )
+    return target, record
+
+
 async def run_quality(
     options: QualityOptions,
     say: Say = print,
@@ -731,6 +845,13 @@ async def run_quality(
             result.saturation[workload] = search
             fleet = f" on the {options.fleet} fleet" if options.gpus else ""
             say(f"{workload}: saturation rate {search.rate:g}/s{fleet} ({search.describe()})")
+            target, light = await _ttft_slo(bench, workload, search.rate)
+            if light is not None:
+                result.runs.append(light)
+            if target is not None:
+                result.slo[workload] = target
+                say(f"{workload}: TTFT SLO {target.describe()}")
+            slo_ms = target.ttft_ms if target is not None else None
             for step, multiplier in enumerate(options.sizing.multipliers):
                 rate = round(search.rate * multiplier, 2)
                 # rotate the order from rate to rate: no router always runs first (or last) while the
@@ -744,6 +865,7 @@ async def run_quality(
                         multiplier=multiplier,
                         purpose="sweep",
                         duration_s=options.sizing.duration_s,
+                        ttft_slo_ms=slo_ms,
                     )
                     result.runs.append(record)
                     if on_run is not None:

@@ -30,12 +30,13 @@ from epp.tools.bench.quality import (
     fleet_name,
     run_quality,
 )
+from epp.tools.bench.quality_slo import SloOptions, parse_ttft_slo, slo_summary
 from epp.tools.bench.rivals import check_tools
 from epp.tools.bench.routers import parse_router, rival_tools
 from epp.tools.extras import require
 from epp.tools.sim.config import GPU_CLASSES
 
-__all__ = ["build_parser", "main", "options_from_args"]
+__all__ = ["build_parser", "main", "options_from_args", "slo_options"]
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -65,6 +66,23 @@ def _saturation(text: str) -> dict[str, float]:
         if out[name] <= 0:
             raise argparse.ArgumentTypeError(f"rate must be > 0 in {part!r}")
     return out
+
+
+def _ttft_slo(text: str) -> str:
+    try:
+        return parse_ttft_slo(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +169,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--ours", default="", help="the router the goals are checked for (default epp:recommended or default)"
     )
     add("--seed", type=int, default=0, help="seed of the workloads and arrival times")
+    slo = p.add_argument_group("latency SLOs (issue 20)")
+    slo.add_argument(
+        "--ttft-slo",
+        type=_ttft_slo,
+        default="off",
+        metavar="auto|off|MS",
+        help="report the share of requests whose TTFT met an SLO (failed ones miss it): MS for every "
+        "workload, or auto: --slo-factor x the p90 TTFT of --slo-router at --slo-light x the saturation "
+        "rate (one light-load run per workload before its sweep); default off",
+    )
+    slo.add_argument("--slo-factor", type=float, default=2.0, help="auto SLO = FACTOR x light-load p90 (2)")
+    slo.add_argument(
+        "--slo-light", type=float, default=0.2, help="light load as a multiple of saturation (0.2)"
+    )
+    slo.add_argument(
+        "--slo-router",
+        default="",
+        help="the router of the light-load runs (default: the first --search-with router)",
+    )
+    slo.add_argument(
+        "--slo-header",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="send x-slo-ttft-ms with every sweep request (SLO-aware profiles read it; others ignore it)",
+    )
+    slo.add_argument(
+        "--sheddable",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="send SHARE of the sessions as objective 'sheddable' (priority -1), the others 'critical' "
+        "(10), in x-gateway-inference-objective (the EPP gets --static-objectives); reports attainment "
+        "and 429s per class; needs --ttft-slo",
+    )
+    slo.add_argument(
+        "--prediction-after",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="the latency predictor's error is also reported over the requests completed after S "
+        "seconds of the run (default 10)",
+    )
     add(
         "--install-rivals",
         action="store_true",
@@ -161,6 +221,32 @@ def build_parser() -> argparse.ArgumentParser:
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: tty)")
     add("-v", "--verbose", action="store_true", help="log what the harness does")
     return p
+
+
+def slo_options(args: argparse.Namespace) -> SloOptions:
+    """The latency-SLO flags; with `auto`, the SLOs of an earlier run (`--merge`, `--saturation-from`)
+    are reused, so the rows compared were measured against the same SLO."""
+    if args.sheddable and args.ttft_slo == "off":
+        raise ValueError("--sheddable needs --ttft-slo (auto or MS): attainment is counted per class")
+    if args.slo_factor <= 0 or not 0 < args.slo_light <= 1 or args.prediction_after < 0:
+        raise ValueError("need --slo-factor > 0, 0 < --slo-light <= 1 and --prediction-after >= 0")
+    if args.slo_router:
+        parse_router(args.slo_router)
+    given: dict[str, float] = {}
+    for source in (args.merge, args.saturation_from):
+        if source and args.ttft_slo == "auto":
+            doc = json.loads(Path(source).read_text())
+            given.update({k: float(v["ttft_ms"]) for k, v in doc.get("slo", {}).items() if v.get("ttft_ms")})
+    return SloOptions(
+        ttft=args.ttft_slo,
+        factor=args.slo_factor,
+        light=args.slo_light,
+        router=args.slo_router,
+        header=args.slo_header,
+        sheddable_share=args.sheddable,
+        prediction_after_s=args.prediction_after,
+        given=given,
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> QualityOptions:
@@ -222,6 +308,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         parse_router(r)  # raises ValueError early for a bad name or a missing profile
     if args.factor <= 1:
         raise ValueError("--factor must be > 1")
+    slo = slo_options(args)
     return QualityOptions(
         sizing=sizing,
         workloads=tuple(workloads),
@@ -237,6 +324,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         install_rivals=args.install_rivals,
         pd_prefill=args.pd,
         gpus=gpus,
+        slo=slo,
     )
 
 
@@ -246,11 +334,12 @@ def _say(text: str) -> None:
 
 def _line(r: RunRecord) -> str:
     p90 = "-" if r.ttft_p90_ms is None else f"{r.ttft_p90_ms:.0f}"
-    return (
+    line = (
         f"  {r.workload} {r.rate:g}/s {r.router}: p90 TTFT {p90} ms, {r.output_tokens_per_s:.0f} tok/s, "
         f"hit {r.hit_ratio:.3f}/{r.oracle_hit_ratio:.3f}, max/mean {r.balance_requests:.2f}, "
         f"failed {r.errors}+{r.unfinished}"
     )
+    return line + slo_summary(r)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say("")
     _say(render_markdown(result))
     _say(f"results in {out_dir}/ (quality.json, quality.md, quality-*.png)")
-    failed = sum(r.failed for r in result.runs if r.purpose == "sweep")
+    # sheddable requests refused with 429 are what --sheddable asks of the router, not failures
+    failed = sum(r.failed - r.shed for r in result.runs if r.purpose == "sweep")
     if failed:
         print(f"epp bench quality: {failed} requests failed or did not finish", file=sys.stderr)
         return 1

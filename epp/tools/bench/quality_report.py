@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from epp.tools.bench.quality import WARM_AFTER_S, WORKLOADS, QualityResult, RunRecord
+from epp.tools.bench.quality_slo import CRITICAL, SHEDDABLE, fmt_pct, fmt_share
 
-__all__ = ["GoalCheck", "check_goals", "render_markdown", "write_outputs", "write_plots"]
+__all__ = ["GoalCheck", "check_goals", "render_markdown", "render_slo_table", "write_outputs", "write_plots"]
 
 RIVALS = ("sglang-router", "vllm-router")
 
@@ -137,6 +138,52 @@ def render_workload_table(result: QualityResult, workload: str) -> str:
     return "\n".join(lines)
 
 
+def render_slo_table(result: QualityResult, workload: str) -> str:
+    """The workload's latency-SLO table: TTFT SLO attainment (per class with `--sheddable`: met, refused
+    with 429, served late) and the latency predictor's median error; "" when neither was measured."""
+    runs = [
+        r
+        for r in _sweep(result, workload)
+        if r.ttft_slo_ms is not None or r.prediction_error.get("ttft_count")
+    ]
+    if not runs:
+        return ""
+    slo = any(r.ttft_slo_ms is not None for r in runs)
+    mixed = any(SHEDDABLE in r.slo_classes for r in runs)
+    errors = any(r.prediction_error.get("ttft_count") for r in runs)
+    after = result.options.slo.prediction_after_s
+    head = ["rate/s (x sat)", "router"]
+    if slo:
+        head += ["SLO ms", "met"]
+    if mixed:
+        head += ["critical met", "sheddable met", "sheddable 429 / late", "critical 429 / late"]
+    if errors:
+        head += ["TTFT pred. err. median (n)", f"after {after:g} s (n)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        row = [_rate_label(r), r.router]
+        if slo:
+            row += [_fmt(r.ttft_slo_ms), fmt_share(r.slo_attainment)]
+        if mixed:
+            crit = r.slo_classes.get(CRITICAL, {})
+            shed = r.slo_classes.get(SHEDDABLE, {})
+            row += [
+                fmt_share(crit.get("attainment")),
+                fmt_share(shed.get("attainment")),
+                f"{shed.get('rejected', 0)} / {shed.get('late', 0)}",
+                f"{crit.get('rejected', 0)} / {crit.get('late', 0)}",
+            ]
+        if errors:
+            e = r.prediction_error
+            if e.get("ttft_count"):
+                row.append(f"{fmt_pct(e.get('ttft_median_pct'))} ({e.get('ttft_count')})")
+                row.append(f"{fmt_pct(e.get('ttft_after_median_pct'))} ({e.get('ttft_after_count', 0)})")
+            else:
+                row += ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def render_goals(checks: Sequence[GoalCheck]) -> str:
     if not checks:
         return ""
@@ -186,6 +233,22 @@ def render_markdown(result: QualityResult) -> str:
         "and by busy time. err / unfin = failed / never-finished requests.",
         "",
     ]
+    if o.slo.enabled or any(r.prediction_error for r in result.runs):
+        mix = (
+            f" {o.slo.sheddable_share:.0%} of the sessions are sent as objective `sheddable` (priority -1), "
+            "the others as `critical` (priority 10); 429 = refused, late = served after the SLO."
+            if o.slo.mixed
+            else ""
+        )
+        header = " Every request carried `x-slo-ttft-ms`." if o.slo.header else ""
+        lines += [
+            "Latency SLOs: met = share of all requests (failed and unfinished ones included) whose TTFT "
+            f"met the workload's TTFT SLO.{header}{mix} TTFT pred. err. = the EPP's latency predictor's "
+            "median absolute percentage error (`epp_latency_prediction_error_ratio`, interpolated in its "
+            "buckets), over the run and over the requests completed after its first "
+            f"{o.slo.prediction_after_s:g} s.",
+            "",
+        ]
     if result.merged:
         mm = result.merged.get("machine", {})
         lines += [
@@ -201,6 +264,12 @@ def render_markdown(result: QualityResult) -> str:
         on = f" on the {sat.fleet} fleet" if sat.fleet and sat.fleet != "default" else ""
         lines += [f"## {workload}", "", f"Saturation rate: {sat.rate:g} req/s{on} ({sat.describe()}).", ""]
         lines += [render_workload_table(result, workload), ""]
+        target = result.slo.get(workload)
+        table = render_slo_table(result, workload)
+        if target is not None or table:
+            lines += [f"TTFT SLO: {target.describe() if target is not None else 'off'}.", ""]
+        if table:
+            lines += [table, ""]
     checks = check_goals(result)
     if checks:
         lines += ["## Goals (issue 10)", "", render_goals(checks), ""]

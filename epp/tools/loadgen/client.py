@@ -156,7 +156,7 @@ class LoadClient:
         """Send turn `turn_index` of `session`; returns its result and the generated text."""
         turn = session.turns[turn_index]
         body = build_body(self.api, session, turn, history, session.model or self.model)
-        headers = {**self.headers, "x-request-id": f"{session.id}-t{turn_index}"}
+        headers = {**self.headers, **dict(session.headers), "x-request-id": f"{session.id}-t{turn_index}"}
         start = time.perf_counter()
         status, backend, error = 0, None, None
         stream = _Stream()

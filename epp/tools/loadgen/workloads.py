@@ -60,6 +60,7 @@ class Session:
         group: a label for reports, e.g. the shared-prefix group the session belongs to.
         system: system prompt (chat) or prompt prefix (completions), sent before the turns.
         model: the `model` field; None = the run's default model.
+        headers: extra HTTP headers sent with each of its requests (e.g. an objective or an SLO).
     """
 
     id: str
@@ -67,6 +68,7 @@ class Session:
     turns: tuple[Turn, ...]
     system: str = ""
     model: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
