@@ -44,9 +44,9 @@ from epp.tools.bench.quality_slo import (
     SloTarget,
     attainment,
     error_buckets,
-    expected_requests,
     prediction_error,
     session_classes,
+    session_turns,
     slo_from_light,
     tag_workload,
 )
@@ -647,7 +647,7 @@ class Bench:
         record = _record(workload_name, spec, rate, multiplier, purpose, run, stats, oracle)
         if ttft_slo_ms is not None:
             classes = session_classes(workload, o.slo, o.seed)
-            counts = attainment(run.results, expected_requests(workload, classes), classes, ttft_slo_ms)
+            counts = attainment(run.results, session_turns(workload, classes), ttft_slo_ms)
             record.ttft_slo_ms = ttft_slo_ms
             record.slo_attainment = counts["all"].attainment
             record.slo_classes = {k: v.to_json() for k, v in counts.items()}

@@ -10,8 +10,8 @@
 - **Critical / sheddable mix** (`--sheddable SHARE`): that share of the sessions (seeded, the same for
   every router) is sent as objective `sheddable` (priority -1), the others as `critical` (priority 10),
   in `x-gateway-inference-objective`; the EPP gets both objectives through `--static-objectives`. Each
-  class reports its attainment, its 429s (refused), its late answers (served, TTFT over the SLO) and its
-  other failures.
+  class reports its attainment, its 429s (refused; in `multiturn` the turns a refusal left unsent too),
+  its late answers (served, TTFT over the SLO) and its other failures.
 - **Prediction error**: an EPP whose profile has the `predicted-latency-producer` exports
   `epp_latency_prediction_error_ratio{type}` (|predicted - observed| / observed per completed request).
   Its histogram is read from the EPP's /metrics before the run, `prediction_after_s` into the run and
@@ -46,10 +46,14 @@ __all__ = [
     "SloTarget",
     "attainment",
     "error_buckets",
+    "fmt_pct",
+    "fmt_share",
     "histogram_quantile",
     "parse_ttft_slo",
     "prediction_error",
     "request_class",
+    "session_classes",
+    "session_turns",
     "slo_from_light",
     "slo_summary",
     "tag_workload",
@@ -221,19 +225,18 @@ class ClassAttainment:
 
 
 def attainment(
-    results: Iterable[RequestResult],
-    expected: Mapping[str, int],
-    classes: Mapping[str, str],
-    slo_ms: float,
+    results: Iterable[RequestResult], sessions: Mapping[str, tuple[str, int]], slo_ms: float
 ) -> dict[str, ClassAttainment]:
-    """Per class (and `all`): who met `slo_ms`. `expected` = requests per class the workload has (the
-    ones missing from `results` never finished); `classes` = each session's class."""
-    out = {name: ClassAttainment() for name in (ALL, *sorted(set(expected)))}
-    seen: dict[str, int] = dict.fromkeys(expected, 0)
+    """Per class (and `all`): who met `slo_ms`. `sessions` = each session's class and number of turns
+    (`session_turns`); turns missing from `results` never finished, or were not sent because an earlier
+    turn of their conversation failed: after a 429 they count as refused too, else as failed."""
+    out = {name: ClassAttainment() for name in (ALL, *sorted({c for c, _ in sessions.values()}))}
+    answered: dict[str, int] = {}
+    refused: set[str] = set()
     limit = slo_ms / 1000.0
     for r in results:
-        name = classes.get(r.session_id, CRITICAL)
-        seen[name] = seen.get(name, 0) + 1
+        name = sessions.get(r.session_id, (CRITICAL, 1))[0]
+        answered[r.session_id] = answered.get(r.session_id, 0) + 1
         for bucket in (out[ALL], out.setdefault(name, ClassAttainment())):
             bucket.requests += 1
             if r.ok:
@@ -243,23 +246,23 @@ def attainment(
                     bucket.late += 1
             elif r.status == 429:
                 bucket.rejected += 1
+                refused.add(r.session_id)
             else:
                 bucket.failed += 1
-    for name, count in expected.items():
-        missing = max(0, count - seen.get(name, 0))
+    for session, (name, turns) in sessions.items():
+        missing = max(0, turns - answered.get(session, 0))
         for bucket in (out[ALL], out[name]):
             bucket.requests += missing
-            bucket.failed += missing
+            if session in refused:
+                bucket.rejected += missing
+            else:
+                bucket.failed += missing
     return out
 
 
-def expected_requests(workload: Workload, classes: Mapping[str, str]) -> dict[str, int]:
-    """Requests per class in `workload` (every turn of every session)."""
-    out: dict[str, int] = {}
-    for s in workload.sessions:
-        name = classes.get(s.id, CRITICAL)
-        out[name] = out.get(name, 0) + len(s.turns)
-    return out
+def session_turns(workload: Workload, classes: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+    """Each session's class and number of requests (turns)."""
+    return {s.id: (classes.get(s.id, CRITICAL), len(s.turns)) for s in workload.sessions}
 
 
 # ---- prediction error ------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from epp.tools.bench.quality_slo import (
     SloTarget,
     attainment,
     error_buckets,
-    expected_requests,
     histogram_quantile,
     parse_ttft_slo,
     prediction_error,
     request_class,
     session_classes,
+    session_turns,
     slo_from_light,
     tag_workload,
 )
@@ -134,7 +134,8 @@ def test_headers_go_on_every_turn_of_a_session() -> None:
         assert h["x-slo-ttft-ms"] == "825"
         assert h["x-gateway-inference-objective"] == classes[s.id]
     assert set(classes.values()) == {CRITICAL, SHEDDABLE}
-    assert expected_requests(tagged, classes)[SHEDDABLE] == 3 * list(classes.values()).count(SHEDDABLE)
+    turns = session_turns(tagged, classes)
+    assert turns[tagged.sessions[0].id] == (classes[tagged.sessions[0].id], 3)
     # without --slo-header and without a mix, requests go out as they always did
     assert tag_workload(w, SloOptions(ttft="auto"), 0, 825.0) is w
     only_class = tag_workload(w, SloOptions(ttft="auto", sheddable_share=0.5), 0, 825.0)
@@ -179,14 +180,8 @@ def _r(session: str, ttft: float | None, status: int = 200, error: str | None = 
 
 
 def test_attainment_counts_failed_and_unfinished_requests_as_missed() -> None:
-    classes = {
-        "c1": CRITICAL,
-        "c2": CRITICAL,
-        "c3": CRITICAL,
-        "s1": SHEDDABLE,
-        "s2": SHEDDABLE,
-        "s3": SHEDDABLE,
-    }
+    sessions = {name: (cls, 1) for name, cls in (("c1", CRITICAL), ("c2", CRITICAL), ("c3", CRITICAL))}
+    sessions |= {name: (SHEDDABLE, 1) for name in ("s1", "s2", "s3")}
     results = [
         _r("c1", 0.5),  # met
         _r("c2", 0.9),  # late
@@ -195,20 +190,24 @@ def test_attainment_counts_failed_and_unfinished_requests_as_missed() -> None:
         _r("s2", None, 429, "HTTP 429: shed"),  # refused
         # s3 never finished
     ]
-    expected = {CRITICAL: 3, SHEDDABLE: 3}
-    out = attainment(results, expected, classes, 800.0)
-    assert (out[CRITICAL].met, out[CRITICAL].late, out[CRITICAL].failed, out[CRITICAL].rejected) == (
-        1,
-        1,
-        1,
-        0,
-    )
-    assert (out[SHEDDABLE].met, out[SHEDDABLE].rejected, out[SHEDDABLE].failed) == (1, 1, 1)
+    out = attainment(results, sessions, 800.0)
+    crit, shed = out[CRITICAL], out[SHEDDABLE]
+    assert (crit.met, crit.late, crit.failed, crit.rejected) == (1, 1, 1, 0)
+    assert (shed.met, shed.rejected, shed.failed) == (1, 1, 1)
     assert out["all"].requests == 6 and out["all"].met == 2
     assert out["all"].attainment == pytest.approx(2 / 6)
     assert out[SHEDDABLE].to_json() == {
         "requests": 3, "met": 1, "rejected": 1, "late": 0, "failed": 1, "attainment": 0.3333,
     }  # fmt: skip
+
+
+def test_a_refused_conversation_counts_its_unsent_turns_as_refused() -> None:
+    sessions = {"chat": (SHEDDABLE, 3), "other": (CRITICAL, 2)}
+    results = [_r("chat", 0.1), _r("chat", None, 429, "HTTP 429: shed"), _r("other", 0.1)]
+    out = attainment(results, sessions, 500.0)
+    assert (out[SHEDDABLE].requests, out[SHEDDABLE].met, out[SHEDDABLE].rejected) == (3, 1, 2)
+    assert (out[CRITICAL].requests, out[CRITICAL].met, out[CRITICAL].failed) == (2, 1, 1)  # one unfinished
+    assert out["all"].attainment == pytest.approx(2 / 5)
 
 
 # ---- prediction error ------------------------------------------------------------------------------
