@@ -15,7 +15,7 @@ from epp.observability.families import PREDICTION_ERROR_BUCKETS
 from epp.tools.bench.harness import Children
 from epp.tools.bench.quality import FULL, Bench, QualityOptions, QualityResult, RunRecord
 from epp.tools.bench.quality_cli import _line, build_parser, options_from_args
-from epp.tools.bench.quality_report import render_markdown, render_slo_table, write_outputs
+from epp.tools.bench.quality_report import check_goals, render_markdown, render_slo_table, write_outputs
 from epp.tools.bench.quality_slo import (
     CRITICAL,
     SHEDDABLE,
@@ -302,6 +302,9 @@ def test_report_has_the_slo_columns_and_json(tmp_path: Path) -> None:
         in table
     )
     assert "| sglang-router | 825 | 0.800 |" in table and table.splitlines()[-1].endswith("| - | - |")
+    # the 9 sheddable requests refused with 429 are not failures in the goal checks
+    (goal,) = [c for c in check_goals(result) if c.workload == "zipf"]
+    assert "errors" not in goal.note
     md = render_markdown(result)
     assert "TTFT SLO: 825 ms = 2 x the p90 TTFT 412.4 ms of sglang-router at 6/s (light load)." in md
     assert "30% of the sessions are sent as objective `sheddable`" in md
