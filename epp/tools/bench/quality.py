@@ -9,7 +9,10 @@ workload (`shared_prefix`, `zipf`, `mixed`, `multiturn`):
 1. **Saturation.** Unless given (`--saturation`), the rate at which the best rival router saturates is
    searched (`saturation.py`): the highest rate whose p90 TTFT stays within `factor` x that router's
    p90 TTFT at light load, with no failures.
-2. **Sweep.** At `multipliers` x that rate (0.5, 0.8, 1.0, 1.2 by default), every router in turn runs
+2. **TTFT SLO** (`--ttft-slo`, off by default; `quality_slo.py`): with `auto`, one light-load run sets
+   the workload's SLO; the sweep then counts who met it (per class with `--sheddable`), and EPP runs
+   report their latency predictor's error.
+3. **Sweep.** At `multipliers` x that rate (0.5, 0.8, 1.0, 1.2 by default), every router in turn runs
    the same seeded workload (open-loop Poisson arrivals, streaming requests); the routers' order
    rotates from rate to rate, so none always runs first while the machine's load drifts.
 
