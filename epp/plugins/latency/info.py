@@ -10,7 +10,7 @@ prefill endpoints of a P/D pool.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +76,9 @@ class LatencyPredictionInfo:
     SLOs (upstream `IsValid`; never without an SLO header). `dispatched`: requests this EPP has in flight
     on each endpoint (absent: none).
 
-    The producer hands over numpy arrays; each becomes a list the first time a consumer reads it (a
-    consumer that reads none costs nothing). Read-only by convention.
+    The producer hands over numpy arrays (the validity flags as a function computing them); each
+    becomes a list the first time a consumer reads it (what no consumer reads costs nothing).
+    Read-only by convention.
     """
 
     __slots__ = ("_data", "_lists", "dispatched", "index", "slo")
@@ -89,7 +90,7 @@ class LatencyPredictionInfo:
         tpot: Sequence[float] | np.ndarray,
         ttft_headroom_ms: Sequence[float] | np.ndarray,
         tpot_headroom_ms: Sequence[float] | np.ndarray,
-        valid_flags: Sequence[bool] | np.ndarray,
+        valid_flags: Sequence[bool] | np.ndarray | Callable[[], np.ndarray],
         slo: RequestSlo = NO_SLO,
         dispatched: Mapping[str, int] | None = None,
     ) -> None:
@@ -103,6 +104,8 @@ class LatencyPredictionInfo:
         values = self._lists[i]
         if values is None:
             data = self._data[i]
+            if callable(data):
+                data = data()
             values = self._lists[i] = data.tolist() if isinstance(data, np.ndarray) else list(data)
         return values
 

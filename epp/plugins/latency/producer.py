@@ -68,9 +68,11 @@ __all__ = [
 
 TYPE_NAME = "predicted-latency-producer"
 
-#: At most this often (seconds) PrepareData looks for requests whose first token came.
-SWEEP_INTERVAL = 0.002
-#: The pooled model is fitted on at most this many samples per group x groups... capped at this total.
+#: How often (seconds) the background loop looks for requests whose first token came.
+SWEEP_INTERVAL = 0.005
+#: Without the background loop (tests, tools), PrepareData does it at most this often.
+FALLBACK_SWEEP_INTERVAL = 0.05
+#: The pooled model is fitted on at most this many recent samples in all.
 POOLED_CAP = 8192
 
 
@@ -219,6 +221,8 @@ class PredictedLatencyProducer:
         self._dirty: set[str] = set()
         self.tracker = InFlightTracker(self._mark_dirty)
         self._last_sweep = 0.0
+        self._sweeping = False  # the background loop sweeps the tracker and records the durations
+        self._durations: list[tuple[str, str, float]] = []  # predictions not yet in the metrics
         self._fit_lock = threading.Lock()
         self._generation = 0
         self._tpot_slos: dict[str, Counter[float]] = {}  # endpoint -> TPOT SLOs (ms) running there
@@ -296,14 +300,17 @@ class PredictedLatencyProducer:
             index = cols.index
             row_ttft, row_tpot = cols.coef[0], cols.coef[4]
             models = cols.models
+            pending_tokens, inflight = self.tracker.pending_tokens, self.tracker.inflight
             for key in dirty:
                 i = index.get(key)
-                if i is not None:
-                    model = models[i]
-                    state = self._state(current[i])
-                    row_ttft[i] = model.ttft[0] + _dot_state(model.ttft, state)
-                    tpot = model.tpot or _ZERO_WEIGHTS
-                    row_tpot[i] = tpot[0] + _dot_state(tpot, state)
+                if i is None:
+                    continue
+                t, d = models[i].ttft, models[i].tpot or _ZERO_WEIGHTS
+                m = current[i].metrics
+                p, q, r = pending_tokens.get(key, 0), m.waiting_queue_size, m.running_requests_size
+                kv, f = m.kv_cache_usage, inflight.get(key, 0)
+                row_ttft[i] = t[0] + t[4] * p + t[5] * q + t[6] * r + t[7] * kv + t[8] * f
+                row_tpot[i] = d[0] + d[4] * p + d[5] * q + d[6] * r + d[7] * kv + d[8] * f
         return cols
 
     def prepare_data(
@@ -311,10 +318,11 @@ class PredictedLatencyProducer:
     ) -> None:
         if not self.params.predictInPrepareData:
             return
-        now = self._clock()
-        if now - self._last_sweep >= SWEEP_INTERVAL:
-            self._last_sweep = now
-            self.tracker.sweep()
+        if not self._sweeping:
+            now = self._clock()
+            if now - self._last_sweep >= FALLBACK_SWEEP_INTERVAL:
+                self._last_sweep = now
+                self.tracker.sweep()
         snapshot = self.snapshot
         if not snapshot.ready or not endpoints:
             return
@@ -323,7 +331,17 @@ class PredictedLatencyProducer:
             LATENCY_PREDICTION_INFO_KEY,
             self.predict(request, endpoints, cycle.read(PREFIX_CACHE_MATCH_INFO_KEY), snapshot),
         )
-        self._metrics.record_latency_prediction(request.model, request.target_model, time.perf_counter() - t0)
+        self._durations.append((request.model, request.target_model, time.perf_counter() - t0))
+        if not self._sweeping:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Record the prediction durations collected since the last call (the background loop does it
+        every few milliseconds, off the request path)."""
+        durations, self._durations = self._durations, []
+        record = self._metrics.record_latency_prediction
+        for model, target_model, seconds in durations:
+            record(model, target_model, seconds)
 
     def predict(
         self,
@@ -367,11 +385,17 @@ class PredictedLatencyProducer:
                         h_tpot[i] = budget - tpot[i]
             if cols.prefill:
                 h_tpot[cols.prefill] = 0.0
-        n = len(index)
-        valid_ttft = _TRUE[:n] if ttft_neutral else h_ttft > 0.0
-        valid_tpot = _TRUE[:n] if all_tpot_neutral else (h_tpot > 0.0) | cols.prefill_mask
+        prefill_mask = cols.prefill_mask
+
+        def valid() -> np.ndarray:  # read by the admitter only: computed when it asks
+            n = len(index)
+            valid_ttft = _TRUE[:n] if ttft_neutral else h_ttft > 0.0
+            valid_tpot = _TRUE[:n] if all_tpot_neutral else (h_tpot > 0.0) | prefill_mask
+            flags: np.ndarray = valid_ttft & valid_tpot
+            return flags
+
         return LatencyPredictionInfo(
-            index, ttft, tpot, h_ttft, h_tpot, valid_ttft & valid_tpot, slo, dict(self.tracker.inflight)
+            index, ttft, tpot, h_ttft, h_tpot, valid, slo, dict(self.tracker.inflight)
         )
 
     # ---- training data (response hooks) --------------------------------------------------------------
@@ -508,6 +532,22 @@ class PredictedLatencyProducer:
         return True
 
     async def run(self) -> None:
+        """The background work: the tracker's first-byte sweep every few milliseconds, and the refit."""
+        self._sweeping = True
+        try:
+            await asyncio.gather(self._sweep_loop(), self._retrain_loop())
+        finally:
+            self._sweeping = False
+
+    async def _sweep_loop(self) -> None:
+        sweep = self.tracker.sweep
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            sweep()
+            if self._durations:
+                self.flush_metrics()
+
+    async def _retrain_loop(self) -> None:
         """Refit every `retrainInterval`, one group at a time (the event loop runs between groups)."""
         interval = self.params.retrainInterval
         while True:

@@ -7,9 +7,11 @@ shared-prefix workload (the prefix producer runs first, untimed, as in the daemo
 `prepare_data` (TTFT and TPOT for every candidate, the SLO headroom, the metrics it records), with
 the churn of a loaded fleet between requests: `--dispatches` requests dispatched and completed on random
 endpoints (each changes that endpoint's in-flight features) and `--scrapes` endpoints with new metrics
-(a new scrape), per request. Reported:
+(a new scrape), per request, and the background loop's first-byte sweep every 10 requests (untimed: it
+runs on the event loop, not in a request). Reported:
 
-- `predict`: prepare_data with that churn (what a request pays);
+- `predict`: prepare_data with that churn (what a request pays; the daemon's metrics record its duration
+  from the background loop, as here every 10 requests, untimed);
 - `cold`: prepare_data right after a model swap (every endpoint's cached terms recomputed; once per
   retrain interval);
 - `consumers`: latency-scorer + slo-headroom-tier-filter + latency-slo-admitter on the predictions;
@@ -31,6 +33,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+from prometheus_client import CollectorRegistry
+
 from epp.framework.cycle import CycleState
 from epp.framework.handle import SimpleHandle
 from epp.framework.types import (
@@ -41,6 +45,7 @@ from epp.framework.types import (
     ResponseInfo,
     SchedulingResult,
 )
+from epp.observability.metrics import EppMetrics
 from epp.plugins.latency.admitter import LATENCY_SLO_ADMITTER
 from epp.plugins.latency.producer import PREDICTED_LATENCY_PRODUCER, PredictedLatencyProducer
 from epp.plugins.latency.scorer import LATENCY_SCORER
@@ -130,7 +135,8 @@ def run(
     scrapes: float = 1.0,
 ) -> PredictorBenchResult:
     rng = random.Random(seed)
-    handle = SimpleHandle(rng=random.Random(seed))
+    # the daemon's metrics: recording the prediction's duration is part of what a request pays
+    handle = SimpleHandle(rng=random.Random(seed), metrics=EppMetrics(CollectorRegistry()))
     eps = [_endpoint(i, rng, classes) for i in range(endpoints)]
     prefix = APPROX_PREFIX_CACHE_PRODUCER.build("prefix", None, handle)
     params = {"streamingMode": True, "hardwareClassLabel": "gpu" if classes else ""}
@@ -153,6 +159,7 @@ def run(
         prefix.pre_request(cycle, req, SchedulingResult("default", {"default": ProfileRunResult((target,))}))
     requests = requests[256:]
     _train(producer, eps, rng, 2048 * max(1, classes or endpoints // 8))
+    producer._sweeping = True  # as in the daemon: the background loop sweeps and records the metrics
     # measure the fit alone: mark every group stale again
     for group in producer.buffers.groups():
         producer.buffers.add(group, (1.0,) + (0.0,) * 8, 10.0, 5.0)
@@ -204,6 +211,9 @@ def run(
                 ResponseInfo(status=200, complete=True),
                 done_result,
             )
+        if i % 10 == 0:  # the background loop's work (every 5 ms in the daemon)
+            producer.tracker.sweep()
+            producer.flush_metrics()
         owed_scrape += scrapes
         while owed_scrape >= 1.0:
             owed_scrape -= 1.0
