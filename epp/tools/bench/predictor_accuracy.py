@@ -234,7 +234,7 @@ def _compare(samples: list[tuple[str, tuple[float, ...], float, float]]) -> dict
     )
     ridge_cost = o.cost_us(_ridge_fit, _ridge_apply)
     o.add("ridge, pooled", o.pooled(_ridge_fit, _ridge_apply), ridge_cost)
-    o.add("ridge per endpoint (ours)", o.per_group(_ridge_fit, _ridge_apply), ridge_cost)
+    o.add("ridge per group (ours)", o.per_group(_ridge_fit, _ridge_apply), ridge_cost)
     o.add(
         "ridge + interactions, pooled",
         o.pooled(_ridge_fit, _ridge_apply, _interactions),
