@@ -1,10 +1,11 @@
 """The latency model: ridge regression per endpoint or per hardware class, as an immutable snapshot.
 
-Every prediction is linear in one feature row:
+Every prediction is linear in one feature row (`feature_row`):
 
     x = [1, uncached prompt tokens on the endpoint, input tokens, requested output tokens,
          pending prefill tokens (EPP ledger), waiting requests, running requests, KV-cache use,
-         in-flight requests (EPP ledger)]
+         in-flight requests (EPP ledger), and four products: uncached x running, pending x running,
+         uncached x KV use, running^2]
 
 with one weight vector for TTFT and one for TPOT (milliseconds). Why linear: an engine step costs a
 fixed part plus a part per prefilled token plus a part per running sequence, so TTFT is close to linear in
@@ -35,8 +36,10 @@ __all__ = [
     "SampleBuffers",
     "TargetWeights",
     "concat",
+    "feature_row",
     "fit_group",
     "fit_ridge",
+    "fold",
 ]
 
 #: Column names of a feature row (index 0 is the constant 1).
@@ -50,6 +53,13 @@ FEATURES = (
     "running_requests",
     "kv_cache_usage",
     "inflight_requests",
+    # interactions: a prefill is slower in a bigger batch and a fuller cache; queued prefill waits longer
+    # in a bigger batch; a step grows with the batch (each folds into the per-endpoint coefficients, so
+    # they cost nothing per request)
+    "uncached_x_running",
+    "pending_x_running",
+    "uncached_x_kv",
+    "running_squared",
 )
 N_FEATURES = len(FEATURES)
 
@@ -58,6 +68,52 @@ RIDGE_ALPHA = 1e-3
 
 #: (weights per FEATURES column) for one target, in milliseconds.
 TargetWeights = tuple[float, ...]
+
+
+def feature_row(
+    uncached: float,
+    input_tokens: float,
+    output_tokens: float,
+    pending: float,
+    waiting: float,
+    running: float,
+    kv: float,
+    inflight: float,
+) -> tuple[float, ...]:
+    """The FEATURES row of a request on an endpoint in that state."""
+    return (
+        1.0,
+        uncached,
+        input_tokens,
+        output_tokens,
+        pending,
+        waiting,
+        running,
+        kv,
+        inflight,
+        uncached * running,
+        pending * running,
+        uncached * kv,
+        running * running,
+    )
+
+
+def fold(
+    w: TargetWeights, pending: float, waiting: float, running: float, kv: float, inflight: float
+) -> tuple[float, float, float, float]:
+    """A model at one endpoint state, as (constant, weight of uncached tokens, of input tokens, of output
+    tokens): `w . feature_row(u, i, o, state...) == constant + wu * u + wi * i + wo * o`."""
+    constant = (
+        w[0]
+        + w[4] * pending
+        + w[5] * waiting
+        + w[6] * running
+        + w[7] * kv
+        + w[8] * inflight
+        + w[10] * pending * running
+        + w[12] * running * running
+    )
+    return constant, w[1] + w[9] * running + w[11] * kv, w[2], w[3]
 
 
 @dataclass(frozen=True, slots=True)

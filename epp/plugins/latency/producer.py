@@ -52,7 +52,9 @@ from epp.plugins.latency.model import (
     SampleBuffers,
     TargetWeights,
     concat,
+    feature_row,
     fit_group,
+    fold,
 )
 from epp.plugins.latency.tracker import InFlightTracker, TrackedRequest
 from epp.plugins.producers.prefill_load import matched_tokens, uncached_tokens
@@ -266,17 +268,7 @@ class PredictedLatencyProducer:
         """One endpoint's column: (TTFT state term, TTFT uncached/input/output weights, the same for
         TPOT); the state term is everything that does not depend on the request."""
         state = self._state(endpoint)
-        ttft, tpot = model.ttft, model.tpot or _ZERO_WEIGHTS
-        return (
-            ttft[0] + _dot_state(ttft, state),
-            ttft[1],
-            ttft[2],
-            ttft[3],
-            tpot[0] + _dot_state(tpot, state),
-            tpot[1],
-            tpot[2],
-            tpot[3],
-        )
+        return (*fold(model.ttft, *state), *fold(model.tpot or _ZERO_WEIGHTS, *state))
 
     def _columns(self, endpoints: Sequence[Endpoint], snapshot: ModelSnapshot) -> _Columns:
         """The cached coefficients of these endpoints, brought up to date: rebuilt after a model swap or
@@ -296,21 +288,19 @@ class PredictedLatencyProducer:
                         return cols
                     dirty.add(new_e.key)
             cols.endpoints = current
-        if dirty:  # only the state terms (rows 0 and 4) depend on the endpoint's numbers
+        if dirty:  # the input / output weights (rows 2, 3, 6, 7) do not depend on the endpoint's numbers
             index = cols.index
-            row_ttft, row_tpot = cols.coef[0], cols.coef[4]
+            coef = cols.coef
+            a_ttft, u_ttft, a_tpot, u_tpot = coef[0], coef[1], coef[4], coef[5]
             models = cols.models
-            pending_tokens, inflight = self.tracker.pending_tokens, self.tracker.inflight
             for key in dirty:
                 i = index.get(key)
                 if i is None:
                     continue
-                t, d = models[i].ttft, models[i].tpot or _ZERO_WEIGHTS
-                m = current[i].metrics
-                p, q, r = pending_tokens.get(key, 0), m.waiting_queue_size, m.running_requests_size
-                kv, f = m.kv_cache_usage, inflight.get(key, 0)
-                row_ttft[i] = t[0] + t[4] * p + t[5] * q + t[6] * r + t[7] * kv + t[8] * f
-                row_tpot[i] = d[0] + d[4] * p + d[5] * q + d[6] * r + d[7] * kv + d[8] * f
+                state = self._state(current[i])
+                model = models[i]
+                a_ttft[i], u_ttft[i], _, _ = fold(model.ttft, *state)
+                a_tpot[i], u_tpot[i], _, _ = fold(model.tpot or _ZERO_WEIGHTS, *state)
         return cols
 
     def prepare_data(
@@ -408,12 +398,8 @@ class PredictedLatencyProducer:
         key = target.key
         inp = request.estimated_input_tokens
         uncached = uncached_tokens(inp, cycle.read(PREFIX_CACHE_MATCH_INFO_KEY), key)
-        row = (
-            1.0,
-            float(uncached),
-            float(inp),
-            float(requested_output_tokens(request)),
-            *self._state(target),
+        row = feature_row(
+            float(uncached), float(inp), float(requested_output_tokens(request)), *self._state(target)
         )
         predictions = cycle.read(LATENCY_PREDICTION_INFO_KEY)
         slo = predictions.slo if predictions is not None else request_slo(request.headers)
@@ -586,16 +572,6 @@ class PredictedLatencyProducer:
         if not parts:
             return None
         return fit_group(concat(parts), self.params.minSamples)
-
-
-def _dot_state(weights: TargetWeights, state: tuple[float, float, float, float, float]) -> float:
-    return (
-        weights[4] * state[0]
-        + weights[5] * state[1]
-        + weights[6] * state[2]
-        + weights[7] * state[3]
-        + weights[8] * state[4]
-    )
 
 
 def _factory(name: str, params: PredictedLatencyParams, handle: Handle) -> PredictedLatencyProducer:

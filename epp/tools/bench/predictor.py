@@ -47,6 +47,7 @@ from epp.framework.types import (
 )
 from epp.observability.metrics import EppMetrics
 from epp.plugins.latency.admitter import LATENCY_SLO_ADMITTER
+from epp.plugins.latency.model import feature_row
 from epp.plugins.latency.producer import PREDICTED_LATENCY_PRODUCER, PredictedLatencyProducer
 from epp.plugins.latency.scorer import LATENCY_SCORER
 from epp.plugins.latency.tier_filter import SLO_HEADROOM_TIER_FILTER
@@ -118,7 +119,7 @@ def _train(producer: PredictedLatencyProducer, eps: list[Endpoint], rng: random.
         m = e.metrics
         tokens = rng.randrange(10, 2000)
         load = (float(m.waiting_queue_size), float(m.running_requests_size), m.kv_cache_usage, 0.0)
-        row = (1.0, float(tokens), float(tokens), 16.0, 0.0, *load)
+        row = feature_row(float(tokens), float(tokens), 16.0, 0.0, *load)
         ttft = (10.0 + 0.05 * tokens + 3.0 * m.waiting_queue_size) * rng.uniform(0.9, 1.1)
         tpot = (5.0 + 0.2 * m.running_requests_size) * rng.uniform(0.9, 1.1)
         producer.buffers.add(producer.group_of(e), row, ttft, tpot)
@@ -162,7 +163,7 @@ def run(
     producer._sweeping = True  # as in the daemon: the background loop sweeps and records the metrics
     # measure the fit alone: mark every group stale again
     for group in producer.buffers.groups():
-        producer.buffers.add(group, (1.0,) + (0.0,) * 8, 10.0, 5.0)
+        producer.buffers.add(group, feature_row(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), 10.0, 5.0)
     t0 = time.perf_counter()
     producer.retrain()
     fit_ms = (time.perf_counter() - t0) * 1000.0

@@ -4,12 +4,12 @@ Starts `--servers` simulators (in-process), the daemon with `profiles/slo-aware.
 and sends `--requests` streamed completions at `--rate` req/s (Poisson): 8 prefix groups with system
 prompts of 200 to 3,000 tokens, questions of 20 to 200 tokens, 8 to 64 output tokens. For every
 completed request the producer had predicted, it keeps predicted and observed TTFT / TPOT and reports
-the median and p90 absolute percentage error (MdAPE), for all of them and for the second half (after the
-per-endpoint models took over from the pooled one).
+the median and p90 absolute percentage error (MdAPE), for all of them and for the second half (the model
+trained on more samples).
 
 It also keeps every training sample in arrival order and compares models offline (train on the first
-60 %, test on the rest): the constant per-endpoint mean, our ridge per endpoint and pooled, ridge with
-interaction terms, and (when installed; not a dependency) LightGBM and scikit-learn's histogram gradient
+60 %, test on the rest): the constant per-endpoint mean, our ridge per group and pooled, ridge without
+its interaction terms, and (when installed; not a dependency) LightGBM and scikit-learn's histogram gradient
 boosting, with the cost of one prediction for 64 rows.
 """
 
@@ -116,9 +116,9 @@ def _ridge_apply(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _interactions(x: np.ndarray) -> np.ndarray:
-    """The features plus uncached x running, pending x running, uncached x KV, running^2."""
-    return np.column_stack([x, x[:, 1] * x[:, 6], x[:, 4] * x[:, 6], x[:, 1] * x[:, 7], x[:, 6] ** 2])
+def _linear_only(x: np.ndarray) -> np.ndarray:
+    """The features without the interaction terms."""
+    return x[:, :9]
 
 
 class _Offline:
@@ -233,13 +233,13 @@ def _compare(samples: list[tuple[str, tuple[float, ...], float, float]]) -> dict
         "per-endpoint mean", o.per_group(lambda x, yv: float(yv.mean()), lambda m, x: np.full(len(x), m)), 0.0
     )
     ridge_cost = o.cost_us(_ridge_fit, _ridge_apply)
+    o.add(
+        "ridge, linear terms only",
+        o.pooled(_ridge_fit, _ridge_apply, _linear_only),
+        o.cost_us(_ridge_fit, _ridge_apply, _linear_only),
+    )
     o.add("ridge, pooled", o.pooled(_ridge_fit, _ridge_apply), ridge_cost)
     o.add("ridge per group (ours)", o.per_group(_ridge_fit, _ridge_apply), ridge_cost)
-    o.add(
-        "ridge + interactions, pooled",
-        o.pooled(_ridge_fit, _ridge_apply, _interactions),
-        o.cost_us(_ridge_fit, _ridge_apply, _interactions),
-    )
     for name, fit in _boosted():
         o.add(name, o.pooled(fit, lambda m, x: m.predict(x)), o.cost_us(fit, lambda m, x: m.predict(x)))
     return o.results

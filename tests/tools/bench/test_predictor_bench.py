@@ -20,13 +20,14 @@ def test_runs_and_reports(capsys) -> None:  # type: ignore[no-untyped-def]
 def test_offline_comparison_prefers_the_model_to_the_mean() -> None:
     import random
 
+    from epp.plugins.latency.model import feature_row
     from epp.tools.bench.predictor_accuracy import _compare
 
     rng = random.Random(0)
     samples = []
     for i in range(400):
         uncached, running = rng.randint(10, 3000), rng.randint(0, 40)
-        row = (1.0, float(uncached), float(uncached), 16.0, 0.0, 0.0, float(running), 0.5, 1.0)
+        row = feature_row(float(uncached), float(uncached), 16.0, 0.0, 0.0, float(running), 0.5, 1.0)
         ttft = (10.0 + 0.04 * uncached + 0.5 * running) * rng.uniform(0.95, 1.05)
         samples.append((f"e{i % 4}", row, ttft, 7.0 + 0.1 * running))
     results = _compare(samples)
