@@ -53,7 +53,7 @@ def test_validate_invalid_file_exits_1_with_file_line_path_message() -> None:
     assert out[0].startswith(f"{PROFILES[0]}: ok")
     assert out[1:] == [
         f"{bad}:10: featureGates[0]: unknown feature gate 'nope' "
-        "(known: dataLayer, enableLegacyMetrics, flowControl)",
+        "(known: dataLayer, enableLegacyMetrics, flowControl, prepareDataPlugins)",
         f"{bad}:13: plugins[0].parameters.x: plugin 'queue-scorer' (type: queue-scorer): parameters.x: "
         "unknown parameter (this takes no parameters)",
         *out[3:],

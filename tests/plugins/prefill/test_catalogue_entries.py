@@ -27,7 +27,7 @@ NEW_TYPES = {
         PluginKind.PRE_REQUEST,
         PluginKind.RESPONSE_COMPLETE,
     },
-    "precise-prefix-cache-scorer": {PluginKind.SCORER},
+    "precise-prefix-cache-scorer": {PluginKind.SCORER, PluginKind.ENDPOINT_EXTRACTOR},
 }
 
 
