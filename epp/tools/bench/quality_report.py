@@ -143,16 +143,12 @@ def render_workload_table(result: QualityResult, workload: str) -> str:
 def render_slo_table(result: QualityResult, workload: str) -> str:
     """The workload's latency-SLO table: TTFT SLO attainment (per class with `--sheddable`: met, refused
     with 429, served late) and the latency predictor's median error; "" when neither was measured."""
-    runs = [
-        r
-        for r in _sweep(result, workload)
-        if r.ttft_slo_ms is not None or r.prediction_error.get("ttft_count")
-    ]
+    runs = [r for r in _sweep(result, workload) if r.ttft_slo_ms is not None or r.prediction_error]
     if not runs:
         return ""
     slo = any(r.ttft_slo_ms is not None for r in runs)
     mixed = any(SHEDDABLE in r.slo_classes for r in runs)
-    errors = any(r.prediction_error.get("ttft_count") for r in runs)
+    errors = any(r.prediction_error for r in runs)
     after = result.options.slo.prediction_after_s
     head = ["rate/s (x sat)", "router"]
     if slo:
@@ -177,8 +173,8 @@ def render_slo_table(result: QualityResult, workload: str) -> str:
             ]
         if errors:
             e = r.prediction_error
-            if e.get("ttft_count"):
-                row.append(f"{fmt_pct(e.get('ttft_median_pct'))} ({e.get('ttft_count')})")
+            if e:
+                row.append(f"{fmt_pct(e.get('ttft_median_pct'))} ({e.get('ttft_count', 0)})")
                 row.append(f"{fmt_pct(e.get('ttft_after_median_pct'))} ({e.get('ttft_after_count', 0)})")
             else:
                 row += ["-", "-"]

@@ -270,13 +270,15 @@ def session_turns(workload: Workload, classes: Mapping[str, str]) -> dict[str, t
 Buckets = dict[str, list[tuple[float, float]]]  # type -> cumulative (le, count), by le
 
 
-def error_buckets(page: str) -> Buckets:
+def error_buckets(page: str) -> Buckets | None:
     """`epp_latency_prediction_error_ratio`'s cumulative buckets per `type` from a /metrics page
-    (summed over any other labels); {} when the EPP does not export it (no predictor)."""
-    sums: dict[str, dict[float, float]] = {}
+    (summed over any other labels); {} before the first prediction, None when the EPP does not export
+    the family (no predictor)."""
+    sums: dict[str, dict[float, float]] | None = None
     for family in text_string_to_metric_families(page):
         if family.name != ERROR_METRIC:
             continue
+        sums = sums if sums is not None else {}
         for sample in family.samples:
             if not sample.name.endswith("_bucket"):
                 continue
@@ -284,7 +286,7 @@ def error_buckets(page: str) -> Buckets:
             le = float(sample.labels["le"])
             per = sums.setdefault(kind, {})
             per[le] = per.get(le, 0.0) + float(sample.value)
-    return {k: sorted(v.items()) for k, v in sums.items()}
+    return None if sums is None else {k: sorted(v.items()) for k, v in sums.items()}
 
 
 def _diff(after: Buckets, before: Buckets) -> Buckets:
@@ -320,10 +322,11 @@ def prediction_error(
     before: Buckets | None, middle: Buckets | None, after: Buckets | None, after_s: float
 ) -> dict[str, Any]:
     """The median absolute percentage error per type over the run and after `after_s` (from the three
-    scrapes; a missing one leaves its figures out); {} when the EPP exported no prediction error."""
-    if not after:
+    scrapes; a missing one leaves its figures out; `ttft_count` 0: the predictor made no prediction, e.g.
+    too few samples yet); {} when the EPP has no predictor."""
+    if after is None:
         return {}
-    out: dict[str, Any] = {"after_s": after_s}
+    out: dict[str, Any] = {"after_s": after_s, "ttft_count": 0}
     whole = _diff(after, before or {})
     late = _diff(after, middle) if middle is not None else {}
     for kind in sorted(whole):

@@ -238,7 +238,8 @@ def test_histogram_median_interpolates_like_prometheus() -> None:
 
 
 def test_prediction_error_over_the_run_and_after_its_first_seconds() -> None:
-    assert error_buckets("# no predictor\nepp_requests_total 3\n") == {}
+    assert error_buckets("# no predictor\nepp_requests_total 3\n") is None
+    assert error_buckets(_page([])) == {}  # a predictor that has not predicted yet
     before = error_buckets(_page([0.9] * 50))  # the warm-up's, before the run
     middle = error_buckets(_page([0.9] * 50 + [0.8] * 10))  # early in the run: a young model
     after = error_buckets(_page([0.9] * 50 + [0.8] * 10 + [0.15] * 30, tpot=(0.04,) * 5))
@@ -249,7 +250,32 @@ def test_prediction_error_over_the_run_and_after_its_first_seconds() -> None:
     assert err["tpot_count"] == 5 and err["tpot_median_pct"] == pytest.approx(2.5)
     # the mid-run scrape missed (a short run): whole-run figures only
     assert "ttft_after_count" not in prediction_error(before, None, after, 10.0)
-    assert prediction_error(None, None, None, 10.0) == {} and prediction_error({}, {}, {}, 10.0) == {}
+    assert prediction_error(None, None, None, 10.0) == {}  # no predictor
+    assert prediction_error({}, {}, {}, 10.0) == {"after_s": 10.0, "ttft_count": 0}  # no prediction yet
+
+
+async def test_the_bench_reads_the_prediction_error_from_the_epp_metrics(tmp_path: Path) -> None:
+    pages = [_page([0.9] * 4), _page([0.9] * 4 + [0.15] * 8)]
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=pages.pop(0) if len(pages) > 1 else pages[0])
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    b = Bench(options(), lambda _: None, Children(), tmp_path)
+    try:
+        before = await b._error_buckets(url)
+        after = await b._error_buckets(url, 0.01)
+        assert await b._error_buckets(None) is None  # Envoy and the rivals have no EPP
+    finally:
+        await runner.cleanup()
+    assert await b._error_buckets(url) is None  # gone: no figures rather than an error
+    err = prediction_error(before, None, after, 10.0)
+    assert err["ttft_count"] == 8 and 10 < err["ttft_median_pct"] < 20
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -302,6 +328,8 @@ def test_report_has_the_slo_columns_and_json(tmp_path: Path) -> None:
         in table
     )
     assert "| sglang-router | 825 | 0.800 |" in table and table.splitlines()[-1].endswith("| - | - |")
+    result.runs[1].prediction_error = {"after_s": 10.0, "ttft_count": 0}  # a predictor without predictions
+    assert render_slo_table(result, "zipf").splitlines()[-1].endswith("| - (0) | - (0) |")
     # the 9 sheddable requests refused with 429 are not failures in the goal checks
     (goal,) = [c for c in check_goals(result) if c.workload == "zipf"]
     assert "errors" not in goal.note
