@@ -182,6 +182,8 @@ class WorkerPool:
             str(incarnation),
             "--slots",
             str(self.count),
+            "--parent",
+            str(os.getpid()),
             *(("--replica", self.replica) if self.replica else ()),
             stdin=asyncio.subprocess.DEVNULL,
         )

@@ -418,8 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--incarnation", type=int, required=True)
     p.add_argument("--slots", type=int, required=True)
     p.add_argument("--replica", default="", help="active-active: the pod's replica id")
+    p.add_argument("--parent", type=int, default=0, help="the pod process's PID (0: not checked)")
     args = p.parse_args(argv)
     _die_with_parent()
+    if args.parent and os.getppid() != args.parent:
+        # the pod process died before PDEATHSIG was armed (it would never come): nobody to serve for
+        return 0
     data = json.loads((Path(args.dir) / "settings.json").read_text())
     label = str(args.slot) if args.slot >= 0 else "spare"
     configure_logging(int(data.get("v", 2)), str(data.get("log_format", "console")), worker=label)

@@ -57,3 +57,25 @@ async def test_a_waiting_spare_stops_on_sigterm() -> None:
             await proc.wait()
         control.close(0)
         context.destroy(0)
+
+
+async def test_a_worker_whose_pod_process_is_already_gone_exits_at_once() -> None:
+    """PDEATHSIG is armed only once the worker runs: if the pod process died before that, the signal never
+    comes, so the worker compares its parent with the one it was started for (here: not its parent)."""
+    directory = Path(tempfile.mkdtemp(prefix="epp-w-"))
+    settings = parse_settings(["--static-endpoints", "127.0.0.1:1", "--secure-serving=false"])
+    (directory / "settings.json").write_text(json.dumps(settings.model_dump(mode="json")))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "epp.workers.worker", "--dir", str(directory)),
+        *("--slot", "-1", "--incarnation", "1", "--slots", "2", "--parent", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        # without the check it would wait for an assignment forever (nobody binds its control socket)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
