@@ -16,13 +16,15 @@ __all__ = ["Handle", "NullPluginMetrics", "PluginMetrics", "SimpleHandle"]
 
 
 class PluginMetrics(Protocol):
-    """Metrics recorded by plugins (everything else is metered by the engine)."""
+    """Metrics recorded by plugins (everything else is metered by the engine). The methods record
+    nothing here: `NullPluginMetrics` is this protocol as a class."""
 
-    def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None: ...
+    def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None:
+        return None
 
     def record_latency_prediction(self, model: str, target_model: str, seconds: float) -> None:
         """The latency predictor took `seconds` to predict TTFT and TPOT for one request's candidates."""
-        ...
+        return None
 
     def record_latency_outcome(
         self,
@@ -38,31 +40,11 @@ class PluginMetrics(Protocol):
     ) -> None:
         """A request the latency predictor predicted completed: observed and predicted seconds, and the
         request's SLOs in seconds (0: none; `tpot` 0: not measured)."""
-        ...
+        return None
 
 
-class NullPluginMetrics:
+class NullPluginMetrics(PluginMetrics):
     """A metrics sink that records nothing."""
-
-    def record_prefix_match(self, hit_ratio: float, hit_bytes: int) -> None:
-        return None
-
-    def record_latency_prediction(self, model: str, target_model: str, seconds: float) -> None:
-        return None
-
-    def record_latency_outcome(
-        self,
-        model: str,
-        target_model: str,
-        *,
-        ttft: float,
-        predicted_ttft: float,
-        ttft_slo: float = 0.0,
-        tpot: float = 0.0,
-        predicted_tpot: float = 0.0,
-        tpot_slo: float = 0.0,
-    ) -> None:
-        return None
 
 
 class Handle(Protocol):

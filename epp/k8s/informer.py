@@ -59,10 +59,8 @@ class Informer:
 
     async def stop(self) -> None:
         lw, self._lw = self._lw, None
-        if lw is None:
-            return
-        lw.stop()
-        await asyncio.to_thread(lw.join, 5.0)
+        if lw is not None:
+            await lw.close()
 
     @property
     def list_watch(self) -> ListWatch | None:

@@ -104,6 +104,11 @@ class ListWatch:
         if resp is not None:
             _shutdown(resp)
 
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop, and wait (off the loop) up to `timeout` seconds for the thread to end."""
+        self.stop()
+        await asyncio.to_thread(self.join, timeout)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end (blocking; call via `asyncio.to_thread` from the loop)."""
         if self._thread is None:

@@ -133,10 +133,8 @@ class _KubeObjectWatch:
 
     async def stop(self) -> None:
         lw, self._lw = self._lw, None
-        if lw is None:
-            return
-        lw.stop()
-        await asyncio.to_thread(lw.join, 5.0)
+        if lw is not None:
+            await lw.close()
 
 
 class KubeObjectWatcher:
