@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from epp.framework.cycle import CycleState
 from epp.framework.handle import SimpleHandle
+from epp.framework.plugins import PluginKind
 from epp.framework.types import (
     ApiKind,
     Endpoint,
@@ -20,6 +22,16 @@ from epp.framework.types import (
 )
 from epp.plugins import register_builtins
 from epp.registry import PluginRegistry
+
+#: The plugin pages, docs/plugins/<type>.md, and the sections each has, in this order.
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins"
+SECTIONS = [
+    "## What it does",
+    "## Scheduling intent",
+    "## Inputs consumed",
+    "## Parameters",
+    "## Differences from upstream",
+]
 
 
 def ep(key: str, ip: str | None = None, port: int = 8000, **metrics: Any) -> Endpoint:
@@ -96,3 +108,32 @@ def response(served: str = "", **kw: Any) -> ResponseInfo:
 
 def tn(type_name: str, name: str | None = None) -> TypedName:
     return TypedName(type_name, name or type_name)
+
+
+def assert_builds_with_defaults(
+    type_name: str, kinds: set[PluginKind], h: SimpleHandle | None = None
+) -> None:
+    """`type_name` is registered with `kinds`, builds without parameters, and its parameter model is closed
+    with every property described."""
+    entry = registry().get(type_name)
+    assert entry.kinds == kinds
+    plugin = entry.build("n", None, h or handle())
+    assert plugin.typed_name.type == type_name and plugin.typed_name.name == "n"
+    schema = entry.params_model.model_json_schema()
+    assert schema.get("additionalProperties") is False
+    assert all(prop.get("description") for prop in schema.get("properties", {}).values())
+
+
+def assert_documented(type_name: str) -> None:
+    """`type_name` has its page in docs/plugins with the standard sections, listing each of its parameters."""
+    page = DOCS / f"{type_name}.md"
+    assert page.is_file(), f"missing {page}"
+    text = page.read_text()
+    assert text.startswith(f"# `{type_name}`")
+    positions = [text.find(s) for s in SECTIONS]
+    assert all(p > 0 for p in positions) and positions == sorted(positions), positions
+    params = registry().get(type_name).params_model.model_json_schema()
+    if "$ref" in params:
+        params = params["$defs"][params["$ref"].rsplit("/", 1)[-1]]
+    for name in params.get("properties", {}):
+        assert f"`{name}`" in text, f"{type_name}: parameter {name} undocumented"

@@ -11,11 +11,9 @@ from epp.builtins import default_registry
 from epp.config import build_pipeline, load_config_file
 from epp.framework.plugins import PluginKind
 
-from .._kit import handle, registry
-from ..test_plugin_docs import SECTIONS
+from .._kit import assert_builds_with_defaults, assert_documented, handle, registry
 
 ROOT = Path(__file__).resolve().parents[3]
-DOCS = ROOT / "docs" / "plugins"
 
 NEW_TYPES = {
     "predicted-latency-producer": {
@@ -32,23 +30,12 @@ NEW_TYPES = {
 
 @pytest.mark.parametrize("type_name", sorted(NEW_TYPES))
 def test_registered_with_kinds_and_builds_with_defaults(type_name: str) -> None:
-    entry = registry().get(type_name)
-    assert entry.kinds == NEW_TYPES[type_name]
-    plugin = entry.build("n", None, handle())
-    assert plugin.typed_name.type == type_name and plugin.typed_name.name == "n"
-    schema = entry.params_model.model_json_schema()
-    assert schema.get("additionalProperties") is False
-    assert all(prop.get("description") for prop in schema.get("properties", {}).values())
+    assert_builds_with_defaults(type_name, NEW_TYPES[type_name])
 
 
 @pytest.mark.parametrize("type_name", sorted(NEW_TYPES))
 def test_documented_and_listed(type_name: str) -> None:
-    text = (DOCS / f"{type_name}.md").read_text()
-    assert text.startswith(f"# `{type_name}`")
-    positions = [text.find(s) for s in SECTIONS]
-    assert all(p > 0 for p in positions) and positions == sorted(positions), positions
-    for name in registry().get(type_name).params_model.model_json_schema().get("properties", {}):
-        assert f"`{name}`" in text, f"{type_name}: parameter {name} undocumented"
+    assert_documented(type_name)
     assert f"(plugins/{type_name}.md)" in (ROOT / "docs" / "index.md").read_text()
 
 
