@@ -4,7 +4,6 @@ has its docs page."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,7 @@ from epp.framework.types import Endpoint, TypedName
 from epp.plugin_runtime import PluginRuntime
 from epp.registry import EmptyParams, PluginRegistry, PluginType
 from epp.scheduling.pipeline import PipelineHolder
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins"
+from tests.plugins._kit import assert_documented
 
 
 class Recorder:
@@ -109,9 +107,4 @@ def test_k8s_notification_source_extractors_are_not_endpoint_extractors() -> Non
 
 @pytest.mark.parametrize("type_name", ["endpoint-notification-source", "request-attribute-reporter"])
 def test_new_types_have_their_docs_page(type_name: str) -> None:
-    assert type_name in builtin_registry()
-    text = (DOCS / f"{type_name}.md").read_text()
-    assert text.startswith(f"# `{type_name}`")
-    sections = ["## What it does", "## Scheduling intent", "## Inputs consumed", "## Parameters"]
-    positions = [text.find(s) for s in [*sections, "## Differences from upstream"]]
-    assert all(p > 0 for p in positions) and positions == sorted(positions)
+    assert_documented(type_name, builtin_registry())

@@ -33,10 +33,10 @@ from epp.plugin_runtime import PluginRuntime
 from epp.registry import EmptyParams, PluginRegistry, PluginType
 from epp.scheduling.pipeline import PipelineHolder
 from tests.helpers import until
+from tests.plugins._kit import assert_documented
 
 from .conftest import FAST
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins"
 GROUP = "example.com"
 
 
@@ -284,14 +284,7 @@ def test_refused_at_load_without_kubernetes() -> None:
 
 
 def test_docs_page() -> None:
-    assert K8S_NOTIFICATION_SOURCE_TYPE in builtin_registry()
-    text = (DOCS / f"{K8S_NOTIFICATION_SOURCE_TYPE}.md").read_text()
-    assert text.startswith(f"# `{K8S_NOTIFICATION_SOURCE_TYPE}`")
-    sections = ["## What it does", "## Scheduling intent", "## Inputs consumed", "## Parameters"]
-    positions = [text.find(s) for s in [*sections, "## Differences from upstream"]]
-    assert all(p > 0 for p in positions) and positions == sorted(positions)
-    for name in ("group", "version", "kind", "namespace"):
-        assert f"`{name}`" in text
+    assert_documented(K8S_NOTIFICATION_SOURCE_TYPE, builtin_registry())
 
 
 async def _call(fn: Any, *args: Any) -> Any:

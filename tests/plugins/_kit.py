@@ -124,15 +124,16 @@ def assert_builds_with_defaults(
     assert all(prop.get("description") for prop in schema.get("properties", {}).values())
 
 
-def assert_documented(type_name: str) -> None:
-    """`type_name` has its page in docs/plugins with the standard sections, listing each of its parameters."""
+def assert_documented(type_name: str, reg: PluginRegistry | None = None) -> None:
+    """`type_name` (of `reg`, default the plugins' `registry()`) has its page in docs/plugins with the
+    standard sections, listing each of its parameters."""
     page = DOCS / f"{type_name}.md"
     assert page.is_file(), f"missing {page}"
     text = page.read_text()
     assert text.startswith(f"# `{type_name}`")
     positions = [text.find(s) for s in SECTIONS]
     assert all(p > 0 for p in positions) and positions == sorted(positions), positions
-    params = registry().get(type_name).params_model.model_json_schema()
+    params = (reg or registry()).get(type_name).params_model.model_json_schema()
     if "$ref" in params:
         params = params["$defs"][params["$ref"].rsplit("/", 1)[-1]]
     for name in params.get("properties", {}):
