@@ -20,6 +20,7 @@ import pytest
 
 from epp.app import App
 from epp.settings import parse_settings
+from epp.tools.loadgen.gateway import ANY_PORTS, epp_flags
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.sim.metrics import MetricsOverride
 from tests.helpers import until
@@ -102,14 +103,14 @@ async def stack(tmp_path: Path, start_sim):
     cm = ConfigMapDir(tmp_path / "cm", QUEUE_ONLY)
     settings = parse_settings(
         [
-            f"--static-endpoints={','.join(s.address for s in sims.values())}",
-            f"--config-file={cm.path}",
+            *epp_flags(
+                [s.address for s in sims.values()],
+                config_file=cm.path,
+                secure_serving=False,
+                watch_config_file=True,
+            ),
+            *ANY_PORTS,
             "--config-reload-debounce=50ms",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
         ],
         environ={},
     )

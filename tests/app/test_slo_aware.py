@@ -12,6 +12,7 @@ import pytest
 
 from epp.app import App
 from epp.settings import parse_settings
+from epp.tools.loadgen.gateway import ANY_PORTS, epp_flags
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.sim.metrics import MetricsOverride
 from tests.helpers import until
@@ -61,14 +62,9 @@ async def test_predictions_are_made_and_slo_headers_honoured(tmp_path: Path, sta
     (tmp_path / "config.yaml").write_text(CONFIG)
     settings = parse_settings(
         [
-            f"--static-endpoints={','.join(s.address for s in sims)}",
-            f"--config-file={tmp_path / 'config.yaml'}",
+            *epp_flags([s.address for s in sims], config_file=tmp_path / "config.yaml", secure_serving=False),
+            *ANY_PORTS,
             "--static-objectives=batch=-1",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
         ],
         environ={},
     )

@@ -32,6 +32,7 @@ from epp.framework.types import Endpoint, InferenceRequest, TypedName
 from epp.logs import configure_logging
 from epp.registry import EmptyParams, PluginType
 from epp.settings import parse_settings
+from epp.tools.loadgen.gateway import ANY_PORTS, epp_flags
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.sim.metrics import MetricsOverride
 from tests.helpers import until
@@ -173,16 +174,11 @@ async def stack(tmp_path, start_sim):
     sims = [await start_sim(model=MODEL, name=f"sim{i}", time_scale=0.01, seed=i) for i in range(2)]
     settings = parse_settings(
         [
-            f"--static-endpoints={','.join(s.address for s in sims)}",
+            *epp_flags([s.address for s in sims], config_text=CONFIG, secure_serving=False),
+            *ANY_PORTS,
             "--static-objectives=batch=-1",
-            f"--config-text={CONFIG}",
             "--enable-decision-header",
             "--refresh-prometheus-metrics-interval=100ms",
-            "--secure-serving=false",
-            "--bind-address=127.0.0.1",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
         ],
         environ={},
     )

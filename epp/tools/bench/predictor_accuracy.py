@@ -248,6 +248,7 @@ def _compare(samples: list[tuple[str, tuple[float, ...], float, float]]) -> dict
 async def run(servers: int = 4, requests: int = 600, rate: float = 20.0, seed: int = 0) -> AccuracyResult:
     from epp.app import App
     from epp.settings import parse_settings
+    from epp.tools.loadgen.gateway import ANY_PORTS, epp_flags
     from epp.tools.proxy import EnvoyConfig, EnvoyProcess
     from epp.tools.sim.config import SimConfig
     from epp.tools.sim.server import SimServer
@@ -260,13 +261,13 @@ async def run(servers: int = 4, requests: int = 600, rate: float = 20.0, seed: i
     with tempfile.TemporaryDirectory() as tmp:
         settings = parse_settings(
             [
-                f"--static-endpoints={','.join(s.address for s in sims)}",
-                f"--config-file={PROFILE}",
-                "--secure-serving=false",
-                "--bind-address=127.0.0.1",
-                "--grpc-port=0",
-                "--grpc-health-port=0",
-                "--metrics-port=0",
+                *epp_flags(
+                    [s.address for s in sims],
+                    config_file=PROFILE,
+                    secure_serving=False,
+                    watch_config_file=True,
+                ),
+                *ANY_PORTS,
             ],
             environ={},
         )

@@ -35,11 +35,24 @@ from epp.tools.procs import descendants
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
 from epp.tools.proxy.envoy_config import BodyMode
 
-__all__ = ["EppMode", "EppOptions", "EppProcess", "EppServer", "Gateway", "ReplicatedGateway", "epp_flags"]
+__all__ = [
+    "ANY_PORTS",
+    "EppMode",
+    "EppOptions",
+    "EppProcess",
+    "EppServer",
+    "Gateway",
+    "ReplicatedGateway",
+    "epp_flags",
+]
 
 EppMode = Literal["inprocess", "subprocess"]
 
 log = logging.getLogger(__name__)
+
+
+#: The port flags of an in-process daemon: every port picked by the OS (`App` has them once started).
+ANY_PORTS = ("--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0")
 
 
 def epp_flags(
@@ -48,15 +61,17 @@ def epp_flags(
     config_file: str | Path | None = None,
     config_text: str | None = None,
     secure_serving: bool = True,
+    watch_config_file: bool = False,
 ) -> list[str]:
-    """The daemon flags of a loopback EPP over static endpoints (without ports)."""
+    """The daemon flags of a loopback EPP over static endpoints (without ports: `ANY_PORTS` for an
+    in-process one)."""
     args = [
         "--static-endpoints",
         ",".join(endpoints),
         "--bind-address",
         "127.0.0.1",
         f"--secure-serving={'true' if secure_serving else 'false'}",
-        "--watch-config-file=false",
+        f"--watch-config-file={'true' if watch_config_file else 'false'}",
     ]
     if config_file is not None:
         args += ["--config-file", str(config_file)]
