@@ -9,7 +9,11 @@ COPY pyproject.toml README.md ./
 COPY epp ./epp
 COPY profiles ./profiles
 # the daemon never imports the tools (simulator, load generator, demo, benchmarks): the image leaves them out
-RUN rm -rf epp/tools && pip install --no-cache-dir . && useradd --uid 65532 --no-create-home epp
+# xds-protos bundles an old copy of the opentelemetry.proto modules: opentelemetry-proto's own must win
+RUN rm -rf epp/tools && pip install --no-cache-dir . \
+    && pip install --no-cache-dir --force-reinstall --no-deps \
+       "opentelemetry-proto==$(python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')" \
+    && useradd --uid 65532 --no-create-home epp
 USER 65532
 EXPOSE 9002 9003 9090
 ENTRYPOINT ["epp"]

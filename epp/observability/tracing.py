@@ -121,8 +121,18 @@ def _exporters(names: list[str], environ: Mapping[str, str]) -> list[tuple[str, 
             )
             if protocol.strip().lower() != "grpc":
                 log.warning("OTLP protocol %s is not supported; exporting traces over gRPC", protocol)
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+            try:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            except ImportError as exc:
+                # xds-protos ships an old copy of opentelemetry.proto; installed after opentelemetry-proto it
+                # replaces the modules the exporter needs
+                log.error(
+                    "tracing: the OTLP exporter cannot be loaded (%s); no spans are exported. If "
+                    "xds-protos was installed after opentelemetry-proto, run: pip install "
+                    "--force-reinstall --no-deps opentelemetry-proto==<its version>",
+                    exc,
+                )
+                continue
             endpoint = (
                 environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -77,6 +77,23 @@ def test_an_otlp_endpoint_alone_selects_otlp_with_upstreams_defaults(
     assert attrs["service.version"] == "1.2.3"
 
 
+def test_an_otlp_exporter_that_cannot_load_is_logged_and_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What xds-protos' old copy of opentelemetry.proto does to the exporter's import: the daemon says how
+    to fix it and exports nothing, instead of failing to start."""
+    import sys
+
+    from epp.observability.tracing import _exporters
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with caplog.at_level("ERROR"):
+        assert _exporters(["otlp", "console"], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})[0][
+            0
+        ] == ("console")
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("sampler", "arg", "description"),
     [
