@@ -122,8 +122,8 @@ class LatencyScorer:
         p = self.params
         wkv, wq, wprefix = p.compositeKVWeight, p.compositeQueueWeight, p.compositePrefixWeight
         total = wkv + wq + wprefix
-        if total <= 0.0:
-            wkv, wq, wprefix, total = 1.0, 0.0, 0.0, 1.0
+        if total <= 0.0:  # no fallback: every endpoint the same, the other scorers decide
+            return {e.key: 0.0 for e in endpoints}
         wkv, wq, wprefix = wkv / total, wq / total, wprefix / total
         max_q = max((e.metrics.waiting_queue_size for e in endpoints), default=0)
         prefix = cycle.read(PREFIX_CACHE_MATCH_INFO_KEY)

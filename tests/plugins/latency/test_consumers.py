@@ -74,6 +74,17 @@ def test_scorer_falls_back_to_the_load_composite_without_predictions() -> None:
     assert scores["b"] > scores["a"]
 
 
+def test_scorer_with_every_composite_weight_zero_leaves_it_to_the_other_scorers_until_predictions() -> None:
+    fleet = [
+        ep("a", waiting_queue_size=5, kv_cache_usage=0.9),
+        ep("b", waiting_queue_size=0, kv_cache_usage=0.1),
+    ]
+    neutral = scorer(compositeKVWeight=0.0, compositeQueueWeight=0.0, compositePrefixWeight=0.0)
+    assert neutral.score(CycleState(), req(), fleet) == {"a": 0.0, "b": 0.0}
+    ranked = neutral.score(cycle_with({"a": 300.0, "b": 50.0}), req(), fleet)
+    assert ranked["b"] > ranked["a"]  # once there are predictions it scores as usual
+
+
 # ---- slo-headroom-tier-filter ----------------------------------------------------------------------
 
 
