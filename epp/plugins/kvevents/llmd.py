@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from epp.units import parse_duration
 
@@ -26,26 +26,27 @@ LLMD_TOPIC_FILTER = "kv@"
 LLMD_SPECULATIVE_TTL = 2.0
 
 
+_NOT_SUPPORTED = "Not supported here: "
+
+
 def _unsupported(reason: str) -> Any:
-    """A key llm-d accepts that has no equivalent here: in the schema (so editors know it) but refused."""
-    return Field(
-        default=None,
-        description=f"Not supported here: {reason}",
-        json_schema_extra={"not": {}},
-    )
-
-
-def _refuse(reason: str) -> Any:
-    def check(value: Any) -> Any:
-        if value is not None and value != "":  # llm-d's own default of a string key is ""
-            raise ValueError(f"not supported: {reason}")
-        return value
-
-    return check
+    """A key llm-d accepts that has no equivalent here: in the schema (so editors know it), refused with
+    `reason` at its own path (`_Strict`)."""
+    return Field(default=None, description=_NOT_SUPPORTED + reason, json_schema_extra={"not": {}})
 
 
 class _Strict(BaseModel):
     model_config = _STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        reason = field.description if field is not None and field.description else ""
+        # llm-d's own default of a string key is ""
+        if reason.startswith(_NOT_SUPPORTED) and value is not None and value != "":
+            raise ValueError(f"not supported: {reason.removeprefix(_NOT_SUPPORTED)}")
+        return value
 
 
 class TokenProcessorConfig(_Strict):
@@ -70,16 +71,8 @@ class InMemoryConfig(_Strict):
         description="Blocks the index holds (→ maxBlocksPerEndpoint: the cap here is per endpoint).",
     )
     podCacheSize: Any = _unsupported(
-        "the index here keeps every endpoint that holds a block (no cap of endpoints per block)"
+        "the index here keeps every endpoint that holds a block (no cap of endpoints per block); remove it"
     )
-
-    @field_validator("podCacheSize", mode="before")
-    @classmethod
-    def _no_pod_cache_size(cls, value: Any) -> Any:
-        return _refuse(
-            "the index here keeps every endpoint that holds a block (no cap of endpoints per block); "
-            "remove it"
-        )(value)
 
 
 class KvBlockIndexConfig(_Strict):
@@ -95,21 +88,6 @@ class KvBlockIndexConfig(_Strict):
     metricsLoggingInterval: Any = _unsupported(
         "index statistics are Prometheus metrics on /metrics, not periodic log lines"
     )
-
-    @field_validator("costAwareMemoryConfig", mode="before")
-    @classmethod
-    def _no_cost_aware(cls, value: Any) -> Any:
-        return _refuse("the index is in memory, sized by inMemoryConfig.size")(value)
-
-    @field_validator("redisConfig", "valkeyConfig", mode="before")
-    @classmethod
-    def _no_external_index(cls, value: Any) -> Any:
-        return _refuse("the index is in memory, one per EPP process (no Redis or Valkey backend)")(value)
-
-    @field_validator("metricsLoggingInterval", mode="before")
-    @classmethod
-    def _no_logging_interval(cls, value: Any) -> Any:
-        return _refuse("index statistics are Prometheus metrics on /metrics, not periodic log lines")(value)
 
 
 class KvCacheBackend(_Strict):
@@ -129,16 +107,9 @@ class IndexerConfig(_Strict):
         "(→ otherTierWeight).",
     )
     tokenizersPoolConfig: Any = _unsupported(
-        "no in-process tokenizer; request tokens come from token-id prompts or `tokenizer: char4`"
+        "no in-process tokenizer here: request tokens come from token-id prompts, or from text with "
+        "the flat parameter `tokenizer: char4`"
     )
-
-    @field_validator("tokenizersPoolConfig", mode="before")
-    @classmethod
-    def _no_tokenizers(cls, value: Any) -> Any:
-        return _refuse(
-            "no in-process tokenizer here: request tokens come from token-id prompts, or from text with "
-            "the flat parameter `tokenizer: char4`"
-        )(value)
 
     @field_validator("kvCacheBackendConfigs")
     @classmethod
@@ -171,17 +142,12 @@ class PodDiscoveryConfig(_Strict):
         "llm-d's default 5557).",
     )
     podLabelSelector: Any = _unsupported(
-        "subscriptions follow the pool's endpoints (InferencePool, --endpoint-selector or --static-endpoints)"
+        "subscriptions follow the pool's endpoints (InferencePool, --endpoint-selector or "
+        "--static-endpoints), no separate pod watch; remove it"
     )
-    podNamespace: Any = _unsupported("subscriptions follow the pool's endpoints, in the pool's namespace")
-
-    @field_validator("podLabelSelector", "podNamespace", mode="before")
-    @classmethod
-    def _no_pod_watch(cls, value: Any) -> Any:
-        return _refuse(
-            "subscriptions follow the pool's endpoints (InferencePool, --endpoint-selector or "
-            "--static-endpoints), no separate pod watch; remove it"
-        )(value)
+    podNamespace: Any = _unsupported(
+        "subscriptions follow the pool's endpoints, in the pool's namespace, no separate pod watch; remove it"
+    )
 
 
 class KvEventsConfig(_Strict):
@@ -206,16 +172,9 @@ class KvEventsConfig(_Strict):
         default=None, description="Where each endpoint publishes."
     )
     zmqEndpoint: Any = _unsupported(
-        "no central socket is bound for engines to push to; each endpoint's publisher is subscribed"
+        "no central socket is bound for engines to connect to; each endpoint's publisher is subscribed "
+        "(podDiscoveryConfig.socketPort, or the flat kvEventsAddress / kvEventsAddresses)"
     )
-
-    @field_validator("zmqEndpoint", mode="before")
-    @classmethod
-    def _no_central_socket(cls, value: Any) -> Any:
-        return _refuse(
-            "no central socket is bound for engines to connect to; each endpoint's publisher is subscribed "
-            "(podDiscoveryConfig.socketPort, or the flat kvEventsAddress / kvEventsAddresses)"
-        )(value)
 
 
 #: the llm-d keys of the scorer's parameters
@@ -229,25 +188,30 @@ LLMD_KEYS = (
 
 
 class LlmdParams(BaseModel):
-    """The llm-d keys as given (None = absent), and what they mean in our flat parameters."""
+    """The llm-d keys as given (None = absent), and what they mean in our flat parameters. The scorer's
+    parameters (`PreciseParamOverrides`) extend it with the flat keys."""
 
     model_config = _STRICT
 
     tokenProcessorConfig: TokenProcessorConfig | None = Field(
-        default=None, description="llm-d: how tokens become blocks (blockSize, hashSeed)."
+        default=None, description="llm-d: how tokens become blocks (blockSize → blockSizeTokens; hashSeed)."
     )
     indexerConfig: IndexerConfig | None = Field(
-        default=None, description="llm-d: the block index (kvBlockIndexConfig, kvCacheBackendConfigs)."
+        default=None,
+        description="llm-d: the block index (kvBlockIndexConfig.inMemoryConfig.size → maxBlocksPerEndpoint; "
+        "kvCacheBackendConfigs → otherTierWeight).",
     )
     kvEventsConfig: KvEventsConfig | None = Field(
-        default=None, description="llm-d: the KV-event subscriptions (topicFilter, discoverPods, ...)."
+        default=None,
+        description="llm-d: KV-event subscriptions (topicFilter; discoverPods and "
+        "podDiscoveryConfig.socketPort → kvEventsAddress tcp://{ip}:PORT).",
     )
     speculativeIndexing: bool | None = Field(
         default=None, description="llm-d: speculative entries for routed requests (default false)."
     )
     speculativeTTL: str | None = Field(
         default=None,
-        description="llm-d: their lifetime, a Go duration (default 2s) (→ speculativeTtlSeconds).",
+        description="llm-d: their lifetime, a Go duration, default 2s (→ speculativeTtlSeconds).",
     )
 
     @field_validator("speculativeTTL")

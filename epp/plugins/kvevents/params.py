@@ -8,10 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from epp.plugins.kvevents.llmd import (
     LLMD_KEYS,
-    IndexerConfig,
-    KvEventsConfig,
     LlmdParams,
-    TokenProcessorConfig,
 )
 
 __all__ = ["PreciseParamOverrides", "PrecisePrefixParams"]
@@ -69,11 +66,12 @@ class PrecisePrefixParams(BaseModel):
         return self
 
 
-class PreciseParamOverrides(BaseModel):
+class PreciseParamOverrides(LlmdParams):
     """The producer's keys, all optional: what a user wrote on `precise-prefix-cache-scorer`.
 
     llm-d's nested keys (`tokenProcessorConfig`, `indexerConfig`, `kvEventsConfig`, `speculativeIndexing`,
-    `speculativeTTL`; see `epp.plugins.kvevents.llmd`) are accepted beside them and mapped onto them;
+    `speculativeTTL`; declared by `LlmdParams` in `epp.plugins.kvevents.llmd`) are accepted beside them and
+    mapped onto them;
     a flat key and an llm-d key that set the same thing is an error.
     """
 
@@ -92,33 +90,11 @@ class PreciseParamOverrides(BaseModel):
     maxBlocksPerEndpoint: int | None = Field(default=None, description=_D["maxBlocksPerEndpoint"])
     otherTierWeight: float | None = Field(default=None, description=_D["otherTierWeight"])
     resyncSeconds: float | None = Field(default=None, description=_D["resyncSeconds"])
-    # llm-d's shape (llm-d-router's precise-prefix-cache-scorer)
-    tokenProcessorConfig: TokenProcessorConfig | None = Field(
-        default=None, description="llm-d: how tokens become blocks (blockSize → blockSizeTokens; hashSeed)."
-    )
-    indexerConfig: IndexerConfig | None = Field(
-        default=None,
-        description="llm-d: the block index (kvBlockIndexConfig.inMemoryConfig.size → maxBlocksPerEndpoint; "
-        "kvCacheBackendConfigs → otherTierWeight).",
-    )
-    kvEventsConfig: KvEventsConfig | None = Field(
-        default=None,
-        description="llm-d: KV-event subscriptions (topicFilter; discoverPods and "
-        "podDiscoveryConfig.socketPort → kvEventsAddress tcp://{ip}:PORT).",
-    )
-    speculativeIndexing: bool | None = Field(
-        default=None, description="llm-d: speculative entries for routed requests (default false)."
-    )
-    speculativeTTL: str | None = Field(
-        default=None,
-        description="llm-d: their lifetime, a Go duration, default 2s (→ speculativeTtlSeconds).",
-    )
 
     @model_validator(mode="after")
     def _valid_as_producer_params(self) -> PreciseParamOverrides:
-        llmd = self.llmd()
         flat = self.flat_given()
-        for key, (path, _) in llmd.explicit().items():
+        for key, (path, _) in self.explicit().items():
             if key in flat:
                 raise ValueError(f"'{key}' and llm-d's '{path}' both set the same thing; keep one of them")
         given = self.given()
@@ -129,18 +105,13 @@ class PreciseParamOverrides(BaseModel):
                 raise ValueError("; ".join(str(err["msg"]) for err in exc.errors())) from None
         return self
 
-    def llmd(self) -> LlmdParams:
-        return LlmdParams.model_validate(
-            {k: getattr(self, k) for k in LLMD_KEYS if getattr(self, k) is not None}
-        )
-
     def flat_given(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in LLMD_KEYS}
 
     def given(self) -> dict[str, Any]:
         """The producer's parameters these stand for: llm-d's keys mapped (over llm-d's defaults when any
         is given), then the flat keys."""
-        return {**self.llmd().flat(), **self.flat_given()}
+        return {**self.flat(), **self.flat_given()}
 
     def producer_parameters(self) -> dict[str, Any] | None:
         """The loader forwards these to the producer it creates for the scorer (None: nothing given)."""
