@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from epp.tools.bench.reliability.rig import Row, Traffic, now, until
+from epp.tools.bench.reliability.rig import Row, Traffic, counts, now, until
 from epp.tools.kmock import KmockThread
 from epp.tools.loadgen.gateway import EppProcess
 from epp.tools.proxy import EnvoyConfig, EnvoyProcess
@@ -96,7 +96,7 @@ def _rows(how: str, traffic: Traffic, gone: float, ready: float, took: float | N
         Row(
             name,
             "requests meanwhile: ok / refused (statuses)",
-            f"{len(during) - len(refused)} / {len(refused)} ({_counts(statuses)})",
+            f"{len(during) - len(refused)} / {len(refused)} ({counts(statuses)})",
         ),
         Row(
             name,
@@ -106,7 +106,3 @@ def _rows(how: str, traffic: Traffic, gone: float, ready: float, took: float | N
             all(t.result.ok for t in settled),
         ),
     ]
-
-
-def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))

@@ -18,7 +18,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
-from epp.tools.bench.reliability.rig import Row, Traffic, metric_value, metric_values, now, until
+from epp.tools.bench.reliability.rig import Row, Traffic, counts, metric_value, metric_values, now, until
 from epp.tools.loadgen.fleet import SimFleet
 from epp.tools.loadgen.gateway import EppProcess, Gateway
 
@@ -128,7 +128,7 @@ async def run_epp_kill(gateway: Gateway, say: Callable[[str], None]) -> list[Row
         Row(
             f"epp-kill {mode}",
             "while the EPP was away: requests ok / failed (statuses)",
-            f"{away_ok} / {len(away) - away_ok} ({_counts(statuses)})",
+            f"{away_ok} / {len(away) - away_ok} ({counts(statuses)})",
         ),
         Row(f"epp-kill {mode}", "restart: process start → ready", f"{restart_ms:.0f} ms"),
         Row(
@@ -158,7 +158,3 @@ async def run_epp_kill(gateway: Gateway, say: Callable[[str], None]) -> list[Row
             ),
         )
     return rows
-
-
-def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))

@@ -40,7 +40,7 @@ from epp.builtins import default_registry
 from epp.config.build import build_pipeline
 from epp.config.loader import load_config
 from epp.errors import ConfigError
-from epp.tools.bench.reliability.rig import MODEL, Row
+from epp.tools.bench.reliability.rig import MODEL, Row, metric_value, replace_file, until
 
 __all__ = ["ConfigFuzz", "RequestFuzz", "fuzz_configs_in_process", "fuzz_requests"]
 
@@ -247,8 +247,6 @@ async def fuzz_configs_in_daemon(
     fuzz: ConfigFuzz, config_path: Path, pid: int, metrics: Callable[[], Any], say: Callable[[str], None]
 ) -> tuple[int, int]:
     """Apply each judged document to the daemon (write, SIGHUP) and compare; (agreeing, compared)."""
-    from epp.tools.bench.reliability.rig import metric_value, until
-
     live = hashlib.sha256(config_path.read_bytes()).hexdigest()
     agree = compared = 0
     for text, verdict in fuzz.verdicts:
@@ -259,9 +257,7 @@ async def fuzz_configs_in_daemon(
             r: metric_value(before, "epp_config_reload_total", result=r)
             for r in ("success", "error", "unchanged")
         }
-        tmp = config_path.with_name(f".{config_path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, config_path)
+        replace_file(config_path, text)
         os.kill(pid, signal.SIGHUP)
         seen: dict[str, str] = {}
 

@@ -9,12 +9,11 @@ generation and hash alone (the previous pipeline keeps serving) and be logged wi
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from epp.tools.bench.reliability.rig import Row, Traffic, metric_value, metric_values, until
+from epp.tools.bench.reliability.rig import Row, Traffic, metric_value, metric_values, replace_file, until
 from epp.tools.loadgen.gateway import EppProcess, Gateway
 
 __all__ = ["INVALID", "PROFILES", "run_reloads"]
@@ -73,12 +72,6 @@ INVALID = (
 )
 
 
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -104,7 +97,7 @@ async def run_reloads(
             if i % invalid_every == 0 and (i // invalid_every) <= len(INVALID):
                 what, text = INVALID[i // invalid_every - 1]
                 log_mark = len(epp.log_text())
-                _replace(config_path, text)
+                replace_file(config_path, text)
 
                 async def refused_now(errors: float = errors) -> bool:
                     after = await metric_values(url)
@@ -128,7 +121,7 @@ async def run_reloads(
             else:
                 text = PROFILES[(valid_n + 1) % 2]  # the file starts as PROFILES[0]
                 valid_n += 1
-                _replace(config_path, text)
+                replace_file(config_path, text)
 
                 async def applied_now(generation: float = generation) -> bool:
                     after = await metric_values(url)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,10 +34,12 @@ __all__ = [
     "MODEL",
     "Row",
     "Traffic",
+    "counts",
     "metric_value",
     "metric_values",
     "now",
     "open_fds",
+    "replace_file",
     "rss_bytes",
     "sim_configs",
     "tree_pids",
@@ -139,6 +144,18 @@ class Traffic:
     def between(self, start: float, end: float) -> list[Timed]:
         """Results of the requests started in [start, end)."""
         return [t for t in self.results if start <= t.start < end]
+
+
+def counts(counter: Counter[str]) -> str:
+    """`a: 3, b: 1` (sorted by key), for a table cell."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` the way a ConfigMap update lands: a new file renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def ttft_ms(timed: Iterable[Timed], q: float) -> float | None:

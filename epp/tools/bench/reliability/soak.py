@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from epp.tools.bench.reliability.rig import (
@@ -86,15 +87,14 @@ async def _sample(
 
 
 async def run_soak(
-    gateway: Gateway, minutes: float, interval_s: float, calibrate_s: float, say: object
+    gateway: Gateway, minutes: float, interval_s: float, calibrate_s: float, say: Callable[[str], None]
 ) -> tuple[list[Row], list[Sample], dict[str, float]]:
     pid = gateway.epp_pid
     if pid is None:
         raise RuntimeError("the soak needs the EPP as its own process")
     capacity = await calibrate(gateway.url, calibrate_s)
     rate = capacity / 2
-    if callable(say):
-        say(f"soak: rig capacity {capacity:.0f} req/s, soaking at {rate:.0f} req/s for {minutes:g} min")
+    say(f"soak: rig capacity {capacity:.0f} req/s, soaking at {rate:.0f} req/s for {minutes:g} min")
     samples: list[Sample] = []
     async with Traffic(gateway.url, rate, seed=11) as traffic:
         begin = now()
@@ -103,12 +103,11 @@ async def run_soak(
             start = begin + i * interval_s
             await asyncio.sleep(max(0.0, start + interval_s - now()))
             samples.append(await _sample(gateway, pid, traffic, i + 1, start, start + interval_s))
-            if callable(say):
-                s = samples[-1]
-                say(
-                    f"  minute {s.minute}: rss {s.rss_mb:.1f} MB, fds {s.fds}, tasks {s.tasks}, "
-                    f"{s.requests} requests, {s.failed} failed, TTFT p50 {s.ttft_p50_ms or 0:.1f} ms"
-                )
+            s = samples[-1]
+            say(
+                f"  minute {s.minute}: rss {s.rss_mb:.1f} MB, fds {s.fds}, tasks {s.tasks}, "
+                f"{s.requests} requests, {s.failed} failed, TTFT p50 {s.ttft_p50_ms or 0:.1f} ms"
+            )
     failed = sum(1 for t in traffic.results if not t.result.ok)
     first, rest = samples[0], samples[1:] or samples
     growth = (max(s.rss_mb for s in rest) - first.rss_mb) / first.rss_mb
