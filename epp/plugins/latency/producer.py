@@ -15,7 +15,10 @@ Targets, measured from dispatch (PreRequest), as upstream: with `streamingMode` 
 byte of a streamed response and TPOT (end - first byte) / (completion tokens - 1); without it TTFT is the
 whole response time (upstream's e2e training) and TPOT is not modelled (neutral for the consumers).
 
-Each process has its own model (with `--workers N`: trained on the requests that worker routed).
+Shared (SharedState) with the other processes routing for the pool (the workers of a pod, replicas in
+active-active mode): each sends the training samples of the requests it saw complete and its per-endpoint
+in-flight totals, so every process trains on the whole pod's traffic and its features count the whole
+pod's load on each endpoint (with `--workers 2`, one worker alone sees half of both).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import asyncio
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +80,8 @@ SWEEP_INTERVAL = 0.005
 FALLBACK_SWEEP_INTERVAL = 0.05
 #: The pooled model is fitted on at most this many recent samples in all.
 POOLED_CAP = 8192
+#: Training samples kept for the other processes between two exports (older ones are dropped).
+OUTBOX_CAP = 2048
 
 
 class PredictedLatencyParams(BaseModel):
@@ -201,7 +207,8 @@ class _Columns:
 
 
 class PredictedLatencyProducer:
-    """DataProducer + PreRequest + ResponseReceived + ResponseComplete + BackgroundTask + EndpointObserver."""
+    """DataProducer + PreRequest + ResponseReceived + ResponseComplete + BackgroundTask + EndpointObserver
+    + SharedState."""
 
     def __init__(
         self,
@@ -231,6 +238,9 @@ class PredictedLatencyProducer:
         self._tpot_min: dict[str, float] = {}
         self._tpot_floor = math.inf  # min(self._tpot_min.values())
         self._dispatch_key: StateKey[_Dispatch] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
+        # samples for the other processes (None: not sharing)
+        self._outbox: deque[list[Any]] | None = None
+        self._pool: frozenset[str] | None = None  # the pool's endpoint keys (None: not told yet)
 
     # ---- properties the pipeline reads ---------------------------------------------------------------
 
@@ -256,12 +266,13 @@ class PredictedLatencyProducer:
         """The endpoint-state features (pending prefill tokens, waiting, running, KV use, in flight)."""
         key = endpoint.key
         m = endpoint.metrics
+        t = self.tracker
         return (
-            float(self.tracker.pending_tokens.get(key, 0)),
+            float(t.pending_tokens.get(key, 0) + t.remote_pending_tokens.get(key, 0)),
             float(m.waiting_queue_size),
             float(m.running_requests_size),
             m.kv_cache_usage,
-            float(self.tracker.inflight.get(key, 0)),
+            float(t.inflight.get(key, 0) + t.remote_inflight.get(key, 0)),
         )
 
     def _coefficients(self, endpoint: Endpoint, model: GroupModel) -> tuple[float, ...]:
@@ -384,9 +395,15 @@ class PredictedLatencyProducer:
             flags: np.ndarray = valid_ttft & valid_tpot
             return flags
 
-        return LatencyPredictionInfo(
-            index, ttft, tpot, h_ttft, h_tpot, valid, slo, dict(self.tracker.inflight)
-        )
+        return LatencyPredictionInfo(index, ttft, tpot, h_ttft, h_tpot, valid, slo, self._dispatched())
+
+    def _dispatched(self) -> dict[str, int]:
+        """Requests in flight per endpoint, this process's and the others'."""
+        t = self.tracker
+        dispatched = dict(t.inflight)
+        for key, n in t.remote_inflight.items():
+            dispatched[key] = dispatched.get(key, 0) + n
+        return dispatched
 
     # ---- training data (response hooks) --------------------------------------------------------------
 
@@ -456,6 +473,9 @@ class PredictedLatencyProducer:
         if ttft <= 0.0:
             return
         self.buffers.add(dispatch.group, dispatch.row, ttft * 1000.0, tpot * 1000.0)
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.append([dispatch.group, dispatch.row, ttft * 1000.0, tpot * 1000.0])
         s = dispatch.slo
         self._metrics.record_latency_outcome(
             dispatch.model,
@@ -494,6 +514,7 @@ class PredictedLatencyProducer:
                 self._tpot_floor = min(self._tpot_min.values(), default=math.inf)
 
     def endpoints_changed(self, keys: frozenset[str]) -> None:
+        self._pool = keys
         self.tracker.retain(keys)
         self._cols = None
         with self._fit_lock:
@@ -503,6 +524,39 @@ class PredictedLatencyProducer:
             self._tpot_floor = min(self._tpot_min.values(), default=math.inf)
         if not self.params.hardwareClassLabel:
             self.buffers.retain(keys)
+
+    # ---- SharedState: training samples and in-flight totals ----------------------------------------------
+
+    def start_sharing(self) -> None:
+        self._outbox = deque(maxlen=OUTBOX_CAP)
+
+    def export_changes(self) -> dict[str, Any] | None:
+        """`{"load": [[endpoint, in flight, pending tokens], ...] (changed totals), "samples": [[group,
+        feature row, TTFT ms, TPOT ms], ...] (completed since the last export)}`; None: nothing new."""
+        load = self.tracker.export_changes()
+        outbox = self._outbox
+        samples: list[list[Any]] = []
+        while outbox:
+            samples.append(outbox.popleft())
+        if load is None and not samples:
+            return None
+        return {"load": load or [], "samples": samples}
+
+    def import_changes(self, origin: str, changes: Any) -> None:
+        load = changes.get("load")
+        if load:
+            self.tracker.import_changes(origin, load)
+        add = self.buffers.add
+        per_endpoint = not self.params.hardwareClassLabel
+        pool = self._pool
+        for group, row, ttft_ms, tpot_ms in changes.get("samples") or ():
+            if per_endpoint and pool is not None and group not in pool:
+                continue  # an endpoint that left the pool
+            if len(row) == N_FEATURES and ttft_ms > 0.0:
+                add(str(group), tuple(float(v) for v in row), float(ttft_ms), float(tpot_ms))
+
+    def forget_origin(self, origin: str) -> None:
+        self.tracker.forget_origin(origin)
 
     # ---- training (background) -----------------------------------------------------------------------
 

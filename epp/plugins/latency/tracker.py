@@ -10,14 +10,19 @@ the endpoint whose numbers changed (the producer drops its cached features for i
 The sweep only looks at the oldest pending request of each endpoint: engines start requests roughly in
 arrival order, so a request that got its first token behind an older one still waiting is counted a
 little longer, never lost.
+
+The other processes routing for the pool (the workers of a pod, replicas) send their per-endpoint totals
+(`export_changes` / `import_changes`, absolute values per origin); `remote_inflight` and
+`remote_pending_tokens` hold their sums, and the producer adds them to this process's own.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from epp.framework.types import ResponseInfo
 
@@ -45,6 +50,11 @@ class InFlightTracker:
         self._fifo: dict[str, deque[TrackedRequest]] = {}
         # bumped when an endpoint leaves the pool, so a late completion cannot touch newer counts
         self._epochs: dict[str, int] = {}
+        #: endpoint -> the other processes' requests in flight / pending tokens there (summed over origins)
+        self.remote_inflight: dict[str, int] = {}
+        self.remote_pending_tokens: dict[str, int] = {}
+        self._remote: dict[str, dict[str, tuple[int, int]]] = {}  # origin -> endpoint -> (inflight, tokens)
+        self._exported: dict[str, tuple[int, int]] = {}
 
     def add(self, endpoint: str, tokens: int) -> TrackedRequest:
         with self._lock:
@@ -111,6 +121,64 @@ class InFlightTracker:
                 self.pending_tokens.pop(key, None)
                 self._fifo.pop(key, None)
                 self._epochs[key] = self._epochs.get(key, 0) + 1
+            for totals in self._remote.values():
+                for key in [k for k in totals if k not in keys]:
+                    del totals[key]
+            for table in (self.remote_inflight, self.remote_pending_tokens):
+                for key in [k for k in table if k not in keys]:
+                    del table[key]
+
+    # ---- the other processes' totals ----------------------------------------------------------------
+
+    def export_changes(self) -> list[list[Any]] | None:
+        """This process's per-endpoint totals that changed since the last export: `[endpoint, requests in
+        flight, pending tokens]` (0, 0: none left there)."""
+        with self._lock:
+            current = {k: (n, self.pending_tokens.get(k, 0)) for k, n in self.inflight.items()}
+            for k, tokens in self.pending_tokens.items():
+                current.setdefault(k, (0, tokens))
+            previous = self._exported
+            changed: list[list[Any]] = [
+                [k, n, t] for k, (n, t) in current.items() if previous.get(k) != (n, t)
+            ]
+            changed += [[k, 0, 0] for k in previous if k not in current]
+            self._exported = current
+        return changed or None
+
+    def import_changes(self, origin: str, changes: Sequence[Sequence[Any]]) -> None:
+        touched: list[str] = []
+        with self._lock:
+            totals = self._remote.setdefault(origin, {})
+            for key, inflight, tokens in changes:
+                if inflight or tokens:
+                    totals[key] = (int(inflight), int(tokens))
+                else:
+                    totals.pop(key, None)
+                self._sum_remote(key)
+                touched.append(key)
+        for key in touched:
+            self._on_change(key)
+
+    def forget_origin(self, origin: str) -> None:
+        with self._lock:
+            totals = self._remote.pop(origin, None) or {}
+            for key in totals:
+                self._sum_remote(key)
+        for key in totals:
+            self._on_change(key)
+
+    def _sum_remote(self, key: str) -> None:
+        inflight = tokens = 0
+        for totals in self._remote.values():
+            v = totals.get(key)
+            if v is not None:
+                inflight += v[0]
+                tokens += v[1]
+        for table, value in ((self.remote_inflight, inflight), (self.remote_pending_tokens, tokens)):
+            if value:
+                table[key] = value
+            else:
+                table.pop(key, None)
 
     def _drop_pending(self, entry: TrackedRequest) -> None:
         entry.prefilled = True

@@ -207,3 +207,60 @@ def test_training_only_mode_publishes_nothing() -> None:
     cycle = CycleState()
     prod.prepare_data(cycle, req("x" * 400, stream=True), [ep("a")])
     assert cycle.read(LATENCY_PREDICTION_INFO_KEY) is None
+
+
+def test_processes_share_training_samples_and_in_flight_load() -> None:
+    """Two workers of a pod: each trains on the other's completed requests too, counts the other's
+    requests in flight in its features, and forgets them when that worker is gone."""
+    from epp.framework.plugins import SharedState
+    from epp.workers.codec import pack, unpack
+
+    clock, rng = Clock(), random.Random(8)
+    a, b = producer(clock), producer(clock)
+    assert isinstance(a, SharedState)
+    for p in (a, b):
+        p.start_sharing()
+        p.endpoints_changed(frozenset({"x", "y"}))
+    for _ in range(40):
+        fleet = [random_endpoint(rng, k) for k in ("x", "y")]
+        serve(a, clock, fleet, rng.choice(fleet), rng.randint(10, 2000))
+    changes = a.export_changes()
+    assert changes is not None and len(changes["samples"]) == 40
+    b.import_changes("w0.1", unpack(pack(changes)))
+    assert b.retrain() and b.snapshot.ready  # b routed nothing: a's samples trained it
+    assert a.export_changes() is None  # nothing new since
+
+    # a request of a's in flight on "x" counts in b's features and in the dispatched requests
+    request = req("x" * 400, stream=True)
+    a.pre_request(
+        CycleState(), request, SchedulingResult("default", {"default": ProfileRunResult((ep("x"),))})
+    )
+    b.import_changes("w0.1", unpack(pack(a.export_changes())))
+    assert b._state(ep("x"))[0] == 100.0 and b._state(ep("x"))[4] == 1.0
+    cycle = CycleState()
+    b.prepare_data(cycle, req("x" * 400, stream=True), [ep("x"), ep("y")])
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None and info.dispatched_requests("x") == 1 and info.dispatched_requests("y") == 0
+    b.forget_origin("w0.1")
+    assert b._state(ep("x"))[0] == 0.0 and b._state(ep("x"))[4] == 0.0
+
+    # samples of an endpoint that left the pool are not taken in (per-endpoint groups)
+    c = producer(clock)
+    c.endpoints_changed(frozenset({"y"}))
+    c.import_changes("w0.1", {"load": [], "samples": [["x", [1.0] * 13, 10.0, 1.0]]})
+    assert c.buffers.groups() == []
+
+
+def test_a_worker_sends_totals_not_increments() -> None:
+    """A lost message does not skew the counts: each carries the absolute totals that changed."""
+    from epp.plugins.latency.tracker import InFlightTracker
+
+    sender, receiver = InFlightTracker(), InFlightTracker()
+    first = sender.add("e", 100)
+    sender.add("e", 50)
+    sender.export_changes()  # lost on the way
+    sender.release(first)
+    receiver.import_changes("w1.1", sender.export_changes() or [])
+    assert receiver.remote_inflight == {"e": 1} and receiver.remote_pending_tokens == {"e": 50}
+    receiver.retain(["f"])  # "e" left the pool
+    assert receiver.remote_inflight == {} and receiver.remote_pending_tokens == {}
