@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import random
 import statistics
@@ -31,7 +32,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from epp.plugins.latency.model import fit_ridge
+from epp.plugins.latency.model import fit_ridge, relative_weights
 from epp.tools.loadgen.text import synthetic_text
 
 __all__ = ["AccuracyResult", "main", "run"]
@@ -57,11 +58,11 @@ class AccuracyResult:
             f"{self.ttft_mdape_second_half:.1%}",
             f"TPOT MdAPE {self.tpot_mdape:.1%}; second half {self.tpot_mdape_second_half:.1%}",
             "offline, train on the first 60 % of samples, test on the rest:",
-            f"  {'model':28} {'TTFT MdAPE':>11} {'TPOT MdAPE':>11} {'predict 64':>11}",
+            f"  {'model':34} {'TTFT MdAPE':>11} {'TPOT MdAPE':>11} {'predict 64':>11}",
         ]
         for name, m in self.models.items():
             lines.append(
-                f"  {name:28} {m['ttft_mdape']:10.1%} {m['tpot_mdape']:10.1%} {m['predict_us_64']:9.1f}us"
+                f"  {name:34} {m['ttft_mdape']:10.1%} {m['tpot_mdape']:10.1%} {m['predict_us_64']:9.1f}us"
             )
         return "\n".join(lines)
 
@@ -109,6 +110,10 @@ Apply = Callable[[Any, np.ndarray], np.ndarray]
 
 def _ridge_fit(x: np.ndarray, yv: np.ndarray) -> np.ndarray:
     return np.array(fit_ridge(x, yv))
+
+
+def _ridge_fit_relative(x: np.ndarray, yv: np.ndarray) -> np.ndarray:
+    return np.array(fit_ridge(x, yv, weights=relative_weights(yv)))
 
 
 def _ridge_apply(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -239,23 +244,52 @@ def _compare(samples: list[tuple[str, tuple[float, ...], float, float]]) -> dict
         o.cost_us(_ridge_fit, _ridge_apply, _linear_only),
     )
     o.add("ridge, pooled", o.pooled(_ridge_fit, _ridge_apply), ridge_cost)
-    o.add("ridge per group (ours)", o.per_group(_ridge_fit, _ridge_apply), ridge_cost)
+    o.add("ridge per group", o.per_group(_ridge_fit, _ridge_apply), ridge_cost)
+    o.add("ridge per group, relative (ours)", o.per_group(_ridge_fit_relative, _ridge_apply), ridge_cost)
     for name, fit in _boosted():
         o.add(name, o.pooled(fit, lambda m, x: m.predict(x)), o.cost_us(fit, lambda m, x: m.predict(x)))
     return o.results
 
 
-async def run(servers: int = 4, requests: int = 600, rate: float = 20.0, seed: int = 0) -> AccuracyResult:
+async def run(
+    servers: int = 4,
+    requests: int = 600,
+    rate: float = 20.0,
+    seed: int = 0,
+    *,
+    gpus: Sequence[str] = (),
+    time_scale: float = 1.0,
+    workload: str = "",
+    dump: Path | None = None,
+) -> AccuracyResult:
+    """`gpus`: one hardware class per server (cycled; empty: all h100-class, unlabelled); `workload`: one
+    of `epp bench quality`'s workloads in its full shape (and KV capacity) instead of this tool's own;
+    `dump`: write every training sample (group, feature row, TTFT ms, TPOT ms) there as JSON lines."""
     from epp.app import App
     from epp.settings import parse_settings
+    from epp.tools.bench.quality import FULL, make_workload
+    from epp.tools.loadgen.client import LoadClient
     from epp.tools.loadgen.gateway import ANY_PORTS, epp_flags
+    from epp.tools.loadgen.runner import run_open_loop
     from epp.tools.proxy import EnvoyConfig, EnvoyProcess
-    from epp.tools.sim.config import SimConfig
+    from epp.tools.sim.config import GPU_CLASSES, GPU_LABEL, SimConfig
     from epp.tools.sim.server import SimServer
 
-    sims = [SimServer(SimConfig(model="sim", name=f"sim-{i}", seed=i)) for i in range(servers)]
+    classes = [gpus[i % len(gpus)] if gpus else None for i in range(servers)]
+
+    def sim_config(i: int, gpu: str | None) -> SimConfig:
+        config = SimConfig(model="sim", name=f"sim-{i}", seed=i, gpu=gpu, time_scale=time_scale)
+        if not workload:
+            return config
+        share = GPU_CLASSES[gpu or "h100"].kv_blocks / GPU_CLASSES["h100"].kv_blocks
+        return dataclasses.replace(config, kv_blocks=max(1, round(FULL.kv_blocks * share)))  # as quality's
+
+    sims = [SimServer(sim_config(i, gpu)) for i, gpu in enumerate(classes)]
     for sim in sims:
         await sim.start()
+    labels = [
+        f"{s.address}={GPU_LABEL}={GPU_CLASSES[g].product}" for s, g in zip(sims, classes, strict=True) if g
+    ]
     outcomes: list[tuple[float, float, float, float]] = []
     samples: list[tuple[str, tuple[float, ...], float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,6 +302,7 @@ async def run(servers: int = 4, requests: int = 600, rate: float = 20.0, seed: i
                     watch_config_file=True,
                 ),
                 *ANY_PORTS,
+                *(["--static-endpoint-labels", ",".join(labels)] if labels else []),
             ],
             environ={},
         )
@@ -293,12 +328,23 @@ async def run(servers: int = 4, requests: int = 600, rate: float = 20.0, seed: i
         app.metrics.record_latency_outcome = capture  # type: ignore[method-assign]
         producer.buffers.add = keep
         try:
-            await _drive(envoy.url, requests, rate, seed)
+            if workload:
+                load, session_rate = make_workload(
+                    workload, rate, requests / rate, FULL.shapes[workload], seed
+                )
+                async with LoadClient(envoy.url, api=load.api, model="sim", timeout_s=120.0) as client:
+                    await run_open_loop(client, load, rate=session_rate, seed=seed)
+            else:
+                await _drive(envoy.url, requests, rate, seed)
         finally:
             await envoy.stop()
             await app.stop()
             for sim in sims:
                 await sim.stop()
+    if dump is not None:
+        with dump.open("w") as f:
+            for sample in samples:
+                f.write(json.dumps(sample) + "\n")
     predicted = [o for o in outcomes if o[0] > 0.0]
     half = predicted[len(predicted) // 2 :]
     ttft = _ape([(p, o) for p, o, _, _ in predicted])
@@ -323,9 +369,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gpus", default="", help="hardware classes, one per server, cycled (e.g. h100,a100); labelled pods"
+    )
+    parser.add_argument("--time-scale", type=float, default=1.0, help="the simulators' --time-scale")
+    parser.add_argument(
+        "--workload",
+        default="",
+        choices=["", "shared_prefix", "zipf", "mixed", "long_prompt", "multiturn"],
+        help="one of `epp bench quality`'s workloads (full shape and KV capacity) instead of this tool's",
+    )
+    parser.add_argument("--dump", type=Path, help="write every training sample there (JSON lines)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.servers, args.requests, args.rate, args.seed))
+    gpus = [g for g in args.gpus.split(",") if g]
+    result = asyncio.run(
+        run(
+            args.servers,
+            args.requests,
+            args.rate,
+            args.seed,
+            gpus=gpus,
+            time_scale=args.time_scale,
+            workload=args.workload,
+            dump=args.dump,
+        )
+    )
     print(json.dumps(asdict(result), indent=2) if args.json else result.as_text())
     return 0
 

@@ -264,3 +264,24 @@ def test_a_worker_sends_totals_not_increments() -> None:
     assert receiver.remote_inflight == {"e": 1} and receiver.remote_pending_tokens == {"e": 50}
     receiver.retain(["f"])  # "e" left the pool
     assert receiver.remote_inflight == {} and receiver.remote_pending_tokens == {}
+
+
+def test_the_fit_minimises_relative_error_so_a_few_outliers_do_not_pull_it() -> None:
+    """Heavy-tailed latencies (a few requests caught behind a preemption): the relative fit keeps the
+    ordinary requests' predictions close where least squares is pulled towards the outliers."""
+    from epp.plugins.latency.model import relative_weights
+
+    rng = np.random.default_rng(9)
+    n = 600
+    x = np.column_stack([np.ones(n), rng.uniform(0, 2000, n)])
+    y = 20.0 + 0.05 * x[:, 1]
+    outliers = rng.random(n) < 0.05
+    y[outliers] *= 20.0
+    ordinary = ~outliers
+
+    def median_error(w: tuple[float, ...]) -> float:
+        pred = x[ordinary] @ np.array(w)
+        return float(np.median(np.abs(pred - y[ordinary]) / y[ordinary]))
+
+    assert median_error(fit_ridge(x, y, weights=relative_weights(y))) < 0.5 * median_error(fit_ridge(x, y))
+    assert median_error(fit_ridge(x, y, weights=relative_weights(y))) < 0.25

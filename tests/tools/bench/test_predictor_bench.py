@@ -31,5 +31,5 @@ def test_offline_comparison_prefers_the_model_to_the_mean() -> None:
         ttft = (10.0 + 0.04 * uncached + 0.5 * running) * rng.uniform(0.95, 1.05)
         samples.append((f"e{i % 4}", row, ttft, 7.0 + 0.1 * running))
     results = _compare(samples)
-    ours = results["ridge per group (ours)"]
+    ours = results["ridge per group, relative (ours)"]
     assert ours["ttft_mdape"] < 0.05 < results["per-endpoint mean"]["ttft_mdape"]
