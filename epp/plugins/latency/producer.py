@@ -18,7 +18,9 @@ whole response time (upstream's e2e training) and TPOT is not modelled (neutral 
 Shared (SharedState) with the other processes routing for the pool (the workers of a pod, replicas in
 active-active mode): each sends the training samples of the requests it saw complete and its per-endpoint
 in-flight totals, so every process trains on the whole pod's traffic and its features count the whole
-pod's load on each endpoint (with `--workers 2`, one worker alone sees half of both).
+pod's load on each endpoint (with `--workers 2`, one worker alone sees half of both). A worker or a
+replica that starts takes the recent samples of a running one (SharedSnapshot) and has a model within a
+retrain interval instead of after `minSamples` completions of its own.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ FALLBACK_SWEEP_INTERVAL = 0.05
 POOLED_CAP = 8192
 #: Training samples kept for the other processes between two exports (older ones are dropped).
 OUTBOX_CAP = 2048
+#: Training samples handed to a worker or replica that starts (the most recent of every group).
+SNAPSHOT_CAP = 4096
 
 
 class PredictedLatencyParams(BaseModel):
@@ -208,7 +212,7 @@ class _Columns:
 
 class PredictedLatencyProducer:
     """DataProducer + PreRequest + ResponseReceived + ResponseComplete + BackgroundTask + EndpointObserver
-    + SharedState."""
+    + SharedState + SharedSnapshot."""
 
     def __init__(
         self,
@@ -557,6 +561,28 @@ class PredictedLatencyProducer:
 
     def forget_origin(self, origin: str) -> None:
         self.tracker.forget_origin(origin)
+
+    # ---- SharedSnapshot: a starting worker or replica trains at once ---------------------------------
+
+    def export_snapshot(self) -> dict[str, Any]:
+        """The most recent samples of every group (at most `SNAPSHOT_CAP` in all), oldest first."""
+        names = self.buffers.groups()
+        share = max(1, SNAPSHOT_CAP // len(names)) if names else 0
+        samples: list[list[Any]] = []
+        for name in names:
+            data = self.buffers.latest(name, share)
+            if data is None:
+                continue
+            rows, ttft, tpot = data
+            samples += [
+                [name, row, t, p]
+                for row, t, p in zip(rows.tolist(), ttft.tolist(), tpot.tolist(), strict=True)
+            ]
+        return {"load": [], "samples": samples}
+
+    def import_snapshot(self, origin: str, snapshot: Any) -> None:
+        """Samples only: in-flight totals come with the changes that follow."""
+        self.import_changes(origin, {"samples": snapshot.get("samples") or ()})
 
     # ---- training (background) -----------------------------------------------------------------------
 

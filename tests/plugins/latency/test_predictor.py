@@ -285,3 +285,25 @@ def test_the_fit_minimises_relative_error_so_a_few_outliers_do_not_pull_it() -> 
 
     assert median_error(fit_ridge(x, y, weights=relative_weights(y))) < 0.5 * median_error(fit_ridge(x, y))
     assert median_error(fit_ridge(x, y, weights=relative_weights(y))) < 0.25
+
+
+def test_a_starting_process_takes_the_recent_samples_and_has_a_model_at_once() -> None:
+    from epp.framework.plugins import SharedSnapshot
+    from epp.plugins.latency import producer as module
+    from epp.workers.codec import pack, unpack
+
+    clock, rng = Clock(), random.Random(10)
+    running, starting = producer(clock), producer(clock)
+    assert isinstance(running, SharedSnapshot)
+    train(running, clock, rng, 60, ["x", "y"])
+    snapshot = unpack(pack(running.export_snapshot()))
+    assert len(snapshot["samples"]) == 60
+    starting.import_snapshot("w0.1", snapshot)
+    assert starting.retrain() and starting.snapshot.ready
+    assert set(starting.snapshot.groups) == set(running.snapshot.groups)
+
+    module.SNAPSHOT_CAP, cap = 10, module.SNAPSHOT_CAP
+    try:  # bounded: the most recent of each group
+        assert len(running.export_snapshot()["samples"]) == 10
+    finally:
+        module.SNAPSHOT_CAP = cap
