@@ -165,6 +165,7 @@ class _Dispatch:
 
 _ZERO_WEIGHTS: TargetWeights = (0.0,) * N_FEATURES
 _ZERO_MODEL = GroupModel(_ZERO_WEIGHTS, None, 0)
+_NOTHING_REMOTE = (0, 0)
 _ZEROS = np.zeros(4096)
 _ZEROS.flags.writeable = False
 _TRUE = np.ones(4096, dtype=bool)
@@ -271,12 +272,13 @@ class PredictedLatencyProducer:
         key = endpoint.key
         m = endpoint.metrics
         t = self.tracker
+        inflight, pending = t.remote.total.get(key, _NOTHING_REMOTE)
         return (
-            float(t.pending_tokens.get(key, 0) + t.remote_pending_tokens.get(key, 0)),
+            float(t.pending_tokens.get(key, 0) + pending),
             float(m.waiting_queue_size),
             float(m.running_requests_size),
             m.kv_cache_usage,
-            float(t.inflight.get(key, 0) + t.remote_inflight.get(key, 0)),
+            float(t.inflight.get(key, 0) + inflight),
         )
 
     def _coefficients(self, endpoint: Endpoint, model: GroupModel) -> tuple[float, ...]:
@@ -405,7 +407,7 @@ class PredictedLatencyProducer:
         """Requests in flight per endpoint, this process's and the others'."""
         t = self.tracker
         dispatched = dict(t.inflight)
-        for key, n in t.remote_inflight.items():
+        for key, (n, _) in t.remote.total.items():
             dispatched[key] = dispatched.get(key, 0) + n
         return dispatched
 

@@ -12,8 +12,8 @@ arrival order, so a request that got its first token behind an older one still w
 little longer, never lost.
 
 The other processes routing for the pool (the workers of a pod, replicas) send their per-endpoint totals
-(`export_changes` / `import_changes`, absolute values per origin); `remote_inflight` and
-`remote_pending_tokens` hold their sums, and the producer adds them to this process's own.
+(`export_changes` / `import_changes`, absolute values per origin); `remote.total` holds their sums per
+endpoint as (requests in flight, pending tokens), and the producer adds them to this process's own.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.framework.types import ResponseInfo
+from epp.plugins.origin_totals import OriginTotals
 
 __all__ = ["InFlightTracker", "TrackedRequest"]
 
@@ -50,10 +51,8 @@ class InFlightTracker:
         self._fifo: dict[str, deque[TrackedRequest]] = {}
         # bumped when an endpoint leaves the pool, so a late completion cannot touch newer counts
         self._epochs: dict[str, int] = {}
-        #: endpoint -> the other processes' requests in flight / pending tokens there (summed over origins)
-        self.remote_inflight: dict[str, int] = {}
-        self.remote_pending_tokens: dict[str, int] = {}
-        self._remote: dict[str, dict[str, tuple[int, int]]] = {}  # origin -> endpoint -> (inflight, tokens)
+        #: the other processes' (requests in flight, pending tokens) per endpoint, summed over them
+        self.remote: OriginTotals[tuple[int, int]] = OriginTotals(_plus, any)
         self._exported: dict[str, tuple[int, int]] = {}
 
     def add(self, endpoint: str, tokens: int) -> TrackedRequest:
@@ -121,12 +120,7 @@ class InFlightTracker:
                 self.pending_tokens.pop(key, None)
                 self._fifo.pop(key, None)
                 self._epochs[key] = self._epochs.get(key, 0) + 1
-            for totals in self._remote.values():
-                for key in [k for k in totals if k not in keys]:
-                    del totals[key]
-            for table in (self.remote_inflight, self.remote_pending_tokens):
-                for key in [k for k in table if k not in keys]:
-                    del table[key]
+            self.remote.retain(keys)
 
     # ---- the other processes' totals ----------------------------------------------------------------
 
@@ -146,39 +140,17 @@ class InFlightTracker:
         return changed or None
 
     def import_changes(self, origin: str, changes: Sequence[Sequence[Any]]) -> None:
-        touched: list[str] = []
         with self._lock:
-            totals = self._remote.setdefault(origin, {})
             for key, inflight, tokens in changes:
-                if inflight or tokens:
-                    totals[key] = (int(inflight), int(tokens))
-                else:
-                    totals.pop(key, None)
-                self._sum_remote(key)
-                touched.append(key)
-        for key in touched:
+                self.remote.set(origin, key, (int(inflight), int(tokens)))
+        for key, _, _ in changes:
             self._on_change(key)
 
     def forget_origin(self, origin: str) -> None:
         with self._lock:
-            totals = self._remote.pop(origin, None) or {}
-            for key in totals:
-                self._sum_remote(key)
-        for key in totals:
+            keys = self.remote.forget(origin)
+        for key in keys:
             self._on_change(key)
-
-    def _sum_remote(self, key: str) -> None:
-        inflight = tokens = 0
-        for totals in self._remote.values():
-            v = totals.get(key)
-            if v is not None:
-                inflight += v[0]
-                tokens += v[1]
-        for table, value in ((self.remote_inflight, inflight), (self.remote_pending_tokens, tokens)):
-            if value:
-                table[key] = value
-            else:
-                table.pop(key, None)
 
     def _drop_pending(self, entry: TrackedRequest) -> None:
         entry.prefilled = True
@@ -190,3 +162,7 @@ class InFlightTracker:
             self.pending_tokens[key] = left
         else:
             self.pending_tokens.pop(key, None)
+
+
+def _plus(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] + b[0], a[1] + b[1]

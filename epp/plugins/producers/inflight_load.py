@@ -23,6 +23,7 @@ from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
 from epp.plugins.datakeys import INFLIGHT_LOAD, INFLIGHT_LOAD_KEY, NO_LOAD, InFlightLoad
+from epp.plugins.origin_totals import OriginTotals
 from epp.registry import EmptyParams, PluginType
 
 __all__ = ["INFLIGHT_LOAD_PRODUCER", "InFlightLoadProducer", "estimate_tokens"]
@@ -50,7 +51,6 @@ class InFlightLoadProducer:
         "_loads",
         "_lock",
         "_remote",
-        "_remote_total",
         "_state_key",
         "typed_name",
     )
@@ -63,23 +63,22 @@ class InFlightLoadProducer:
         self._epochs: dict[str, int] = {}
         # what this request added: (endpoint key, tokens, epoch), so completion releases exactly that
         self._state_key: StateKey[list[tuple[str, int, int]]] = StateKey(f"{TYPE_NAME}/{typed_name.name}")
-        # other processes' counts: per origin, and summed per endpoint
-        self._remote: dict[str, dict[str, InFlightLoad]] = {}
-        self._remote_total: dict[str, InFlightLoad] = {}
+        # other processes' counts, summed per endpoint
+        self._remote: OriginTotals[InFlightLoad] = OriginTotals(_plus, _some)
         self._exported: dict[str, InFlightLoad] = {}
 
     def load(self, key: str) -> InFlightLoad:
         local = self._loads.get(key)
-        remote = self._remote_total.get(key)
+        remote = self._remote.total.get(key)
         if remote is None:
             return local or NO_LOAD
         return remote if local is None else _plus(local, remote)
 
     def snapshot(self) -> Mapping[str, InFlightLoad]:
         with self._lock:
-            if not self._remote_total:
+            if not self._remote:
                 return dict(self._loads)
-            out = dict(self._remote_total)
+            out = dict(self._remote.total)
             for key, local in self._loads.items():
                 remote = out.get(key)
                 out[key] = local if remote is None else _plus(local, remote)
@@ -138,11 +137,7 @@ class InFlightLoadProducer:
             for key in [k for k in self._loads if k not in keys]:
                 del self._loads[key]
                 self._epochs[key] = self._epochs.get(key, 0) + 1
-            for counts in self._remote.values():
-                for key in [k for k in counts if k not in keys]:
-                    del counts[key]
-            for key in [k for k in self._remote_total if k not in keys]:
-                del self._remote_total[key]
+            self._remote.retain(keys)
 
     # ---- SharedState: per-endpoint counts ----------------------------------------------------------------
 
@@ -161,30 +156,16 @@ class InFlightLoadProducer:
 
     def import_changes(self, origin: str, changes: Any) -> None:
         with self._lock:
-            counts = self._remote.setdefault(origin, {})
             for key, requests, tokens in changes:
-                if requests > 0:
-                    counts[key] = InFlightLoad(requests, tokens)
-                else:
-                    counts.pop(key, None)
-                self._sum_remote(key)
+                self._remote.set(origin, key, InFlightLoad(requests, tokens))
 
     def forget_origin(self, origin: str) -> None:
         with self._lock:
-            for key in self._remote.pop(origin, None) or ():
-                self._sum_remote(key)
+            self._remote.forget(origin)
 
-    def _sum_remote(self, key: str) -> None:
-        requests = tokens = 0
-        for counts in self._remote.values():
-            v = counts.get(key)
-            if v is not None:
-                requests += v.requests
-                tokens += v.tokens
-        if requests > 0:
-            self._remote_total[key] = InFlightLoad(requests, tokens)
-        else:
-            self._remote_total.pop(key, None)
+
+def _some(load: InFlightLoad) -> bool:
+    return load.requests > 0
 
 
 def _plus(a: InFlightLoad, b: InFlightLoad) -> InFlightLoad:

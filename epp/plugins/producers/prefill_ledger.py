@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp.framework.types import ResponseInfo
+from epp.plugins.origin_totals import OriginTotals
 
 __all__ = ["NO_LOAD", "EndpointLoad", "LedgerEntry", "PrefillLedger"]
 
@@ -74,8 +75,7 @@ class PrefillLedger:
         # bumped when an endpoint leaves the pool, so a late release cannot touch a newer count
         self._epochs: dict[str, int] = {}
         # other processes' totals: per origin, and summed per endpoint (what loads add)
-        self._remote: dict[str, dict[str, EndpointLoad]] = {}
-        self._remote_total: dict[str, EndpointLoad] = {}
+        self._remote: OriginTotals[EndpointLoad] = OriginTotals(EndpointLoad.__add__, _some)
         self._exported: dict[str, EndpointLoad] = {}  # the local totals last exported
 
     def add(self, endpoint: str, prefill_tokens: int) -> LedgerEntry:
@@ -117,7 +117,7 @@ class PrefillLedger:
         """The endpoint's current load (requests whose first byte arrived move to decoding first)."""
         with self._lock:
             state = self._endpoints.get(endpoint)
-            remote = self._remote_total.get(endpoint)
+            remote = self._remote.total.get(endpoint)
             if state is None:
                 return remote or NO_LOAD
             self._promote(state)
@@ -129,7 +129,7 @@ class PrefillLedger:
         out: dict[str, EndpointLoad] = {}
         with self._lock:
             endpoints = self._endpoints
-            remote_total = self._remote_total
+            remote_total = self._remote.total
             for key in keys:
                 state = endpoints.get(key)
                 remote = remote_total.get(key) if remote_total else None
@@ -148,11 +148,7 @@ class PrefillLedger:
             for k in gone:
                 del self._endpoints[k]
                 self._epochs[k] = self._epochs.get(k, 0) + 1
-            for totals in self._remote.values():
-                for k in [k for k in totals if k not in keys]:
-                    del totals[k]
-            for k in [k for k in self._remote_total if k not in keys]:
-                del self._remote_total[k]
+            self._remote.retain(keys)
             return gone
 
     # ---- sharing with other processes ---------------------------------------------------------------
@@ -177,30 +173,12 @@ class PrefillLedger:
 
     def import_changes(self, origin: str, changes: Sequence[Sequence[Any]]) -> None:
         with self._lock:
-            totals = self._remote.setdefault(origin, {})
             for key, tokens, pending, decoding in changes:
-                if tokens or pending or decoding:
-                    totals[key] = EndpointLoad(tokens, pending, decoding)
-                else:
-                    totals.pop(key, None)
-                self._sum_remote(key)
+                self._remote.set(origin, key, EndpointLoad(tokens, pending, decoding))
 
     def forget_origin(self, origin: str) -> None:
         with self._lock:
-            totals = self._remote.pop(origin, None)
-            for key in totals or ():
-                self._sum_remote(key)
-
-    def _sum_remote(self, key: str) -> None:
-        total = NO_LOAD
-        for totals in self._remote.values():
-            v = totals.get(key)
-            if v is not None:
-                total = total + v
-        if total == NO_LOAD:
-            self._remote_total.pop(key, None)
-        else:
-            self._remote_total[key] = total
+            self._remote.forget(origin)
 
     def endpoints(self) -> frozenset[str]:
         with self._lock:
@@ -220,3 +198,7 @@ class PrefillLedger:
             else:
                 keep.append(e)
         state.pending = keep
+
+
+def _some(load: EndpointLoad) -> bool:
+    return load != NO_LOAD

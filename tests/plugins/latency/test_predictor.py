@@ -261,9 +261,9 @@ def test_a_worker_sends_totals_not_increments() -> None:
     sender.export_changes()  # lost on the way
     sender.release(first)
     receiver.import_changes("w1.1", sender.export_changes() or [])
-    assert receiver.remote_inflight == {"e": 1} and receiver.remote_pending_tokens == {"e": 50}
+    assert receiver.remote.total == {"e": (1, 50)}
     receiver.retain(["f"])  # "e" left the pool
-    assert receiver.remote_inflight == {} and receiver.remote_pending_tokens == {}
+    assert receiver.remote.total == {}
 
 
 def test_the_fit_minimises_relative_error_so_a_few_outliers_do_not_pull_it() -> None:
