@@ -73,15 +73,16 @@ class LatencyPredictionInfo:
     with a tighter TPOT SLO); without any SLO header, -predicted. A dimension is *neutral* (headroom 0,
     always valid) when it is not modelled (TPOT outside `streamingMode`, on P/D prefill endpoints) or
     when the request states an SLO for the other dimension only. `valid_flags`: both predictions meet the
-    SLOs (upstream `IsValid`; never without an SLO header). `dispatched`: requests this EPP has in flight
-    on each endpoint (absent: none).
+    SLOs (upstream `IsValid`; never without an SLO header). `dispatched`: requests the pod has in flight
+    on each endpoint (absent: none). `ttft_error`: the median relative TTFT error of the producer's recent
+    predictions (0 until it has measured any).
 
     The producer hands over numpy arrays (the validity flags as a function computing them); each
     becomes a list the first time a consumer reads it (what no consumer reads costs nothing).
     Read-only by convention.
     """
 
-    __slots__ = ("_data", "_lists", "dispatched", "index", "slo")
+    __slots__ = ("_data", "_lists", "dispatched", "index", "slo", "ttft_error")
 
     def __init__(
         self,
@@ -93,10 +94,12 @@ class LatencyPredictionInfo:
         valid_flags: Sequence[bool] | np.ndarray | Callable[[], np.ndarray],
         slo: RequestSlo = NO_SLO,
         dispatched: Mapping[str, int] | None = None,
+        ttft_error: float = 0.0,
     ) -> None:
         self.index = index
         self.slo = slo
         self.dispatched: Mapping[str, int] = dispatched if dispatched is not None else {}
+        self.ttft_error = ttft_error
         self._data = (ttft, tpot, ttft_headroom_ms, tpot_headroom_ms, valid_flags)
         self._lists: list[list[Any] | None] = [None, None, None, None, None]
 
@@ -141,6 +144,7 @@ class LatencyPredictionInfo:
         tpot_budgets: Mapping[str, float] | None = None,
         tpot_neutral: Collection[str] = (),
         dispatched: Mapping[str, int] | None = None,
+        ttft_error: float = 0.0,
     ) -> LatencyPredictionInfo:
         """From per-endpoint predictions (the reference for the producer's vectorised computation)."""
         keys = list(ttft)
@@ -165,6 +169,7 @@ class LatencyPredictionInfo:
             valid,
             slo,
             dict(dispatched or {}),
+            ttft_error,
         )
 
     def has(self, key: str) -> bool:

@@ -86,6 +86,8 @@ POOLED_CAP = 8192
 OUTBOX_CAP = 2048
 #: Training samples handed to a worker or replica that starts (the most recent of every group).
 SNAPSHOT_CAP = 4096
+#: The recent TTFT error (`LatencyPredictionInfo.ttft_error`) is the median over this many predictions.
+ERROR_WINDOW = 256
 
 
 class PredictedLatencyParams(BaseModel):
@@ -246,6 +248,8 @@ class PredictedLatencyProducer:
         # samples for the other processes (None: not sharing)
         self._outbox: deque[list[Any]] | None = None
         self._pool: frozenset[str] | None = None  # the pool's endpoint keys (None: not told yet)
+        self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)  # |predicted - observed| / observed, TTFT
+        self.ttft_error = 0.0  # their median, refreshed with the model
 
     # ---- properties the pipeline reads ---------------------------------------------------------------
 
@@ -401,7 +405,9 @@ class PredictedLatencyProducer:
             flags: np.ndarray = valid_ttft & valid_tpot
             return flags
 
-        return LatencyPredictionInfo(index, ttft, tpot, h_ttft, h_tpot, valid, slo, self._dispatched())
+        return LatencyPredictionInfo(
+            index, ttft, tpot, h_ttft, h_tpot, valid, slo, self._dispatched(), self.ttft_error
+        )
 
     def _dispatched(self) -> dict[str, int]:
         """Requests in flight per endpoint, this process's and the others'."""
@@ -482,6 +488,8 @@ class PredictedLatencyProducer:
         outbox = self._outbox
         if outbox is not None:
             outbox.append([dispatch.group, dispatch.row, ttft * 1000.0, tpot * 1000.0])
+        if dispatch.predicted_ttft_ms > 0.0:
+            self._errors.append(abs(dispatch.predicted_ttft_ms - ttft * 1000.0) / (ttft * 1000.0))
         s = dispatch.slo
         self._metrics.record_latency_outcome(
             dispatch.model,
@@ -635,6 +643,9 @@ class PredictedLatencyProducer:
             groups[group] = model
 
     def _swap(self, groups: dict[str, GroupModel]) -> None:
+        errors = list(self._errors)
+        if errors:
+            self.ttft_error = float(np.median(errors))
         live = set(self.buffers.groups())
         groups = {g: m for g, m in groups.items() if g in live}
         pooled = self._fit_pooled()

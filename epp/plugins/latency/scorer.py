@@ -11,6 +11,9 @@ With predictions (`LatencyPredictionInfo` from `predicted-latency-producer`):
   (positive headroom only: a deficit always uses `least`); scores are quantised to 1/100 as upstream's.
 
 Without an SLO header every headroom is negative (-predicted), so this ranks by predicted latency.
+With `accuracyScaling` (ours; off by default, as upstream) every score is multiplied by
+`max(0, 1 - ttft_error)`, the producer's recent median TTFT error: a model that is often wrong (deep,
+bursty queues) gives way to the other scorers of the profile, one that is right keeps its weight.
 Without predictions (no model yet) it falls back to a composite of free KV cache, relative queue and the
 prefix score (`composite*Weight`).
 """
@@ -55,6 +58,11 @@ class LatencyScorerParams(BaseModel):
     compositePrefixWeight: float = Field(
         default=1.0, ge=0.0, description="Without predictions: weight of the prefix-cache score."
     )
+    accuracyScaling: bool = Field(
+        default=False,
+        description="Multiply the scores by 1 - the producer's recent median TTFT error (floored at 0), so "
+        "an inaccurate model weighs less against the profile's other scorers.",
+    )
 
 
 class LatencyScorer:
@@ -78,15 +86,23 @@ class LatencyScorer:
         scores = dict.fromkeys((e.key for e in endpoints), 0.0)
         h_ttft, h_tpot = info.ttft_headroom_ms, info.tpot_headroom_ms
         rows = [(e.key, h_ttft[i], h_tpot[i]) for e in endpoints if (i := index.get(e.key)) is not None]
+        self._score(rows, info.dispatched, scores)
+        if self.params.accuracyScaling:
+            confidence = max(0.0, 1.0 - info.ttft_error)
+            return {key: score * confidence for key, score in scores.items()}
+        return scores
+
+    def _score(
+        self, rows: list[tuple[str, float, float]], dispatched: Mapping[str, int], scores: dict[str, float]
+    ) -> None:
         positive = [r for r in rows if r[1] >= 0.0 and r[2] >= 0.0]
         if positive:
             self._score_bucket(positive, scores, force_least=False)
-            return scores
-        dispatched = info.dispatched
+            return
         idle = [r for r in rows if not dispatched.get(r[0])]
         if idle:
             self._score_bucket(idle, scores, force_least=True)
-            return scores
+            return
         tpot_only = [r for r in rows if r[1] >= 0.0 > r[2]]
         ttft_only = [r for r in rows if r[2] >= 0.0 > r[1]]
         both = [r for r in rows if r[1] < 0.0 and r[2] < 0.0]
@@ -94,7 +110,6 @@ class LatencyScorer:
             if bucket:
                 self._score_bucket(bucket, scores, force_least=True)
                 break
-        return scores
 
     def _score_bucket(
         self, rows: list[tuple[str, float, float]], scores: dict[str, float], *, force_least: bool

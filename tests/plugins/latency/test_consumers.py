@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from epp.framework.cycle import CycleState
 from epp.framework.types import TypedName
 from epp.plugins.latency.admitter import LatencySloAdmitter
@@ -187,3 +189,16 @@ def test_affinity_filter_breaks_stickiness_when_the_cached_endpoint_is_predicted
     no_predictions = CycleState()
     no_predictions.write(PREFIX_CACHE_MATCH_INFO_KEY, PrefixCacheMatchInfo({}, 16, scores={"hot": 1.0}))
     assert [e.key for e in f.filter(no_predictions, req(), fleet)] == ["hot"]
+
+
+def test_accuracy_scaling_weighs_the_scores_by_the_models_recent_accuracy() -> None:
+    info = LatencyPredictionInfo.build({"a": 100.0, "b": 300.0}, {"a": 10.0, "b": 10.0}, ttft_error=0.4)
+    cycle = CycleState()
+    cycle.write(LATENCY_PREDICTION_INFO_KEY, info)
+    endpoints = [ep("a"), ep("b")]
+    plain = LatencyScorer(TypedName("latency-scorer", "s")).score(cycle, req("hi"), endpoints)
+    scaled = LatencyScorer(TypedName("latency-scorer", "s"), LatencyScorerParams(accuracyScaling=True)).score(
+        cycle, req("hi"), endpoints
+    )
+    assert plain["a"] > plain["b"]
+    assert scaled == pytest.approx({k: v * 0.6 for k, v in plain.items()})

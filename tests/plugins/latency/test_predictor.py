@@ -307,3 +307,23 @@ def test_a_starting_process_takes_the_recent_samples_and_has_a_model_at_once() -
         assert len(running.export_snapshot()["samples"]) == 10
     finally:
         module.SNAPSHOT_CAP = cap
+
+
+def test_the_recent_ttft_error_is_measured_and_published() -> None:
+    clock, rng = Clock(), random.Random(11)
+    prod = producer(clock)
+    train(prod, clock, rng, 100, ["a"])
+    assert prod.ttft_error == 0.0  # no request had a prediction yet
+
+    def twice_as_slow(e: Endpoint, tokens: int) -> float:  # the engine changed: the model is now 50 % off
+        return 2.0 * true_ttft_ms(e, tokens)
+
+    for _ in range(40):
+        e = random_endpoint(rng, "a")
+        serve(prod, clock, [e], e, rng.randint(10, 2000), ttft_ms=twice_as_slow)
+    prod.retrain()
+    assert prod.ttft_error == pytest.approx(0.5, abs=0.1)
+    cycle = CycleState()
+    prod.prepare_data(cycle, req("x" * 400, stream=True), [ep("a")])
+    info = cycle.read(LATENCY_PREDICTION_INFO_KEY)
+    assert info is not None and info.ttft_error == prod.ttft_error
