@@ -88,7 +88,7 @@ def test_slo_aware_profile_is_the_cost_model_plus_the_learned_latency() -> None:
     profile = pipeline.scheduler.profiles["default"]
     assert profile.filters == () or list(profile.filters) == []
     weights = {w.scorer.typed_name.type: w.weight for w in profile.scorers}
-    assert weights == {"prefill-cost-scorer": 2, "prefix-cache-scorer": 1, "latency-scorer": 2}
+    assert weights == {"prefill-cost-scorer": 2, "prefix-cache-scorer": 1, "latency-scorer": 1}
     latency = next(w.scorer for w in profile.scorers if w.scorer.typed_name.type == "latency-scorer")
     assert latency.params.headroomSelectionStrategy == "most"  # type: ignore[attr-defined]
     assert profile.picker.typed_name.type == "max-score-picker"
