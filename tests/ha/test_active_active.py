@@ -142,7 +142,10 @@ async def test_without_the_link_the_other_replica_does_not_know(fleet, tmp_path:
     stack = Stack(fleet, tmp_path)
     pa, pb = free_ports(2)
     try:
-        (a, ea), (_, eb) = await asyncio.gather(stack.replica("a", pa, []), stack.replica("b", pb, []))
+        # one after the other: a replica picks its free ports before its process binds them, so two
+        # starting at once can pick the same ones
+        a, ea = await stack.replica("a", pa, [])
+        _, eb = await stack.replica("b", pb, [])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             first = {g: await _picked(http, ea, g, 0) for g in range(PREFIXES)}
             await asyncio.sleep(0.5)  # what sharing would deliver in milliseconds
