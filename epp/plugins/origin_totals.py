@@ -3,15 +3,16 @@
 The SharedState plugins that share load (in-flight requests, pending prefill) send each endpoint's absolute
 totals per origin (a lost message is corrected by the next one). `OriginTotals` keeps every origin's latest
 values and their sum per endpoint (`total`, a plain dict the request path may read without a lock). It does
-no locking of its own: the owning plugin calls it under its lock.
+no locking of its own: the owning plugin calls it under its lock. `changed_rows` is the sending side: the
+rows of the local totals that changed since the last export.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from typing import Generic, TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
-__all__ = ["OriginTotals"]
+__all__ = ["OriginTotals", "changed_rows"]
 
 V = TypeVar("V")
 
@@ -65,3 +66,16 @@ class OriginTotals(Generic[V]):
             self.total.pop(key, None)
         else:
             self.total[key] = total
+
+
+def changed_rows(
+    previous: Mapping[str, V],
+    current: Mapping[str, V],
+    fields: Callable[[V], Sequence[Any]],
+    empty: Sequence[Any],
+) -> list[list[Any]]:
+    """`[endpoint, *fields(value)]` for every endpoint whose value differs from the previous export, and
+    `[endpoint, *empty]` for every one exported before that has nothing now."""
+    rows = [[key, *fields(value)] for key, value in current.items() if previous.get(key) != value]
+    rows += [[key, *empty] for key in previous if key not in current]
+    return rows

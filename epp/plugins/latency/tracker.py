@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.framework.types import ResponseInfo
-from epp.plugins.origin_totals import OriginTotals
+from epp.plugins.origin_totals import OriginTotals, changed_rows
 
 __all__ = ["InFlightTracker", "TrackedRequest"]
 
@@ -131,11 +131,7 @@ class InFlightTracker:
             current = {k: (n, self.pending_tokens.get(k, 0)) for k, n in self.inflight.items()}
             for k, tokens in self.pending_tokens.items():
                 current.setdefault(k, (0, tokens))
-            previous = self._exported
-            changed: list[list[Any]] = [
-                [k, n, t] for k, (n, t) in current.items() if previous.get(k) != (n, t)
-            ]
-            changed += [[k, 0, 0] for k in previous if k not in current]
+            changed = changed_rows(self._exported, current, lambda v: v, (0, 0))
             self._exported = current
         return changed or None
 

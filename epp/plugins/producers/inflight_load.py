@@ -23,7 +23,7 @@ from epp.framework.handle import Handle
 from epp.framework.plugins import PluginKind
 from epp.framework.types import Endpoint, InferenceRequest, ResponseInfo, SchedulingResult, TypedName
 from epp.plugins.datakeys import INFLIGHT_LOAD, INFLIGHT_LOAD_KEY, NO_LOAD, InFlightLoad
-from epp.plugins.origin_totals import OriginTotals
+from epp.plugins.origin_totals import OriginTotals, changed_rows
 from epp.registry import EmptyParams, PluginType
 
 __all__ = ["INFLIGHT_LOAD_PRODUCER", "InFlightLoadProducer", "estimate_tokens"]
@@ -148,9 +148,7 @@ class InFlightLoadProducer:
         """Local counts that changed since the last export: `[endpoint, requests, tokens]` (0, 0: none)."""
         with self._lock:
             current = dict(self._loads)
-            previous = self._exported
-            changed = [[k, v.requests, v.tokens] for k, v in current.items() if previous.get(k) != v]
-            changed += [[k, 0, 0] for k in previous if k not in current]
+            changed = changed_rows(self._exported, current, lambda v: (v.requests, v.tokens), (0, 0))
             self._exported = current
         return changed or None
 

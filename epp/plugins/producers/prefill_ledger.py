@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp.framework.types import ResponseInfo
-from epp.plugins.origin_totals import OriginTotals
+from epp.plugins.origin_totals import OriginTotals, changed_rows
 
 __all__ = ["NO_LOAD", "EndpointLoad", "LedgerEntry", "PrefillLedger"]
 
@@ -161,13 +161,7 @@ class PrefillLedger:
             for key, state in self._endpoints.items():
                 self._promote(state)
                 current[key] = EndpointLoad(state.pending_tokens, len(state.pending), state.decoding)
-            previous = self._exported
-            changed = [
-                [k, v.pending_prefill_tokens, v.pending_requests, v.decoding_requests]
-                for k, v in current.items()
-                if previous.get(k) != v
-            ]
-            changed += [[k, 0, 0, 0] for k in previous if k not in current]
+            changed = changed_rows(self._exported, current, _fields, (0, 0, 0))
             self._exported = current
         return changed or None
 
@@ -202,3 +196,7 @@ class PrefillLedger:
 
 def _some(load: EndpointLoad) -> bool:
     return load != NO_LOAD
+
+
+def _fields(load: EndpointLoad) -> tuple[int, int, int]:
+    return load.pending_prefill_tokens, load.pending_requests, load.decoding_requests
