@@ -228,6 +228,22 @@ class SampleBuffers:
             ring = self._groups.get(group)
             return None if ring is None else ring.latest(count)
 
+    def latest_of_each(
+        self, total: int, at_least: int = 1
+    ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """Every group's most recent samples, an equal share of `total` each (at least `at_least`):
+        (group, rows, TTFT, TPOT), groups without samples left out."""
+        names = self.groups()
+        if not names:
+            return []
+        share = max(at_least, total // len(names))
+        out = []
+        for name in names:
+            data = self.latest(name, share)
+            if data is not None and data[0].shape[0]:
+                out.append((name, *data))
+        return out
+
     def retain(self, groups: Iterable[str]) -> None:
         keep = set(groups)
         with self._lock:

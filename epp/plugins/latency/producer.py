@@ -576,14 +576,8 @@ class PredictedLatencyProducer:
 
     def export_snapshot(self) -> dict[str, Any]:
         """The most recent samples of every group (at most `SNAPSHOT_CAP` in all), oldest first."""
-        names = self.buffers.groups()
-        share = max(1, SNAPSHOT_CAP // len(names)) if names else 0
         samples: list[list[Any]] = []
-        for name in names:
-            data = self.buffers.latest(name, share)
-            if data is None:
-                continue
-            rows, ttft, tpot = data
+        for name, rows, ttft, tpot in self.buffers.latest_of_each(SNAPSHOT_CAP):
             samples += [
                 [name, row, t, p]
                 for row, t, p in zip(rows.tolist(), ttft.tolist(), tpot.tolist(), strict=True)
@@ -653,17 +647,10 @@ class PredictedLatencyProducer:
         self.snapshot = ModelSnapshot(self._generation, groups, pooled)
 
     def _fit_pooled(self) -> GroupModel | None:
-        names = self.buffers.groups()
-        if not names:
+        latest = self.buffers.latest_of_each(POOLED_CAP, self.params.minSamples)
+        if not latest:
             return None
-        share = max(self.params.minSamples, POOLED_CAP // len(names))
-        parts = []
-        for name in names:
-            data = self.buffers.latest(name, share)
-            if data is not None and data[0].shape[0]:
-                parts.append(data)
-        if not parts:
-            return None
+        parts = [(rows, ttft, tpot) for _, rows, ttft, tpot in latest]
         return fit_group(concat(parts), self.params.minSamples)
 
 
