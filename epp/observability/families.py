@@ -309,6 +309,7 @@ class SchedulerFamilies(FamilyGroup):
     attempts: Counter
     plugin_duration: Histogram
     prefix_indexer_size: Gauge
+    prefill_seconds_per_token: Gauge
     prefix_hit_ratio: Histogram
     prefix_hit_bytes: Histogram
 
@@ -340,6 +341,13 @@ class SchedulerFamilies(FamilyGroup):
             prefix_indexer_size=Gauge(
                 "inference_extension_prefix_indexer_size",
                 _alpha("Size of the prefix indexer."),
+                registry=r,
+            ),
+            prefill_seconds_per_token=Gauge(
+                "epp_hardware_prefill_seconds_per_token",
+                "Measured seconds per prefill token of each hardware class (prefill-load-producer: "
+                "dispatch to first token against the prefill work ahead).",
+                ["hardware_class"],
                 registry=r,
             ),
             prefix_hit_ratio=Histogram(

@@ -61,6 +61,7 @@ WORKER_METRICS = (
 )
 WORKER_MAX_GAUGES = (
     "scheduler.prefix_indexer_size",
+    "scheduler.prefill_seconds_per_token",
     "flow_control.pool_saturation",
     "latency.request_metric",
 )

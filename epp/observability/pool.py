@@ -4,7 +4,9 @@
   (default 5 s), and once at once when asked (`refresh_now`, e.g. when the endpoints were first scraped,
   so a fresh daemon does not show an empty pool for a whole interval).
 - `inference_extension_prefix_indexer_size` is summed over the live pipeline's plugins that expose
-  `index_size()` every `size_interval` (1 s, as upstream's prefix plugin reports it).
+  `index_size()` every `size_interval` (1 s, as upstream's prefix plugin reports it), and
+  `epp_hardware_prefill_seconds_per_token` from the plugins that expose `prefill_speeds()` at the same
+  pace.
 - `inference_pool_per_pod_queue_size` is computed when `/metrics` is scraped (`before_scrape`), as
   upstream's custom collector: always the current endpoints, never a departed one.
 - At DEBUG, the endpoints and their metrics are logged every `debug_interval` (5 s), upstream's debug loop.
@@ -147,6 +149,16 @@ class PoolMetricsRefresher:
                 size += int(index_size())
         self.metrics.scheduler.prefix_indexer_size.set(size)
 
+    def refresh_prefill_speeds(self) -> None:
+        speeds: dict[str, float] = {}
+        for plugin in self.plugins():
+            prefill_speeds = getattr(plugin, "prefill_speeds", None)
+            if callable(prefill_speeds):
+                speeds.update(prefill_speeds())
+        gauge = self.metrics.scheduler.prefill_seconds_per_token
+        for hardware_class, seconds in speeds.items():
+            gauge.labels(hardware_class).set(seconds)
+
     def _guarded(self, refresh: Callable[[], None]) -> None:
         """Run one refresh; a failure is logged (once until it succeeds again), never the loop's end."""
         name = refresh.__name__
@@ -173,6 +185,7 @@ class PoolMetricsRefresher:
                 next_pool = now + self.interval
             if now >= next_size:
                 self._guarded(self.refresh_prefix_size)
+                self._guarded(self.refresh_prefill_speeds)
                 next_size = now + self.size_interval
             wait = max(0.0, min(next_pool, next_size) - loop.time())
             with contextlib.suppress(TimeoutError):

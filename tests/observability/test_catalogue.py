@@ -283,6 +283,7 @@ OURS = {
     "epp_ha_sync_lag_seconds": ("histogram", ()),
     "epp_ha_snapshots_total": ("counter", ("event",)),
     "epp_latency_prediction_error_ratio": ("histogram", ("type",)),
+    "epp_hardware_prefill_seconds_per_token": ("gauge", ("hardware_class",)),
 }
 
 

@@ -72,12 +72,17 @@ class _Indexed:
         return self.n
 
 
+class _Measured:
+    def prefill_speeds(self) -> dict[str, float]:
+        return {"H100": 0.0003, "A100": 0.0007}
+
+
 async def test_refresher_honours_the_interval_and_refresh_now() -> None:
     clock = [100.0]
     ds = Datastore(clock=lambda: clock[0])
     ds.set_endpoints([_ep("a", 2, 0.5, at=100.0)])
     m = EppMetrics(CollectorRegistry(), pool_name="p")
-    plugins = [_Indexed(7), object(), _Indexed(5)]
+    plugins = [_Indexed(7), object(), _Indexed(5), _Measured()]
     r = PoolMetricsRefresher(m, ds, lambda: plugins, interval=0.25, staleness=2.0, size_interval=0.05)
     loop = asyncio.get_running_loop()
     times: list[float] = []
@@ -95,6 +100,7 @@ async def test_refresher_honours_the_interval_and_refresh_now() -> None:
         assert all(g >= 0.24 for g in gaps), gaps
         assert _value(m, "inference_pool_average_queue_size", name="p") == 2
         assert _value(m, "inference_extension_prefix_indexer_size") == 12
+        assert _value(m, "epp_hardware_prefill_seconds_per_token", hardware_class="A100") == 0.0007
 
         # a long interval: refresh_now still recomputes at once
         r.interval = 30.0

@@ -8,6 +8,10 @@ headers arrive) and reads its `first_byte_at` stamp lazily, whenever an endpoint
 
 Thread-safe (one lock); every operation is O(pending entries of one endpoint).
 
+A request entered with its hardware class (`add(..., group=)`) is also an observation for
+`PrefillSpeed` when its first byte is seen: the time since dispatch against the prefill work that was
+ahead of it on that endpoint (local and remote pending tokens) plus its own.
+
 Shared across processes (the workers of a pod): each process exports its own per-endpoint totals when
 they change (`export_changes`, absolute values, so a lost message is corrected by the next) and adds
 the other processes' totals (`import_changes`) to every load it reports.
@@ -16,12 +20,14 @@ the other processes' totals (`import_changes`) to every load it reports.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from epp.framework.types import ResponseInfo
 from epp.plugins.origin_totals import OriginTotals, changed_rows
+from epp.plugins.producers.prefill_speed import PrefillSpeed
 
 __all__ = ["NO_LOAD", "EndpointLoad", "LedgerEntry", "PrefillLedger"]
 
@@ -36,6 +42,9 @@ class LedgerEntry:
     response: ResponseInfo | None = None
     decoding: bool = False
     released: bool = False
+    group: str | None = None  # hardware class, for the speed estimate (None: not measured)
+    sent_at: float = 0.0
+    ahead: int = 0  # pending prefill tokens on the endpoint when it was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +78,11 @@ class _Endpoint:
 
 
 class PrefillLedger:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock  # the clock `ResponseInfo.first_byte_at` is stamped with
+        #: per hardware class, seconds per prefill token (observed at first bytes)
+        self.speed = PrefillSpeed()
         self._endpoints: dict[str, _Endpoint] = {}
         # bumped when an endpoint leaves the pool, so a late release cannot touch a newer count
         self._epochs: dict[str, int] = {}
@@ -78,13 +90,19 @@ class PrefillLedger:
         self._remote: OriginTotals[EndpointLoad] = OriginTotals(EndpointLoad.__add__, _some)
         self._exported: dict[str, EndpointLoad] = {}  # the local totals last exported
 
-    def add(self, endpoint: str, prefill_tokens: int) -> LedgerEntry:
-        """Enter a request that was just sent to `endpoint`."""
+    def add(self, endpoint: str, prefill_tokens: int, group: str | None = None) -> LedgerEntry:
+        """Enter a request that was just sent to `endpoint` (of hardware class `group`: measured)."""
         with self._lock:
             entry = LedgerEntry(endpoint, max(0, prefill_tokens), self._epochs.get(endpoint, 0))
             state = self._endpoints.get(endpoint)
             if state is None:
                 state = self._endpoints[endpoint] = _Endpoint()
+            if group is not None:
+                self._promote(state)
+                remote = self._remote.total.get(endpoint)
+                entry.group = group
+                entry.sent_at = self._clock()
+                entry.ahead = state.pending_tokens + (remote.pending_prefill_tokens if remote else 0)
             state.pending.append(entry)
             state.pending_tokens += entry.prefill_tokens
             return entry
@@ -110,6 +128,7 @@ class PrefillLedger:
                 except ValueError:
                     return
                 state.pending_tokens -= entry.prefill_tokens
+                self._observe(entry)
             if not state.pending and state.decoding <= 0:
                 del self._endpoints[entry.endpoint]
 
@@ -178,8 +197,7 @@ class PrefillLedger:
         with self._lock:
             return frozenset(self._endpoints)
 
-    @staticmethod
-    def _promote(state: _Endpoint) -> None:
+    def _promote(self, state: _Endpoint) -> None:
         pending = state.pending
         if not any(e.response is not None and e.response.first_byte_at > 0.0 for e in pending):
             return
@@ -189,9 +207,19 @@ class PrefillLedger:
                 e.decoding = True
                 state.decoding += 1
                 state.pending_tokens -= e.prefill_tokens
+                self._observe(e)
             else:
                 keep.append(e)
         state.pending = keep
+
+    def _observe(self, entry: LedgerEntry) -> None:
+        """A request's first byte came: one speed observation of its class (if it has one)."""
+        response = entry.response
+        if entry.group is None or response is None or response.first_byte_at <= 0.0:
+            return
+        self.speed.observe(
+            entry.group, response.first_byte_at - entry.sent_at, float(entry.ahead + entry.prefill_tokens)
+        )
 
 
 def _some(load: EndpointLoad) -> bool:

@@ -12,7 +12,9 @@ one token):
     cost = (prefillWeight + missPenaltyPerQueued x queued) x uncached
          + queueWeight x pending + decodeTokensPerRequest x decoding + kv
 
-and scores `(min_cost + costFloorTokens) / (cost + costFloorTokens)`: 1.0 for the cheapest candidate,
+multiplied by the endpoint's hardware slowdown (`PrefillLoad.slowdown`: its class's measured seconds per
+prefill token over the fastest candidate class's; 1.0 on a homogeneous pool), and scores
+`(min_cost + costFloorTokens) / (cost + costFloorTokens)`: 1.0 for the cheapest candidate,
 falling towards 0 as an endpoint costs many times more; the floor keeps a few tokens of difference between
 nearly idle endpoints from looking like a large one.
 
@@ -111,6 +113,7 @@ class PrefillCostScorer:
         snapshot = cycle.read(PREFILL_LOAD_KEY)
         loads = snapshot.loads if snapshot is not None else {}
         mean_uncached = snapshot.mean_uncached_tokens if snapshot is not None else 0.0
+        slowdown = snapshot.slowdown if snapshot is not None else {}
         tokens = request.estimated_input_tokens
         miss_weight, per_queued = p.prefillWeight, p.missPenaltyPerQueued
         queue_weight, per_decoding = p.queueWeight, p.decodeTokensPerRequest
@@ -143,6 +146,8 @@ class PrefillCostScorer:
             if kv_tokens > 0.0 and usage > kv_start:
                 pressure = (usage - kv_start) / (1.0 - kv_start)
                 cost += kv_tokens * (pressure if pressure < 1.0 else 1.0)
+            if slowdown:
+                cost *= slowdown.get(key, 1.0)
             out[key] = cost
         return out
 

@@ -24,14 +24,20 @@ def ep(key: str, waiting: int = 0, running: int = 0, kv: float = 0.0) -> Endpoin
     return Endpoint(key, "10.0.0.1", 8000, metrics=metrics)
 
 
-def cycle_with(matches: dict[str, int], loads: dict[str, EndpointLoad], mean: float = 0.0, total: int = 100):
+def cycle_with(
+    matches: dict[str, int],
+    loads: dict[str, EndpointLoad],
+    mean: float = 0.0,
+    total: int = 100,
+    slowdown: dict[str, float] | None = None,
+):
     cycle = CycleState()
     group = PrefixGroup(BS, tuple(range(total)), matches)
     cycle.write(
         PREFIX_CACHE_MATCH_INFO_KEY,
         PrefixCacheMatchInfo({BS: group}, BS, {}, {k: v / total for k, v in matches.items()}),
     )
-    cycle.write(PREFILL_LOAD_KEY, PrefillLoadSnapshot(loads, mean))
+    cycle.write(PREFILL_LOAD_KEY, PrefillLoadSnapshot(loads, mean, slowdown or {}))
     return cycle
 
 
@@ -92,6 +98,19 @@ def test_a_hot_holder_spills_only_when_its_queue_outweighs_the_miss() -> None:
         cycle = cycle_with({"holder": 94}, {"holder": EndpointLoad(queued_tokens, 0, 0)})
         s = scorer().score(cycle, request(1600), [holder, other])
         assert (s["other"] > s["holder"]) is spills, queued_tokens
+
+
+def test_a_slower_hardware_class_costs_its_slowdown_times_the_work() -> None:
+    """`slow` holds the prefix with 2000 tokens queued; on equal hardware the hit wins, on hardware
+    measured 2.5x slower the same queue is a longer wait than prefilling elsewhere."""
+    slow, fast = ep("slow"), ep("fast")
+    loads = {"slow": EndpointLoad(2000, 1, 0)}
+    equal = scorer().costs(cycle_with({"slow": 94}, loads), request(1600), [slow, fast])
+    slower = scorer().costs(
+        cycle_with({"slow": 94}, loads, slowdown={"slow": 2.5}), request(1600), [slow, fast]
+    )
+    assert slower == {"slow": pytest.approx(2.5 * equal["slow"]), "fast": pytest.approx(equal["fast"])}
+    assert equal["slow"] < equal["fast"] < slower["slow"]
 
 
 def test_without_match_info_or_ledger_it_still_scores() -> None:

@@ -16,6 +16,7 @@ from epp.plugins.producers.prefill_load import (
     PrefillLoadProducer,
     uncached_tokens,
 )
+from epp.plugins.producers.prefill_speed import MIN_OBSERVATIONS
 
 from .._kit import handle, result
 
@@ -148,3 +149,105 @@ def test_no_target_records_nothing() -> None:
     p = producer()
     p.pre_request(CycleState(), request(), result())
     assert p.ledger.endpoints() == frozenset()
+
+
+# ---- hardware speed: measured per class at first bytes, published as each candidate's slowdown ------
+
+LABEL = "nvidia.com/gpu.product"
+FAST = Endpoint("fast", "10.0.0.3", 8000, labels={LABEL: "H100"})
+SLOW = Endpoint("slow", "10.0.0.4", 8000, labels={LABEL: "A100"})
+SLOW_TOO = Endpoint("slow-2", "10.0.0.5", 8000, labels={LABEL: "A100"})
+UNLABELLED = Endpoint("plain", "10.0.0.6", 8000)
+
+
+def serve(p: PrefillLoadProducer, now: list[float], target: Endpoint, seconds_per_token: float) -> None:
+    """One request of 1000 uncached tokens sent to an idle `target`, its first byte after that many seconds
+    per token of work."""
+    cycle = CycleState()
+    req = request()
+    p.pre_request(cycle, req, result(target))
+    info = ResponseInfo()
+    p.response_received(cycle, req, info, result(target))
+    now[0] += 1000 * seconds_per_token
+    info.first_byte_at = now[0]
+    p.snapshot([target])  # the ledger sees the first byte when a load is asked for
+    p.response_complete(cycle, req, info, result(target))
+
+
+def timed_producer(**params: str) -> tuple[PrefillLoadProducer, list[float]]:
+    now = [100.0]
+    p = PREFILL_LOAD_PRODUCER.factory("p", PREFILL_LOAD_PRODUCER.params_model(**params), handle())
+    p.ledger = PrefillLedger(clock=lambda: now[0])
+    return p, now
+
+
+def test_a_class_twice_as_slow_per_token_gets_a_slowdown_of_two() -> None:
+    p, now = timed_producer()
+    for _ in range(40):
+        serve(p, now, FAST, 0.001)
+        serve(p, now, SLOW, 0.002)
+    slowdown = p.snapshot([FAST, SLOW, SLOW_TOO]).slowdown
+    # the same class shares the estimate: slow-2 never served a request
+    assert slowdown == {"slow": pytest.approx(2.0), "slow-2": pytest.approx(2.0)}
+    # the fastest *candidate* class is the reference: among A100s only, none is slower
+    assert p.snapshot([SLOW, SLOW_TOO]).slowdown == {}
+
+
+def test_the_work_ahead_counts_so_a_queue_does_not_look_like_slow_hardware() -> None:
+    p, now = timed_producer()
+    for _ in range(40):
+        serve(p, now, FAST, 0.001)
+    # the slow class is as fast, but always gets two requests at once: the second waits out the first
+    for _ in range(20):
+        cycles, infos = [], []
+        for _ in range(2):
+            cycle, info = CycleState(), ResponseInfo()
+            p.pre_request(cycle, request(), result(SLOW))
+            p.response_received(cycle, request(), info, result(SLOW))
+            cycles.append(cycle)
+            infos.append(info)
+        for cycle, info in zip(cycles, infos, strict=True):
+            now[0] += 1.0  # 1000 tokens at 0.001 s each
+            info.first_byte_at = now[0]
+            p.snapshot([SLOW])
+            p.response_complete(cycle, request(), info, result(SLOW))
+    assert p.ledger.speed.rates.keys() == {"H100", "A100"}
+    # busy, not slow: close to 1 (the 256-token offset weighs the unqueued first request a little more);
+    # without the work ahead it would be 1.5
+    assert p.snapshot([FAST, SLOW]).slowdown.get("slow", 1.0) < 1.1
+
+
+def test_one_class_or_no_label_means_no_slowdown() -> None:
+    p, now = timed_producer()
+    for _ in range(40):
+        serve(p, now, FAST, 0.001)
+        serve(p, now, UNLABELLED, 0.003)  # without the label: a class of its own ("")
+    assert p.snapshot([FAST]).slowdown == {}
+    assert p.snapshot([FAST, UNLABELLED]).slowdown == {"plain": pytest.approx(3.0)}
+    off, now = timed_producer(hardwareClassLabel="")
+    for _ in range(40):
+        serve(off, now, FAST, 0.001)
+        serve(off, now, SLOW, 0.002)
+    assert off.snapshot([FAST, SLOW]).slowdown == {} and off.ledger.speed.rates == {}
+
+
+def test_no_estimate_before_enough_first_tokens() -> None:
+    p, now = timed_producer()
+    for _ in range(MIN_OBSERVATIONS - 1):
+        serve(p, now, FAST, 0.001)
+        serve(p, now, SLOW, 0.002)
+    assert p.snapshot([FAST, SLOW]).slowdown == {}
+    serve(p, now, FAST, 0.001)
+    serve(p, now, SLOW, 0.002)
+    assert p.snapshot([FAST, SLOW]).slowdown == {"slow": pytest.approx(2.0)}
+
+
+def test_a_request_released_before_its_load_was_read_still_counts() -> None:
+    ledger = PrefillLedger(clock=lambda: 10.0)
+    for _ in range(32):
+        entry = ledger.add("a", 744, "H100")
+        info = ResponseInfo()
+        ledger.attach(entry, info)
+        info.first_byte_at = 11.0
+        ledger.release(entry)  # completes before anyone asked for the endpoint's load
+    assert ledger.speed.rates == {"H100": pytest.approx(1.0 / 1000)}

@@ -54,7 +54,8 @@ def cycle(
         c.write(INFLIGHT_LOAD_KEY, {k: InFlightLoad(v, 0) for k, v in inflight.items()})
     if pending is not None:
         c.write(
-            PREFILL_LOAD_KEY, PrefillLoadSnapshot({k: EndpointLoad(0, v, 0) for k, v in pending.items()}, 0.0)
+            PREFILL_LOAD_KEY,
+            PrefillLoadSnapshot({k: EndpointLoad(0, v, 0) for k, v in pending.items()}, 0.0, {}),
         )
     return c
 
