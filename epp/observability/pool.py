@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from epp.datalayer.datastore import Datastore
 from epp.framework.types import Endpoint
@@ -142,22 +143,21 @@ class PoolMetricsRefresher:
             )
 
     def refresh_prefix_size(self) -> None:
-        size = 0
-        for plugin in self.plugins():
-            index_size = getattr(plugin, "index_size", None)
-            if callable(index_size):
-                size += int(index_size())
+        size = sum(int(index_size()) for index_size in self._plugin_methods("index_size"))
         self.metrics.scheduler.prefix_indexer_size.set(size)
 
     def refresh_prefill_speeds(self) -> None:
-        speeds: dict[str, float] = {}
-        for plugin in self.plugins():
-            prefill_speeds = getattr(plugin, "prefill_speeds", None)
-            if callable(prefill_speeds):
-                speeds.update(prefill_speeds())
         gauge = self.metrics.scheduler.prefill_seconds_per_token
-        for hardware_class, seconds in speeds.items():
-            gauge.labels(hardware_class).set(seconds)
+        for prefill_speeds in self._plugin_methods("prefill_speeds"):
+            for hardware_class, seconds in prefill_speeds().items():
+                gauge.labels(hardware_class).set(seconds)
+
+    def _plugin_methods(self, name: str) -> Iterator[Callable[[], Any]]:
+        """The live pipeline's plugins' methods called `name` (plugins without one are skipped)."""
+        for plugin in self.plugins():
+            method = getattr(plugin, name, None)
+            if callable(method):
+                yield method
 
     def _guarded(self, refresh: Callable[[], None]) -> None:
         """Run one refresh; a failure is logged (once until it succeeds again), never the loop's end."""
